@@ -1,0 +1,94 @@
+//! `fetchd ls`: list a directory on the server.
+
+use clap::Args;
+use serde_json::json;
+
+use crate::cli::{ClientArgs, EXIT_OK, Output};
+use crate::entry::{EntryInfo, format_mtime};
+use crate::error::Result;
+
+/// Arguments of `fetchd ls`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Each line: TYPE SIZE MTIME PATH, where TYPE is d (folder), f (file) or l (symlink),
+SIZE is in bytes, MTIME is RFC 3339 UTC and PATH is below the server's root, e.g.
+  f 4096 2026-11-24T01:02:03Z logs/app.log")]
+pub struct LsArgs {
+    /// Directory (or file) on the server; the root when left out.
+    #[arg(value_name = "DIR", default_value = "/")]
+    pub dir: String,
+
+    /// Recurse into subdirectories (symlinked ones are listed, not entered).
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// One JSON object a line: {"path","type","size","mtime"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `fetchd ls`.
+pub async fn run(args: LsArgs, client_args: ClientArgs) -> Result<u8> {
+    let client = client_args.connect().await?;
+    let mut entries = client.list(&args.dir, args.recursive).await?;
+    let mut out = Output::default();
+    while let Some(entry) = entries.next().await? {
+        let line = if args.json {
+            json_line(&entry).to_string()
+        } else {
+            text_line(&entry)
+        };
+        if !out.line(&line)? {
+            return Ok(EXIT_OK);
+        }
+    }
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+/// `f 4096 2026-11-24T01:02:03Z logs/app.log`
+pub fn text_line(entry: &EntryInfo) -> String {
+    format!(
+        "{} {} {} {}",
+        entry.kind.letter(),
+        entry.size,
+        format_mtime(entry.mtime_ns),
+        entry.path
+    )
+}
+
+/// `{"path":"logs/app.log","type":"file","size":4096,"mtime":"2026-11-24T01:02:03Z"}`
+pub fn json_line(entry: &EntryInfo) -> serde_json::Value {
+    json!({
+        "path": entry.path,
+        "type": entry.kind.word(),
+        "size": entry.size,
+        "mtime": format_mtime(entry.mtime_ns),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::EntryKind;
+
+    /// Lines look exactly like the contract's example.
+    #[test]
+    fn lines_match_the_contract() {
+        let entry = EntryInfo {
+            path: "logs/app.log".into(),
+            kind: EntryKind::File,
+            size: 4096,
+            mtime_ns: 1_795_482_123_000_000_000,
+            mode: 0o644,
+        };
+        assert_eq!(
+            text_line(&entry),
+            "f 4096 2026-11-24T01:02:03Z logs/app.log"
+        );
+        assert_eq!(
+            json_line(&entry).to_string(),
+            r#"{"mtime":"2026-11-24T01:02:03Z","path":"logs/app.log","size":4096,"type":"file"}"#
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The `fetchd` command line: one module per verb, each with its `Args` and
+//! a `run`; this module holds the options every client verb shares and the
+//! exit codes.
+
+pub mod get;
+pub mod ls;
+pub mod serve;
+pub mod stat;
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ConnectOptions, DEFAULT_SERVER};
+use crate::error::{Error, Result};
+
+/// Exit status: everything worked (or was already in place).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: something failed (not found, refused, unreachable, mismatch).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: bad flags or arguments.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Verified file and log streaming over gRPC.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fetchd",
+    version,
+    about,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error."
+)]
+pub struct Cli {
+    /// Options of the client verbs.
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export one directory tree over gRPC.
+    Serve(serve::ServeArgs),
+    /// Download files, verified by sha256 before they are put in place.
+    Get(get::GetArgs),
+    /// List a directory on the server.
+    Ls(ls::LsArgs),
+    /// Show what the server knows about one path.
+    Stat(stat::StatArgs),
+}
+
+/// Options shared by every client verb; accepted before or after the verb.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server to talk to (client verbs) [default: http://127.0.0.1:50051].
+    #[arg(long, global = true, env = "FETCHD_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Bearer token sent with every call (client verbs).
+    #[arg(
+        long,
+        global = true,
+        env = "FETCHD_TOKEN",
+        hide_env_values = true,
+        value_name = "T"
+    )]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// Connects to the server these options name.
+    pub async fn connect(&self) -> Result<Client> {
+        Client::connect(&ConnectOptions {
+            server: self.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            token: self.token.clone(),
+        })
+        .await
+    }
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Get(args) => client_runtime(|| get::run(args, cli.client)),
+        Command::Ls(args) => client_runtime(|| ls::run(args, cli.client)),
+        Command::Stat(args) => client_runtime(|| stat::run(args, cli.client)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            report(&err);
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// The exit code an error ends the process with.
+pub fn exit_code(err: &Error) -> u8 {
+    match err {
+        Error::Usage(_) => EXIT_USAGE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Prints an error as the one line the contract promises.
+pub fn report(err: &Error) {
+    eprintln!("fetchd: {err}");
+}
+
+/// Runs a client verb on a current-thread runtime (one connection, no
+/// cross-thread hand-offs; blocking file work still goes to its own pool).
+fn client_runtime<F, Fut>(verb: F) -> Result<u8>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<u8>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::io("<runtime>", err))?;
+    runtime.block_on(verb())
+}
+
+/// True when progress may be drawn on stderr.
+pub fn stderr_is_terminal() -> bool {
+    io::stderr().is_terminal()
+}
+
+/// Writes lines to stdout; a closed pipe (`| head`) stops quietly.
+#[derive(Debug)]
+pub struct Output {
+    out: io::BufWriter<io::Stdout>,
+    closed: bool,
+}
+
+impl Default for Output {
+    fn default() -> Output {
+        Output {
+            out: io::BufWriter::new(io::stdout()),
+            closed: false,
+        }
+    }
+}
+
+impl Output {
+    /// Writes one line; returns `false` once the reader has gone.
+    pub fn line(&mut self, line: &str) -> Result<bool> {
+        if self.closed {
+            return Ok(false);
+        }
+        match writeln!(self.out, "{line}") {
+            Ok(()) => Ok(true),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// Flushes what is buffered (e.g. after each JSON line).
+    pub fn flush(&mut self) -> Result<bool> {
+        if self.closed {
+            return Ok(false);
+        }
+        match self.out.flush() {
+            Ok(()) => Ok(true),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn fail(&mut self, err: io::Error) -> Result<bool> {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            self.closed = true;
+            Ok(false)
+        } else {
+            Err(Error::io("<stdout>", err))
+        }
+    }
+}

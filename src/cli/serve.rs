@@ -1,0 +1,88 @@
+//! `fetchd serve`: export one directory tree.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cli::EXIT_OK;
+use crate::error::{Error, Result};
+use crate::server::{self, DEFAULT_MAX_TRANSFERS, ServerConfig};
+
+/// Arguments of `fetchd serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout.
+SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, running
+transfers get --grace seconds to finish, then the server exits 0.")]
+pub struct ServeArgs {
+    /// The directory tree to serve; nothing outside it is ever read.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub root: PathBuf,
+
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Seconds running transfers may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub grace: u64,
+
+    /// Reads served at once over all clients; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_TRANSFERS, value_name = "N")]
+    pub max_transfers: usize,
+}
+
+/// Runs `fetchd serve` until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<u8> {
+    match std::fs::metadata(&args.root) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::Usage(format!(
+                "--root {}: not a directory",
+                args.root.display()
+            )));
+        }
+        Err(err) => return Err(Error::io(&args.root, err)),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::io("<runtime>", err))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|err| Error::Serve(format!("cannot listen on {}: {}", args.listen, err)))?;
+        let local = listener
+            .local_addr()
+            .map_err(|err| Error::Serve(err.to_string()))?;
+        let mut config = ServerConfig::new(args.root);
+        config.grace = Duration::from_secs(args.grace);
+        config.max_transfers = args.max_transfers.max(1);
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {local}")
+            .and_then(|()| stdout.flush())
+            .map_err(|err| Error::io("<stdout>", err))?;
+        server::run(listener, config, shutdown_signal()).await?;
+        Ok(EXIT_OK)
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(%err, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,125 @@
+//! The assembler: a writer thread that appends arriving chunks to a sink and
+//! hashes them, fed through a bounded channel so the network loop never
+//! blocks on the disk and the client never buffers more than
+//! [`ASSEMBLE_QUEUE_CHUNKS`] chunks.
+
+use std::io::{self, Write};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::checksum::Hasher;
+use crate::error::{Error, Result};
+use crate::partfile::PartFile;
+
+/// Chunks queued between the network loop and the writer thread.
+pub const ASSEMBLE_QUEUE_CHUNKS: usize = 8;
+
+/// Where assembled bytes go.
+pub trait Sink: Send + 'static {
+    /// Appends `data`. `Ok(false)` means the reader is gone (a closed pipe)
+    /// and nothing more needs writing.
+    fn append(&mut self, data: &[u8]) -> Result<bool>;
+}
+
+impl Sink for PartFile {
+    fn append(&mut self, data: &[u8]) -> Result<bool> {
+        PartFile::append(self, data).map(|()| true)
+    }
+}
+
+/// Standard output; a closed pipe ends the download quietly.
+#[derive(Debug, Default)]
+pub struct StdoutSink {
+    closed: bool,
+}
+
+impl StdoutSink {
+    /// True when the reader closed the pipe.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl Sink for StdoutSink {
+    fn append(&mut self, data: &[u8]) -> Result<bool> {
+        if self.closed {
+            return Ok(false);
+        }
+        let mut out = io::stdout().lock();
+        match out.write_all(data).and_then(|()| out.flush()) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(false)
+            }
+            Err(err) => Err(Error::io("<stdout>", err)),
+        }
+    }
+}
+
+/// A running writer thread over a sink of type `S`.
+#[derive(Debug)]
+pub struct Assembler<S> {
+    tx: mpsc::Sender<Bytes>,
+    thread: JoinHandle<Assembled<S>>,
+}
+
+/// What the writer thread hands back: the sink, the hasher over every byte
+/// it was given, and whether every write succeeded.
+#[derive(Debug)]
+pub struct Assembled<S> {
+    /// The sink, for committing or keeping.
+    pub sink: S,
+    /// Hash of everything the sink held before plus every chunk pushed.
+    pub hasher: Hasher,
+    /// The first write error, if any (writing stopped there).
+    pub written: Result<()>,
+}
+
+impl<S: Sink> Assembler<S> {
+    /// Starts writing to `sink`, continuing `hasher` (which has already seen
+    /// whatever the sink holds).
+    pub fn start(mut sink: S, mut hasher: Hasher) -> Assembler<S> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
+        let thread = tokio::task::spawn_blocking(move || {
+            let mut open = true;
+            while let Some(chunk) = rx.blocking_recv() {
+                if open {
+                    match sink.append(&chunk) {
+                        Ok(still_open) => open = still_open,
+                        Err(err) => {
+                            return Assembled {
+                                sink,
+                                hasher,
+                                written: Err(err),
+                            };
+                        }
+                    }
+                }
+                hasher.update(&chunk);
+            }
+            Assembled {
+                sink,
+                hasher,
+                written: Ok(()),
+            }
+        });
+        Assembler { tx, thread }
+    }
+
+    /// Queues the next chunk. `false` means the writer thread stopped (a
+    /// write failed): stop pushing and call [`finish`](Self::finish).
+    pub async fn push(&mut self, chunk: Bytes) -> bool {
+        self.tx.send(chunk).await.is_ok()
+    }
+
+    /// Waits for every queued chunk to be written and hands back the sink.
+    pub async fn finish(self) -> Result<Assembled<S>> {
+        drop(self.tx);
+        self.thread
+            .await
+            .map_err(|err| Error::io("<writer thread>", io::Error::other(err)))
+    }
+}

@@ -1,0 +1,503 @@
+//! One file from the server: to a local file (verified, atomic, resumable,
+//! skipped when already identical) or to stdout (verified at the end).
+//!
+//! A download to a file goes: `Stat` -> skip check -> open `DEST.part` ->
+//! `Read` from the part's length -> compare the server's prefix digest with
+//! the part's -> assemble (write + hash) -> compare whole-file digests ->
+//! commit (sync, rename, sync folder). A stale part (prefix mismatch, or the
+//! server's file is now shorter) or a file that changed during the read
+//! restarts from zero, at most [`MAX_ATTEMPTS`] times in all.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use tonic::Code;
+
+use crate::checksum::{self, Digest, Hasher};
+use crate::client::Client;
+use crate::client::assemble::{Assembler, Sink, StdoutSink};
+use crate::entry::{EntryKind, ReadEvent};
+use crate::error::{Error, Result};
+use crate::partfile::PartFile;
+
+/// Attempts per file when the file changes on the server or a partial copy
+/// turns out stale.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Callback for notices meant for a human (resuming, restarting).
+pub type Notify = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How a download behaves.
+#[derive(Clone)]
+pub struct DownloadOptions {
+    /// Download even when the destination already matches.
+    pub force: bool,
+    /// Progress display (use [`ProgressBar::hidden`] for none).
+    pub progress: ProgressBar,
+    /// Receive at most this many bytes per second.
+    pub limit_rate: Option<u64>,
+    /// Where notices go.
+    pub notify: Notify,
+}
+
+impl std::fmt::Debug for DownloadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadOptions")
+            .field("force", &self.force)
+            .field("limit_rate", &self.limit_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DownloadOptions {
+    fn default() -> DownloadOptions {
+        DownloadOptions {
+            force: false,
+            progress: ProgressBar::hidden(),
+            limit_rate: None,
+            notify: Arc::new(|_| {}),
+        }
+    }
+}
+
+/// How a file ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Bytes were transferred and verified.
+    Downloaded,
+    /// The destination already had the server's size and sha256.
+    Skipped,
+}
+
+/// The result of one successful download.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The remote path as requested.
+    pub path: String,
+    /// Where it went (`-` for stdout).
+    pub dest: PathBuf,
+    /// Size of the file.
+    pub bytes: u64,
+    /// Bytes that crossed the network in this run.
+    pub transferred: u64,
+    /// The verified sha256 of the whole file.
+    pub sha256: Digest,
+    /// Downloaded or skipped.
+    pub outcome: Outcome,
+    /// Offset the final attempt started from (non-zero: resumed).
+    pub resumed_from: u64,
+}
+
+/// Why an attempt ended without a file.
+enum Failure {
+    /// Start again from byte zero.
+    Restart(String),
+    /// Give up; the part file holds nothing useful.
+    Discard(Error),
+    /// Give up; keep the part file for a later resume.
+    Keep(Error),
+    /// The writer thread stopped; its own error says why.
+    WriterStopped,
+}
+
+/// Downloads `remote` to the local file `dest`.
+pub async fn download_file(
+    client: &Client,
+    remote: &str,
+    dest: &Path,
+    options: &DownloadOptions,
+) -> Result<Report> {
+    let stat = client.stat(remote, false).await?;
+    if stat.entry.kind == EntryKind::Dir {
+        return Err(Error::IsDirectory {
+            path: shown(remote),
+        });
+    }
+    let size = stat.entry.size;
+    if dest.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: is a directory; name a file with -o",
+            dest.display()
+        )));
+    }
+
+    if !options.force
+        && let Some(digest) = matching_local_copy(client, remote, dest, size).await?
+    {
+        return Ok(Report {
+            path: shown(remote),
+            dest: dest.to_path_buf(),
+            bytes: size,
+            transferred: 0,
+            sha256: digest,
+            outcome: Outcome::Skipped,
+            resumed_from: 0,
+        });
+    }
+
+    let dest_owned = dest.to_path_buf();
+    let mut part = blocking(move || PartFile::open(&dest_owned)).await?;
+    let mut last_reason = String::new();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let offset = part.len();
+        if offset > 0 && attempt == 1 {
+            (options.notify)(&format!(
+                "{}: resuming at byte {offset} from {}",
+                shown(remote),
+                part.path().display()
+            ));
+        }
+        let (returned, result) = fetch_into_part(client, remote, part, options).await;
+        let Some(returned) = returned else {
+            options.progress.abandon();
+            return Err(match result {
+                Err(Failure::Keep(err) | Failure::Discard(err)) => err,
+                _ => Error::io(dest, io::Error::other("the writer thread failed")),
+            });
+        };
+        part = returned;
+        match result {
+            Ok((digest, transferred)) => {
+                let committed = blocking(move || part.commit()).await;
+                committed?;
+                options.progress.finish_and_clear();
+                return Ok(Report {
+                    path: shown(remote),
+                    dest: dest.to_path_buf(),
+                    bytes: size,
+                    transferred,
+                    sha256: digest,
+                    outcome: Outcome::Downloaded,
+                    resumed_from: offset,
+                });
+            }
+            Err(Failure::Restart(reason)) => {
+                (options.notify)(&format!(
+                    "{}: {reason}; starting again from byte 0",
+                    shown(remote)
+                ));
+                last_reason = reason;
+                part = blocking(move || part.truncate(0).map(|()| part)).await?;
+            }
+            Err(Failure::Discard(err)) => {
+                options.progress.abandon();
+                blocking(move || part.discard()).await?;
+                return Err(err);
+            }
+            Err(Failure::Keep(err)) => {
+                options.progress.abandon();
+                return Err(err);
+            }
+            Err(Failure::WriterStopped) => {
+                options.progress.abandon();
+                return Err(Error::io(dest, io::Error::other("the writer stopped")));
+            }
+        }
+    }
+    options.progress.abandon();
+    let _ = blocking(move || part.discard()).await;
+    Err(Error::Remote {
+        code: Code::Aborted,
+        message: format!(
+            "{}: gave up after {MAX_ATTEMPTS} attempts ({last_reason}); try again later",
+            shown(remote)
+        ),
+    })
+}
+
+/// The digest of `dest` when it already holds the server's file.
+async fn matching_local_copy(
+    client: &Client,
+    remote: &str,
+    dest: &Path,
+    size: u64,
+) -> Result<Option<Digest>> {
+    match std::fs::metadata(dest) {
+        Ok(meta) if meta.is_file() && meta.len() == size => {}
+        _ => return Ok(None),
+    }
+    let local_path = dest.to_path_buf();
+    let local = blocking(move || {
+        let file = std::fs::File::open(&local_path).map_err(|err| Error::io(&local_path, err))?;
+        checksum::hash_prefix(file, None)
+            .map(Hasher::finalize)
+            .map_err(|err| Error::io(&local_path, err))
+    });
+    let (local, remote) = tokio::join!(local, client.stat(remote, true));
+    let remote = remote?;
+    Ok(match (local, remote.sha256) {
+        (Ok(local), Some(remote)) if local == remote => Some(local),
+        _ => None,
+    })
+}
+
+/// One attempt: fills `part` from its current length and verifies it.
+/// Always hands the part file back.
+async fn fetch_into_part(
+    client: &Client,
+    remote: &str,
+    part: PartFile,
+    options: &DownloadOptions,
+) -> (
+    Option<PartFile>,
+    std::result::Result<(Digest, u64), Failure>,
+) {
+    let offset = part.len();
+    // Hash what the part already holds while the server hashes its prefix.
+    let local_prefix = async {
+        if offset == 0 {
+            return Ok(Hasher::new());
+        }
+        let reader = part.reader()?;
+        let path = part.path().to_path_buf();
+        blocking(move || {
+            checksum::hash_prefix(reader, Some(offset)).map_err(|err| Error::io(&path, err))
+        })
+        .await
+    };
+    let (local_prefix, stream) = tokio::join!(local_prefix, client.read(remote, offset, None));
+    let mut stream = match stream {
+        Ok(stream) => stream,
+        Err(err) => return (Some(part), Err(classify(err))),
+    };
+    let hasher = match local_prefix {
+        Ok(hasher) => hasher,
+        Err(err) => return (Some(part), Err(Failure::Keep(err))),
+    };
+
+    let start = match stream.next().await {
+        Ok(Some(ReadEvent::Start(start))) => start,
+        Ok(_) => {
+            return (
+                Some(part),
+                Err(protocol(remote, "the stream did not start with a header")),
+            );
+        }
+        Err(err) => return (Some(part), Err(classify(err))),
+    };
+    if offset > 0 && start.prefix_sha256 != Some(hasher.snapshot()) {
+        return (
+            Some(part),
+            Err(Failure::Restart(
+                "the partial download does not match the server's file".into(),
+            )),
+        );
+    }
+    options.progress.set_length(start.entry.size);
+    options.progress.set_position(offset);
+    options.progress.reset_eta();
+
+    let mut assembler = Assembler::start(part, hasher);
+    let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
+    let assembled = match assembler.finish().await {
+        Ok(assembled) => assembled,
+        Err(err) => return (None, Err(Failure::Keep(err))),
+    };
+    let (part, hasher) = (assembled.sink, assembled.hasher);
+    if let Err(err) = assembled.written {
+        return (Some(part), Err(Failure::Keep(err)));
+    }
+    let expected = match received {
+        Ok(expected) => expected,
+        Err(failure) => return (Some(part), Err(failure)),
+    };
+    let actual = hasher.finalize();
+    if actual != expected {
+        return (
+            Some(part),
+            Err(Failure::Discard(Error::ChecksumMismatch {
+                path: shown(remote),
+                expected,
+                actual,
+            })),
+        );
+    }
+    (Some(part), Ok((actual, start.length)))
+}
+
+/// Receives data events into the assembler until the trailer; returns the
+/// server's whole-file digest.
+async fn receive<S: Sink>(
+    stream: &mut crate::client::ReadStream,
+    assembler: &mut Assembler<S>,
+    remote: &str,
+    length: u64,
+    options: &DownloadOptions,
+) -> std::result::Result<Digest, Failure> {
+    let started = Instant::now();
+    let mut received: u64 = 0;
+    loop {
+        match stream.next().await {
+            Ok(Some(ReadEvent::Data(data))) => {
+                received += data.len() as u64;
+                if received > length {
+                    return Err(protocol(remote, "more data than the header announced"));
+                }
+                let n = data.len() as u64;
+                if !assembler.push(data).await {
+                    return Err(Failure::WriterStopped);
+                }
+                options.progress.inc(n);
+                if let Some(rate) = options.limit_rate {
+                    pace(started, received, rate).await;
+                }
+            }
+            Ok(Some(ReadEvent::End(digest))) => {
+                if received != length {
+                    return Err(protocol(remote, "less data than the header announced"));
+                }
+                return Ok(digest);
+            }
+            Ok(Some(ReadEvent::Start(_))) => return Err(protocol(remote, "a second header")),
+            Ok(None) => {
+                return Err(Failure::Keep(Error::Unreachable {
+                    server: String::from("the server"),
+                    reason: format!("the stream for {} ended early", shown(remote)),
+                }));
+            }
+            Err(err) => return Err(classify(err)),
+        }
+    }
+}
+
+/// Downloads `remote` to standard output, verifying the digest at the end
+/// (the bytes are out by then: a mismatch is reported, not undone). A
+/// closed pipe ends the download successfully.
+pub async fn download_to_stdout(
+    client: &Client,
+    remote: &str,
+    options: &DownloadOptions,
+) -> Result<Report> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let mut stream = client.read(remote, 0, None).await?;
+        let start = match stream.next().await? {
+            Some(ReadEvent::Start(start)) => start,
+            _ => {
+                return Err(Error::Protocol {
+                    path: shown(remote),
+                    reason: "the stream did not start with a header".into(),
+                });
+            }
+        };
+        options.progress.set_length(start.entry.size);
+        let mut assembler = Assembler::start(StdoutSink::default(), Hasher::new());
+        let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
+        let assembled = assembler.finish().await?;
+        let (sink, hasher) = (assembled.sink, assembled.hasher);
+        assembled.written?;
+        options.progress.finish_and_clear();
+        let expected = match received {
+            Ok(expected) => expected,
+            // Nothing was written yet by a restartable failure only if the
+            // first chunk never came; otherwise the output is spoilt.
+            Err(Failure::Restart(reason)) if hasher.bytes() == 0 && attempt < MAX_ATTEMPTS => {
+                (options.notify)(&format!("{}: {reason}; starting again", shown(remote)));
+                continue;
+            }
+            Err(Failure::Restart(reason)) => {
+                return Err(Error::Changed {
+                    path: format!("{} ({reason})", shown(remote)),
+                });
+            }
+            Err(Failure::WriterStopped) => {
+                return Err(Error::io(
+                    "<stdout>",
+                    io::Error::other("the writer stopped"),
+                ));
+            }
+            Err(Failure::Discard(err) | Failure::Keep(err)) => {
+                if sink.closed() {
+                    return Ok(stdout_report(remote, start.entry.size, hasher));
+                }
+                return Err(err);
+            }
+        };
+        if sink.closed() {
+            return Ok(stdout_report(remote, start.entry.size, hasher));
+        }
+        let actual = hasher.finalize();
+        if actual != expected {
+            return Err(Error::ChecksumMismatch {
+                path: shown(remote),
+                expected,
+                actual,
+            });
+        }
+        return Ok(Report {
+            path: shown(remote),
+            dest: PathBuf::from("-"),
+            bytes: start.entry.size,
+            transferred: start.length,
+            sha256: actual,
+            outcome: Outcome::Downloaded,
+            resumed_from: 0,
+        });
+    }
+    Err(Error::Changed {
+        path: shown(remote),
+    })
+}
+
+fn stdout_report(remote: &str, size: u64, hasher: Hasher) -> Report {
+    let transferred = hasher.bytes();
+    Report {
+        path: shown(remote),
+        dest: PathBuf::from("-"),
+        bytes: size,
+        transferred,
+        sha256: hasher.finalize(),
+        outcome: Outcome::Downloaded,
+        resumed_from: 0,
+    }
+}
+
+/// Sleeps until `received` bytes are no faster than `rate` bytes/s.
+async fn pace(started: Instant, received: u64, rate: u64) {
+    let due = Duration::from_secs_f64(received as f64 / rate.max(1) as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Sorts a failed call into restart, discard or keep.
+fn classify(err: Error) -> Failure {
+    match err.code() {
+        Code::Aborted => {
+            Failure::Restart("the file changed on the server while it was read".into())
+        }
+        Code::OutOfRange => {
+            Failure::Restart("the server's file is now shorter than the partial download".into())
+        }
+        Code::DataLoss => Failure::Discard(err),
+        _ => Failure::Keep(err),
+    }
+}
+
+fn protocol(remote: &str, reason: &str) -> Failure {
+    Failure::Discard(Error::Protocol {
+        path: shown(remote),
+        reason: reason.to_string(),
+    })
+}
+
+/// The remote path as messages show it: no leading `/`.
+fn shown(remote: &str) -> String {
+    let trimmed = remote.trim_start_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::io("<blocking task>", io::Error::other(err)))?
+}

@@ -1,0 +1,335 @@
+//! The client: a connection to one server and the calls on it, returning
+//! domain types. The only client module that sees wire types.
+//!
+//! - [`download`]: one file from the server to a local file or stdout, with
+//!   skip, resume and retry.
+//! - [`assemble`]: the writer thread that appends chunks and hashes them.
+
+pub mod assemble;
+pub mod download;
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::checksum::Digest;
+use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
+use crate::error::{Error, Result};
+use crate::proto::{self, fetchd_client::FetchdClient, read_response};
+
+/// Server used when neither `--server` nor `FETCHD_SERVER` is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+/// How long connecting may take before the server counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 receive window per stream.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// HTTP/2 receive window per connection.
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame the client accepts (the server's data frames).
+pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+/// Largest message the client decodes (a data chunk is 256 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where and how to connect.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Server URL: `http://HOST:PORT` (a bare `HOST:PORT` means http).
+    pub server: String,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone, Debug)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Rpc = FetchdClient<InterceptedService<Channel, BearerToken>>;
+
+/// A connection to one fetchd server. Cheap to clone: clones share the
+/// HTTP/2 connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    rpc: Rpc,
+    server: String,
+}
+
+/// What `Stat` says about a path.
+#[derive(Clone, Debug)]
+pub struct RemoteStat {
+    /// The object (symlinks followed).
+    pub entry: EntryInfo,
+    /// The file's version; `None` for folders.
+    pub version: Option<FileVersion>,
+    /// The whole file's sha256, when asked for.
+    pub sha256: Option<Digest>,
+}
+
+impl Client {
+    /// Connects to the server, failing early if it cannot be reached.
+    pub async fn connect(options: &ConnectOptions) -> Result<Client> {
+        let server = normalize_server(&options.server)?;
+        let unreachable = |reason: String| Error::Unreachable {
+            server: server.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(server.clone())
+            .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|err| unreachable(error_chain(&err)))?;
+        let token = match &options.token {
+            None => None,
+            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
+                |_| Error::Usage("the token contains characters not allowed in a header".into()),
+            )?),
+        };
+        let rpc = FetchdClient::with_interceptor(channel, BearerToken(token))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Client { rpc, server })
+    }
+
+    /// The server's URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn status(&self, status: tonic::Status) -> Error {
+        Error::from_status(status, &self.server)
+    }
+
+    /// Metadata of `path`; with `want_sha256`, also the file's digest.
+    pub async fn stat(&self, path: &str, want_sha256: bool) -> Result<RemoteStat> {
+        let response = self
+            .rpc
+            .clone()
+            .stat(proto::StatRequest {
+                path: path.to_string(),
+                want_sha256,
+            })
+            .await
+            .map_err(|status| self.status(status))?
+            .into_inner();
+        let protocol = |reason: &str| Error::Protocol {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        };
+        let entry = response
+            .entry
+            .ok_or_else(|| protocol("stat answer without an entry"))?;
+        let entry = EntryInfo::try_from(entry).map_err(|reason| protocol(&reason))?;
+        let sha256 = if response.sha256.is_empty() {
+            None
+        } else {
+            Some(
+                Digest::from_slice(&response.sha256)
+                    .ok_or_else(|| protocol("bad sha256 length"))?,
+            )
+        };
+        Ok(RemoteStat {
+            entry,
+            version: response.version.map(Into::into),
+            sha256,
+        })
+    }
+
+    /// The entries below `path` (see the `List` RPC), as they stream in.
+    pub async fn list(&self, path: &str, recursive: bool) -> Result<ListStream> {
+        let stream = self
+            .rpc
+            .clone()
+            .list(proto::ListRequest {
+                path: path.to_string(),
+                recursive,
+            })
+            .await
+            .map_err(|status| self.status(status))?
+            .into_inner();
+        Ok(ListStream {
+            inner: stream,
+            pending: Vec::new().into_iter(),
+            client: self.clone(),
+            path: path.to_string(),
+        })
+    }
+
+    /// Starts reading `path` from `offset`; `length` bytes or to the end.
+    pub async fn read(&self, path: &str, offset: u64, length: Option<u64>) -> Result<ReadStream> {
+        let stream = self
+            .rpc
+            .clone()
+            .read(proto::ReadRequest {
+                path: path.to_string(),
+                offset,
+                length,
+            })
+            .await
+            .map_err(|status| self.status(status))?
+            .into_inner();
+        Ok(ReadStream {
+            inner: stream,
+            client: self.clone(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Entries of a `List` call.
+#[derive(Debug)]
+pub struct ListStream {
+    inner: Streaming<proto::ListResponse>,
+    pending: std::vec::IntoIter<proto::Entry>,
+    client: Client,
+    path: String,
+}
+
+impl ListStream {
+    /// The next entry, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<EntryInfo>> {
+        loop {
+            if let Some(entry) = self.pending.next() {
+                return EntryInfo::try_from(entry)
+                    .map(Some)
+                    .map_err(|reason| Error::Protocol {
+                        path: self.path.clone(),
+                        reason,
+                    });
+            }
+            match self.inner.next().await {
+                None => return Ok(None),
+                Some(Err(status)) => return Err(self.client.status(status)),
+                Some(Ok(batch)) => self.pending = batch.entries.into_iter(),
+            }
+        }
+    }
+}
+
+/// The messages of a `Read` call, as domain events.
+#[derive(Debug)]
+pub struct ReadStream {
+    inner: Streaming<proto::ReadResponse>,
+    client: Client,
+    path: String,
+}
+
+impl ReadStream {
+    /// The next event, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<ReadEvent>> {
+        let message = match self.inner.next().await {
+            None => return Ok(None),
+            Some(Err(status)) => return Err(self.client.status(status)),
+            Some(Ok(message)) => message,
+        };
+        let protocol = |reason: &str| Error::Protocol {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        };
+        let event = match message.kind {
+            Some(read_response::Kind::Data(data)) => ReadEvent::Data(data),
+            Some(read_response::Kind::Header(header)) => {
+                let entry = header
+                    .entry
+                    .ok_or_else(|| protocol("header without entry"))?;
+                let prefix_sha256 = if header.prefix_sha256.is_empty() {
+                    None
+                } else {
+                    Some(
+                        Digest::from_slice(&header.prefix_sha256)
+                            .ok_or_else(|| protocol("bad prefix sha256 length"))?,
+                    )
+                };
+                ReadEvent::Start(ReadStart {
+                    entry: EntryInfo::try_from(entry).map_err(|reason| protocol(&reason))?,
+                    version: header
+                        .version
+                        .ok_or_else(|| protocol("header without version"))?
+                        .into(),
+                    offset: header.offset,
+                    length: header.length,
+                    prefix_sha256,
+                })
+            }
+            Some(read_response::Kind::Trailer(trailer)) => ReadEvent::End(
+                Digest::from_slice(&trailer.sha256).ok_or_else(|| protocol("bad sha256 length"))?,
+            ),
+            None => return Err(protocol("empty message")),
+        };
+        Ok(Some(event))
+    }
+}
+
+/// `host:port` -> `http://host:port`; `https://` is refused until TLS lands.
+fn normalize_server(server: &str) -> Result<String> {
+    let server = server.trim().trim_end_matches('/');
+    if server.is_empty() {
+        return Err(Error::Usage("--server is empty".into()));
+    }
+    if server.starts_with("https://") {
+        return Err(Error::Usage(format!(
+            "--server {server}: TLS is not supported by this build yet; use http://"
+        )));
+    }
+    if server.starts_with("http://") {
+        Ok(server.to_string())
+    } else if server.contains("://") {
+        Err(Error::Usage(format!(
+            "--server {server}: unknown scheme (use http://HOST:PORT)"
+        )))
+    } else {
+        Ok(format!("http://{server}"))
+    }
+}
+
+/// The innermost description of an error, e.g. `Connection refused`.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        reason = inner.to_string();
+        source = inner.source();
+    }
+    match reason.find(" (os error") {
+        Some(end) => reason[..end].to_lowercase(),
+        None => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Server addresses without a scheme mean plain http.
+    #[test]
+    fn server_urls_are_normalised() {
+        assert_eq!(
+            normalize_server("127.0.0.1:9").expect("ok"),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(normalize_server("http://h:1/").expect("ok"), "http://h:1");
+        assert!(normalize_server("ftp://h:1").is_err());
+        assert!(normalize_server("").is_err());
+    }
+}

@@ -1,0 +1,332 @@
+//! The one error type of fetchd, and its one mapping to and from gRPC status
+//! codes.
+//!
+//! Every message is a sentence for a user: it names the path as the request
+//! named it (never the server's absolute path) and, where there is one, says
+//! what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+use crate::checksum::Digest;
+
+/// Result with fetchd's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in fetchd, on either side of the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The path string itself is unusable (empty, NUL byte, too long).
+    #[error("{path}: invalid path: {reason}")]
+    InvalidPath {
+        /// The path as given (printable form).
+        path: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// Nothing exists at the path.
+    #[error("{path}: not found")]
+    NotFound {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// The path leads outside the served root (`..` or a symlink).
+    #[error("{path}: permission denied: the path leads outside the served root")]
+    OutsideRoot {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// The operating system refused access.
+    #[error("{path}: permission denied")]
+    PermissionDenied {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// A FIFO, socket or device: never opened.
+    #[error("{path}: permission denied: a {kind} is not a regular file and is never served")]
+    NotRegular {
+        /// The path as requested.
+        path: String,
+        /// `fifo`, `socket`, `block device` or `character device`.
+        kind: &'static str,
+    },
+
+    /// A directory where a file is needed.
+    #[error("{path}: is a directory (use -r to fetch a tree)")]
+    IsDirectory {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// A file where a directory is needed.
+    #[error("{path}: not a directory")]
+    NotDirectory {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// The file changed (identity, size or mtime) while it was being read.
+    #[error("{path}: the file changed while it was read; try again")]
+    Changed {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// A read started past the end of the file.
+    #[error("{path}: offset {offset} is past the end of the file ({size} bytes)")]
+    OffsetPastEnd {
+        /// The path as requested.
+        path: String,
+        /// Requested offset.
+        offset: u64,
+        /// Size of the file.
+        size: u64,
+    },
+
+    /// The received bytes do not hash to the server's digest.
+    #[error(
+        "{path}: checksum mismatch (expected sha256 {expected}, got {actual}); nothing was written"
+    )]
+    ChecksumMismatch {
+        /// The remote path.
+        path: String,
+        /// The server's digest.
+        expected: Digest,
+        /// The digest of what arrived.
+        actual: Digest,
+    },
+
+    /// A server limit is reached.
+    #[error("server busy: the limit of {limit} concurrent {what} is reached; retry later")]
+    Limit {
+        /// What is limited (e.g. `transfers`).
+        what: &'static str,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// The peer broke the protocol (a bug or a hostile peer).
+    #[error("{path}: protocol error: {reason}")]
+    Protocol {
+        /// The remote path concerned.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// The server could not be reached or went away.
+    #[error("cannot reach the server at {server}: {reason}")]
+    Unreachable {
+        /// The server URL.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
+
+    /// The server answered with an error status (client side).
+    #[error("{message}")]
+    Remote {
+        /// The gRPC status code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+
+    /// A local file operation failed (client side, or server I/O).
+    #[error("{}: {}", path.display(), describe_io(source))]
+    Io {
+        /// The local path (on the server: the path as requested).
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// Another process holds a file fetchd needs for itself.
+    #[error("{}: another fetchd is using it; wait for it to finish or remove {}", dest.display(), lock.display())]
+    Locked {
+        /// The destination concerned.
+        dest: PathBuf,
+        /// The file that is locked.
+        lock: PathBuf,
+    },
+
+    /// The server could not start or failed while serving.
+    #[error("server failed: {0}")]
+    Serve(String),
+
+    /// A problem with what the user asked for, found before any transfer.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Maps an I/O error met while resolving or reading `path` on the server
+    /// to the variant a client can act on.
+    pub fn from_server_io(path: &str, source: io::Error) -> Error {
+        match source.kind() {
+            io::ErrorKind::NotFound => Error::NotFound { path: path.into() },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied { path: path.into() },
+            io::ErrorKind::NotADirectory => Error::NotDirectory { path: path.into() },
+            io::ErrorKind::IsADirectory => Error::IsDirectory { path: path.into() },
+            io::ErrorKind::InvalidFilename => Error::InvalidPath {
+                path: path.into(),
+                reason: "a name in it is too long",
+            },
+            _ => Error::io(path, source),
+        }
+    }
+
+    /// The gRPC code this error travels as.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidPath { .. } | Error::Usage(_) => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::OutsideRoot { .. }
+            | Error::PermissionDenied { .. }
+            | Error::NotRegular { .. } => Code::PermissionDenied,
+            Error::IsDirectory { .. } | Error::NotDirectory { .. } => Code::FailedPrecondition,
+            Error::Changed { .. } => Code::Aborted,
+            Error::OffsetPastEnd { .. } => Code::OutOfRange,
+            Error::ChecksumMismatch { .. } => Code::DataLoss,
+            Error::Limit { .. } => Code::ResourceExhausted,
+            Error::Protocol { .. } => Code::Internal,
+            Error::Unreachable { .. } => Code::Unavailable,
+            Error::Remote { code, .. } => *code,
+            Error::Io { .. } | Error::Serve(_) => Code::Internal,
+            Error::Locked { .. } => Code::FailedPrecondition,
+        }
+    }
+
+    /// Turns a status received from `server` into an error. Transport
+    /// failures become [`Error::Unreachable`]; everything else keeps the
+    /// server's message, which already names the path.
+    pub fn from_status(status: Status, server: &str) -> Error {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Unavailable | Code::Unknown if is_transport_failure(&status) => {
+                Error::Unreachable {
+                    server: server.to_string(),
+                    reason: transport_reason(&status),
+                }
+            }
+            Code::Unauthenticated => Error::Remote {
+                code: Code::Unauthenticated,
+                message: format!("{message} (check --token or FETCHD_TOKEN)"),
+            },
+            code => Error::Remote { code, message },
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let message = err.to_string();
+        Status::new(err.code(), message)
+    }
+}
+
+/// True when a status describes a broken transport rather than an answer.
+fn is_transport_failure(status: &Status) -> bool {
+    use std::error::Error as _;
+    status.code() == Code::Unavailable
+        || status
+            .source()
+            .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
+        || status.message().contains("transport")
+        || status.message().contains("h2 protocol error")
+}
+
+/// The most specific reason a transport failure gives.
+fn transport_reason(status: &Status) -> String {
+    use std::error::Error as _;
+    let mut reason = status.message().to_string();
+    let mut source = status.source();
+    while let Some(err) = source {
+        reason = err.to_string();
+        source = err.source();
+    }
+    if reason.is_empty() {
+        "the connection was lost".to_string()
+    } else {
+        reason
+    }
+}
+
+/// A short description of an I/O error without the raw `os error N` suffix.
+fn describe_io(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(end) => text[..end].to_lowercase(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variant travels with the status code the contract names.
+    #[test]
+    fn codes_follow_the_contract() {
+        let path = String::from("a/b");
+        let cases = [
+            (Error::NotFound { path: path.clone() }, Code::NotFound),
+            (
+                Error::OutsideRoot { path: path.clone() },
+                Code::PermissionDenied,
+            ),
+            (
+                Error::NotRegular {
+                    path: path.clone(),
+                    kind: "fifo",
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                Error::InvalidPath {
+                    path: path.clone(),
+                    reason: "empty",
+                },
+                Code::InvalidArgument,
+            ),
+            (Error::Changed { path: path.clone() }, Code::Aborted),
+            (
+                Error::Limit {
+                    what: "transfers",
+                    limit: 1,
+                },
+                Code::ResourceExhausted,
+            ),
+        ];
+        for (err, code) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{}", status.message());
+        }
+    }
+
+    /// I/O errors read as sentences, without `(os error N)`.
+    #[test]
+    fn io_errors_have_no_raw_os_suffix() {
+        let err = Error::io(
+            "out/file",
+            io::Error::from_raw_os_error(28), // ENOSPC
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("out/file: "), "{text}");
+        assert!(!text.contains("os error"), "{text}");
+    }
+}

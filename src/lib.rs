@@ -1,0 +1,29 @@
+//! fetchd: verified file and log streaming over gRPC.
+//!
+//! A server exports one directory tree; clients download files from it as
+//! chunked gRPC server streams and verify a sha256 over the whole file before
+//! a file is put in place. The modules, in the order a download flows
+//! through them:
+//!
+//! - [`cli`]: the `fetchd` command line, one module per verb.
+//! - [`client`]: connecting to a server, downloading one file (resume, skip,
+//!   retry) and assembling its chunks.
+//! - [`proto`]: the generated `fetchd.v1` messages and service stubs.
+//! - [`server`]: the gRPC service, the chunk reader and the listing walker.
+//! - [`sandbox`]: resolving request paths beneath the root, race-free.
+//! - [`checksum`]: streaming sha256.
+//! - [`partfile`]: `DEST.part` files that become `DEST` only when verified.
+//! - [`error`]: the one error type and its mapping to gRPC status codes.
+//! - [`entry`]: plain domain types shared by server and client.
+
+pub mod checksum;
+pub mod cli;
+pub mod client;
+pub mod entry;
+pub mod error;
+pub mod partfile;
+pub mod proto;
+pub mod sandbox;
+pub mod server;
+
+pub use error::{Error, Result};

@@ -1,0 +1,192 @@
+//! `DEST.part`: where a download is assembled before it becomes `DEST`.
+//!
+//! The part file lives beside its destination, so that the final rename is
+//! atomic. It is locked while in use, so two runs cannot write one part file
+//! at once. It is kept when a transfer is interrupted (the next run resumes
+//! from its length) and only becomes `DEST` through [`PartFile::commit`],
+//! which syncs the data, renames it over `DEST` and syncs the folder.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Suffix of a part file's name.
+pub const PART_SUFFIX: &str = ".part";
+
+/// A locked, open `DEST.part`.
+#[derive(Debug)]
+pub struct PartFile {
+    file: File,
+    path: PathBuf,
+    dest: PathBuf,
+    len: u64,
+}
+
+/// The part file path for `dest`: same folder, `.part` appended.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().map(OsString::from).unwrap_or_default();
+    name.push(PART_SUFFIX);
+    dest.with_file_name(name)
+}
+
+impl PartFile {
+    /// Opens (or creates) the part file of `dest`, keeping what it holds.
+    /// Fails if another process holds it.
+    pub fn open(dest: &Path) -> Result<PartFile> {
+        let path = part_path(dest);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|err| Error::io(&path, err))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    dest: dest.to_path_buf(),
+                    lock: path,
+                });
+            }
+            Err(fs::TryLockError::Error(err)) => return Err(Error::io(&path, err)),
+        }
+        let meta = file.metadata().map_err(|err| Error::io(&path, err))?;
+        if !meta.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: exists and is not a regular file; remove it",
+                path.display()
+            )));
+        }
+        let mut file = file;
+        file.seek(SeekFrom::End(0))
+            .map_err(|err| Error::io(&path, err))?;
+        Ok(PartFile {
+            len: meta.len(),
+            file,
+            path,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Bytes already in the part file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the part file holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The part file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The destination it will become.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Drops everything after the first `len` bytes.
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .and_then(|()| self.file.seek(SeekFrom::Start(len)))
+            .map_err(|err| Error::io(&self.path, err))?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// A reader over the bytes already present, for hashing them.
+    pub fn reader(&self) -> Result<File> {
+        File::open(&self.path).map_err(|err| Error::io(&self.path, err))
+    }
+
+    /// Appends `data` at the end.
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all(data)
+            .map_err(|err| Error::io(&self.path, err))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the data, renames the part file onto the destination and syncs
+    /// the folder, so the destination is whole even after a crash.
+    pub fn commit(self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|err| Error::io(&self.path, err))?;
+        fs::rename(&self.path, &self.dest).map_err(|err| Error::io(&self.dest, err))?;
+        sync_parent(&self.dest).map_err(|err| Error::io(&self.dest, err))
+    }
+
+    /// Removes the part file (its content is known to be useless).
+    pub fn discard(self) -> Result<()> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Error::io(&self.path, err)),
+        }
+    }
+}
+
+/// Syncs the folder holding `path`, making a rename in it durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part file sits beside its destination with `.part` appended.
+    #[test]
+    fn part_path_is_beside_dest() {
+        assert_eq!(
+            part_path(Path::new("out/a.tar.gz")),
+            Path::new("out/a.tar.gz.part")
+        );
+        assert_eq!(part_path(Path::new("x")), Path::new("x.part"));
+    }
+
+    /// Data appended survives reopening; commit replaces the destination.
+    #[test]
+    fn append_reopen_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file");
+        fs::write(&dest, b"old").expect("write");
+        {
+            let mut part = PartFile::open(&dest).expect("open");
+            assert!(part.is_empty());
+            part.append(b"hello ").expect("append");
+        }
+        let mut part = PartFile::open(&dest).expect("reopen");
+        assert_eq!(part.len(), 6);
+        part.append(b"world").expect("append");
+        assert_eq!(fs::read(&dest).expect("read"), b"old", "dest untouched");
+        part.commit().expect("commit");
+        assert_eq!(fs::read(&dest).expect("read"), b"hello world");
+        assert!(!part_path(&dest).exists());
+    }
+
+    /// A second writer on the same part file is refused while the first
+    /// holds it.
+    #[test]
+    fn part_file_is_exclusive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file");
+        let _first = PartFile::open(&dest).expect("open");
+        let second = PartFile::open(&dest).expect_err("must be locked");
+        assert!(second.to_string().contains("another fetchd"), "{second}");
+    }
+}

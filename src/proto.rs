@@ -1,0 +1,81 @@
+//! The generated `fetchd.v1` protocol: messages, client and server stubs.
+//!
+//! Only `server::service` and `client` use these types; everything between
+//! works on the plain types of [`crate::entry`].
+
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
+
+tonic::include_proto!("fetchd.v1");
+
+/// The encoded `FileDescriptorSet` of `fetchd.proto`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fetchd_descriptor");
+
+/// Conversions between the wire messages and the domain types.
+mod convert {
+    use super::{Entry, EntryType, FileVersion as WireVersion};
+    use crate::entry::{EntryInfo, EntryKind, FileVersion};
+
+    impl From<EntryKind> for EntryType {
+        fn from(kind: EntryKind) -> EntryType {
+            match kind {
+                EntryKind::File => EntryType::File,
+                EntryKind::Dir => EntryType::Dir,
+                EntryKind::Symlink => EntryType::Symlink,
+            }
+        }
+    }
+
+    impl From<EntryInfo> for Entry {
+        fn from(info: EntryInfo) -> Entry {
+            Entry {
+                path: info.path,
+                r#type: EntryType::from(info.kind).into(),
+                size: info.size,
+                mtime_ns: info.mtime_ns,
+                mode: info.mode,
+            }
+        }
+    }
+
+    impl TryFrom<Entry> for EntryInfo {
+        type Error = String;
+
+        fn try_from(entry: Entry) -> Result<EntryInfo, String> {
+            let kind = match EntryType::try_from(entry.r#type) {
+                Ok(EntryType::File) => EntryKind::File,
+                Ok(EntryType::Dir) => EntryKind::Dir,
+                Ok(EntryType::Symlink) => EntryKind::Symlink,
+                _ => return Err(format!("unknown entry type {}", entry.r#type)),
+            };
+            Ok(EntryInfo {
+                path: entry.path,
+                kind,
+                size: entry.size,
+                mtime_ns: entry.mtime_ns,
+                mode: entry.mode,
+            })
+        }
+    }
+
+    impl From<FileVersion> for WireVersion {
+        fn from(version: FileVersion) -> WireVersion {
+            WireVersion {
+                device: version.device,
+                inode: version.inode,
+                size: version.size,
+                mtime_ns: version.mtime_ns,
+            }
+        }
+    }
+
+    impl From<WireVersion> for FileVersion {
+        fn from(version: WireVersion) -> FileVersion {
+            FileVersion {
+                device: version.device,
+                inode: version.inode,
+                size: version.size,
+                mtime_ns: version.mtime_ns,
+            }
+        }
+    }
+}

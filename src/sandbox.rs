@@ -1,0 +1,500 @@
+//! The root is a sandbox: every request path is resolved beneath it, one
+//! component at a time, through directory handles.
+//!
+//! Resolution never hands a path string to the kernel. It walks from a handle
+//! on the root with `openat`-style calls (cap-std, which itself uses
+//! `openat2(RESOLVE_BENEATH)` where the kernel has it), opening each folder
+//! with `O_NOFOLLOW`. A symlink is read, never traversed by the kernel, and its
+//! target is fed back through the same walk; so a symlink swapped in during a
+//! request can make the request fail, but never escape. `..` pops a handle
+//! off the walk's stack; popping the root itself is [`Error::OutsideRoot`].
+//!
+//! Absolute symlink targets are followed when they name a place inside the
+//! root by its real path on the host (`ln -s /srv/data/a /srv/data/b`), and
+//! refused otherwise.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, FileTypeExt, MetadataExt, OpenOptions, OpenOptionsExt};
+
+use crate::entry::{EntryInfo, EntryKind};
+use crate::error::{Error, Result};
+
+/// Longest request path accepted, in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest single name accepted, in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Most symlinks followed while resolving one path (Linux `MAXSYMLINKS`).
+pub const MAX_SYMLINK_HOPS: usize = 40;
+/// Deepest folder level a recursive listing descends to.
+pub const MAX_LIST_DEPTH: usize = 256;
+
+/// A parsed request path: `/`-separated, relative to the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestPath {
+    parts: Vec<Part>,
+    display: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Parent,
+    Name(String),
+}
+
+impl RequestPath {
+    /// Parses a path as a client sent it. A leading `/` is the root itself;
+    /// empty strings, NUL bytes and over-long paths or names are refused.
+    pub fn parse(raw: &str) -> Result<RequestPath> {
+        let invalid = |reason| Error::InvalidPath {
+            path: printable(raw),
+            reason,
+        };
+        if raw.is_empty() {
+            return Err(invalid("the path is empty (use / for the root)"));
+        }
+        if raw.contains('\0') {
+            return Err(invalid("it contains a NUL byte"));
+        }
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(invalid("it is longer than 4096 bytes"));
+        }
+        let mut parts = Vec::new();
+        for name in raw.split('/') {
+            match name {
+                "" | "." => {}
+                ".." => parts.push(Part::Parent),
+                name if name.len() > MAX_NAME_BYTES => {
+                    return Err(invalid("a name in it is longer than 255 bytes"));
+                }
+                name => parts.push(Part::Name(name.to_string())),
+            }
+        }
+        let display = lexical_display(&parts);
+        Ok(RequestPath { parts, display })
+    }
+
+    /// The path as messages and listings show it: normalised, no leading
+    /// `/`, empty for the root.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The path for error messages: like [`display`](Self::display), but `/`
+    /// for the root.
+    pub fn shown(&self) -> String {
+        if self.display.is_empty() {
+            "/".to_string()
+        } else {
+            self.display.clone()
+        }
+    }
+}
+
+/// `a/./b/../c` -> `a/c`; a leading `..` stays (and will be refused).
+fn lexical_display(parts: &[Part]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for part in parts {
+        match part {
+            Part::Parent => {
+                if matches!(names.last(), Some(last) if *last != "..") {
+                    names.pop();
+                } else {
+                    names.push("..");
+                }
+            }
+            Part::Name(name) => names.push(name),
+        }
+    }
+    names.join("/")
+}
+
+/// A path string safe to print: control characters escaped.
+fn printable(raw: &str) -> String {
+    const SHOWN_BYTES: usize = 120;
+    let mut shown: String = raw.chars().flat_map(char::escape_debug).collect();
+    if shown.len() > SHOWN_BYTES {
+        let mut cut = SHOWN_BYTES;
+        while !shown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
+    shown
+}
+
+/// The served directory tree.
+#[derive(Debug)]
+pub struct Root {
+    dir: Dir,
+    /// The root's real path, for absolute symlink targets.
+    canonical: PathBuf,
+    /// The root as it was given (made absolute), for the same.
+    given: PathBuf,
+}
+
+/// Where a request path led: a folder handle and the name inside it.
+#[derive(Debug)]
+pub struct Located {
+    /// The folder that holds the object; the object itself when `name` is
+    /// `None`.
+    parent: Dir,
+    /// The object's name in `parent`, or `None` for a folder reached as a
+    /// whole (the root, or a path ending in `..`).
+    name: Option<String>,
+    /// The object's metadata, symlinks followed.
+    meta: cap_std::fs::Metadata,
+}
+
+impl Root {
+    /// Opens `dir` as the root to serve.
+    pub fn open(dir: &Path) -> io::Result<Root> {
+        let canonical = fs::canonicalize(dir)?;
+        let given = std::path::absolute(dir)?;
+        let handle = Dir::open_ambient_dir(&canonical, ambient_authority())?;
+        Ok(Root {
+            dir: handle,
+            canonical,
+            given,
+        })
+    }
+
+    /// The root's real path on the host (for logs, never for clients).
+    pub fn host_path(&self) -> &Path {
+        &self.canonical
+    }
+
+    /// Follows `path` beneath the root, symlinks included, to the object it
+    /// names.
+    pub fn locate(&self, path: &RequestPath) -> Result<Located> {
+        let shown = path.shown();
+        let outside = || Error::OutsideRoot {
+            path: shown.clone(),
+        };
+        let os_error = |err: io::Error| Error::from_server_io(&shown, err);
+
+        let mut stack: Vec<Dir> = Vec::new();
+        let mut queue: VecDeque<Part> = path.parts.iter().cloned().collect();
+        let mut hops = 0;
+        loop {
+            let current = stack.last().unwrap_or(&self.dir);
+            let Some(part) = queue.pop_front() else {
+                return Ok(Located {
+                    meta: current.dir_metadata().map_err(os_error)?,
+                    parent: current.try_clone().map_err(os_error)?,
+                    name: None,
+                });
+            };
+            let name = match part {
+                Part::Parent => {
+                    stack.pop().ok_or_else(outside)?;
+                    continue;
+                }
+                Part::Name(name) => name,
+            };
+            let meta = current.symlink_metadata(&name).map_err(os_error)?;
+            if meta.is_symlink() {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(Error::InvalidPath {
+                        path: shown,
+                        reason: "too many levels of symbolic links",
+                    });
+                }
+                let target = current.read_link_contents(&name).map_err(os_error)?;
+                let relative = if target.is_absolute() {
+                    stack.clear();
+                    self.inside_part(&target).ok_or_else(outside)?
+                } else {
+                    target
+                };
+                let mut expanded = parts_of(&relative).ok_or_else(outside)?;
+                expanded.extend(queue);
+                queue = expanded.into();
+                continue;
+            }
+            if queue.is_empty() {
+                return Ok(Located {
+                    parent: current.try_clone().map_err(os_error)?,
+                    name: Some(name),
+                    meta,
+                });
+            }
+            if !meta.is_dir() {
+                return Err(Error::NotDirectory { path: shown });
+            }
+            let next = current.open_dir_nofollow(&name).map_err(|err| {
+                if is_symlink_race(&err) {
+                    Error::Changed {
+                        path: shown.clone(),
+                    }
+                } else {
+                    Error::from_server_io(&shown, err)
+                }
+            })?;
+            stack.push(next);
+        }
+    }
+
+    /// The part of an absolute symlink target below the root, if it is
+    /// inside.
+    fn inside_part(&self, target: &Path) -> Option<PathBuf> {
+        [&self.canonical, &self.given]
+            .into_iter()
+            .find_map(|root| target.strip_prefix(root).ok())
+            .map(Path::to_path_buf)
+    }
+
+    /// The (device, inode) that `path` names now, symlinks followed.
+    pub fn identity(&self, path: &RequestPath) -> Result<(u64, u64)> {
+        let located = self.locate(path)?;
+        Ok((located.meta.dev(), located.meta.ino()))
+    }
+
+    /// Metadata of the object `path` names, symlinks followed.
+    pub fn stat(&self, path: &RequestPath) -> Result<EntryInfo> {
+        let located = self.locate(path)?;
+        entry_info(path.display().to_string(), &located.meta).ok_or_else(|| Error::NotRegular {
+            path: path.shown(),
+            kind: special_kind(&located.meta),
+        })
+    }
+
+    /// Opens the regular file `path` names for reading. Folders, FIFOs,
+    /// sockets and devices are refused without being opened.
+    pub fn open_file(&self, path: &RequestPath) -> Result<(fs::File, fs::Metadata)> {
+        let shown = path.shown();
+        let located = self.locate(path)?;
+        let file_type = located.meta.file_type();
+        let name = match located.name {
+            Some(name) if file_type.is_file() => name,
+            _ if file_type.is_dir() => return Err(Error::IsDirectory { path: shown }),
+            _ => {
+                return Err(Error::NotRegular {
+                    path: shown,
+                    kind: special_kind(&located.meta),
+                });
+            }
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).follow(FollowSymlinks::No);
+        // Non-blocking, so that a FIFO swapped in after the check above
+        // cannot hang the open; no controlling terminal from a device.
+        options.custom_flags(libc_flags());
+        let file = located
+            .parent
+            .open_with(&name, &options)
+            .map_err(|err| {
+                if is_symlink_race(&err) {
+                    Error::Changed {
+                        path: shown.clone(),
+                    }
+                } else {
+                    Error::from_server_io(&shown, err)
+                }
+            })?
+            .into_std();
+        let meta = file
+            .metadata()
+            .map_err(|err| Error::from_server_io(&shown, err))?;
+        if !meta.is_file() {
+            return Err(Error::Changed { path: shown });
+        }
+        Ok((file, meta))
+    }
+
+    /// Walks `path`: a file yields its own entry; a folder yields its
+    /// entries (and, with `recursive`, theirs, depth first, names sorted in
+    /// each folder). `emit` returns `false` to stop early. Symlinks are
+    /// reported, not followed; FIFOs, sockets and devices are left out.
+    pub fn walk(
+        &self,
+        path: &RequestPath,
+        recursive: bool,
+        emit: &mut dyn FnMut(EntryInfo) -> bool,
+    ) -> Result<()> {
+        let shown = path.shown();
+        let located = self.locate(path)?;
+        if !located.meta.is_dir() {
+            if let Some(info) = entry_info(path.display().to_string(), &located.meta) {
+                emit(info);
+            }
+            return Ok(());
+        }
+        let dir = match &located.name {
+            None => located.parent,
+            Some(name) => located
+                .parent
+                .open_dir_nofollow(name)
+                .map_err(|err| Error::from_server_io(&shown, err))?,
+        };
+        walk_dir(&dir, path.display(), recursive, 0, emit)
+            .map(|_| ())
+            .map_err(|err| Error::from_server_io(&shown, err))
+    }
+}
+
+/// Lists one folder; returns `false` when `emit` asked to stop.
+fn walk_dir(
+    dir: &Dir,
+    base: &str,
+    recursive: bool,
+    depth: usize,
+    emit: &mut dyn FnMut(EntryInfo) -> bool,
+) -> io::Result<bool> {
+    let mut names = Vec::new();
+    for entry in dir.entries()? {
+        let name = entry?.file_name();
+        match name.into_string() {
+            Ok(name) => names.push(name),
+            Err(name) => tracing::warn!(?name, folder = base, "skipping a name that is not UTF-8"),
+        }
+    }
+    names.sort_unstable();
+    for name in names {
+        let path = if base.is_empty() {
+            name.clone()
+        } else {
+            format!("{base}/{name}")
+        };
+        let meta = match dir.symlink_metadata(&name) {
+            Ok(meta) => meta,
+            // Removed while listing: not an error, just gone.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        let Some(info) = entry_info(path.clone(), &meta) else {
+            continue;
+        };
+        let is_dir = info.kind == EntryKind::Dir;
+        if !emit(info) {
+            return Ok(false);
+        }
+        if recursive && is_dir {
+            if depth + 1 >= MAX_LIST_DEPTH {
+                tracing::warn!(folder = path, "listing stops at the depth limit");
+                continue;
+            }
+            match dir.open_dir_nofollow(&name) {
+                Ok(child) => {
+                    if !walk_dir(&child, &path, recursive, depth + 1, emit)? {
+                        return Ok(false);
+                    }
+                }
+                Err(err) => tracing::warn!(folder = path, %err, "skipping a folder"),
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The entry for `meta`, or `None` for a FIFO, socket or device.
+fn entry_info(path: String, meta: &cap_std::fs::Metadata) -> Option<EntryInfo> {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else if file_type.is_file() {
+        EntryKind::File
+    } else {
+        return None;
+    };
+    Some(EntryInfo {
+        path,
+        kind,
+        size: meta.size(),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
+        mode: meta.mode() & 0o7777,
+    })
+}
+
+/// The word for a special file in error messages.
+fn special_kind(meta: &cap_std::fs::Metadata) -> &'static str {
+    let file_type = meta.file_type();
+    if file_type.is_fifo() {
+        "fifo"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// The components of a symlink target, or `None` if it has a prefix or
+/// root (absolute targets are made relative before this).
+fn parts_of(target: &Path) -> Option<Vec<Part>> {
+    let mut parts = Vec::new();
+    for component in target.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => parts.push(Part::Parent),
+            Component::Normal(name) => parts.push(Part::Name(name.to_str()?.to_string())),
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts)
+}
+
+/// `O_NOFOLLOW` met a symlink: something was swapped in during the request.
+fn is_symlink_race(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// `O_NONBLOCK | O_NOCTTY`.
+fn libc_flags() -> i32 {
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    i32::try_from(flags.bits()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths parse the way the contract describes them.
+    #[test]
+    fn parse_and_display() {
+        let cases = [
+            ("/", ""),
+            ("/etc/passwd", "etc/passwd"),
+            ("a//b/./c/", "a/b/c"),
+            ("a/../b", "b"),
+            ("../x", "../x"),
+        ];
+        for (raw, shown) in cases {
+            let path = RequestPath::parse(raw).expect(raw);
+            assert_eq!(path.display(), shown, "{raw}");
+        }
+    }
+
+    /// Empty, NUL and over-long paths are invalid arguments.
+    #[test]
+    fn parse_refuses_bad_strings() {
+        let long_name = "n".repeat(MAX_NAME_BYTES + 1);
+        let long_path = "a/".repeat(MAX_PATH_BYTES);
+        for raw in ["", "a\0b", long_name.as_str(), long_path.as_str()] {
+            let err = RequestPath::parse(raw).expect_err("must be refused");
+            assert!(matches!(err, Error::InvalidPath { .. }), "{err}");
+        }
+    }
+
+    /// Printed paths escape control characters and stay short.
+    #[test]
+    fn printable_escapes_and_truncates() {
+        assert_eq!(printable("a\0b\n"), "a\\0b\\n");
+        assert!(printable(&"x".repeat(1000)).len() < 200);
+    }
+}

@@ -1,0 +1,205 @@
+//! The chunk reader: one blocking thread per `Read`, feeding a small bounded
+//! channel.
+//!
+//! The thread hashes the prefix before the requested offset, then reads the
+//! file in [`CHUNK_BYTES`] chunks with plain `read()`, hashing every byte and
+//! sending the requested range. The channel holds at most
+//! [`READ_QUEUE_CHUNKS`] chunks, so a slow client stalls the reader instead
+//! of making the server buffer the file: memory per stream is
+//! `CHUNK_BYTES * (READ_QUEUE_CHUNKS + 1)` plus the HTTP/2 window. When the
+//! client goes away the send fails and the thread stops. At the end the file
+//! is checked again (size, mtime, and that the path still names the same
+//! inode); any change ends the stream with [`Error::Changed`] instead of a
+//! digest over a mix of versions.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::checksum::{self, Digest, Hasher};
+use crate::entry::{EntryInfo, EntryKind, FileVersion, ReadEvent, ReadStart};
+use crate::error::{Error, Result};
+use crate::sandbox::{RequestPath, Root};
+
+/// Bytes per data message.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks queued between the reader thread and the network.
+pub const READ_QUEUE_CHUNKS: usize = 4;
+
+/// An opened file, checked and ready to stream.
+#[derive(Debug)]
+pub struct OpenRead {
+    root: Arc<Root>,
+    path: RequestPath,
+    file: File,
+    version: FileVersion,
+    entry: EntryInfo,
+    offset: u64,
+    length: u64,
+}
+
+impl OpenRead {
+    /// Resolves and opens `path` for a read of `length` bytes (to the end
+    /// when `None`) from `offset`. Runs on a blocking thread.
+    pub async fn open(
+        root: Arc<Root>,
+        path: RequestPath,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<OpenRead> {
+        tokio::task::spawn_blocking(move || {
+            let (file, meta) = root.open_file(&path)?;
+            let version = FileVersion::of(&meta);
+            if offset > version.size {
+                return Err(Error::OffsetPastEnd {
+                    path: path.shown(),
+                    offset,
+                    size: version.size,
+                });
+            }
+            let available = version.size - offset;
+            let length = length.map_or(available, |length| length.min(available));
+            let entry = EntryInfo {
+                path: path.display().to_string(),
+                kind: EntryKind::File,
+                size: version.size,
+                mtime_ns: version.mtime_ns,
+                mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+            };
+            Ok(OpenRead {
+                root,
+                path,
+                file,
+                version,
+                entry,
+                offset,
+                length,
+            })
+        })
+        .await
+        .map_err(|err| Error::io("read", io::Error::other(err)))?
+    }
+
+    /// The version opened.
+    pub fn version(&self) -> FileVersion {
+        self.version
+    }
+
+    /// The file's entry.
+    pub fn entry(&self) -> &EntryInfo {
+        &self.entry
+    }
+
+    /// Starts the reader thread. The permit is held until it stops.
+    pub fn stream(self, permit: OwnedSemaphorePermit) -> mpsc::Receiver<Result<ReadEvent>> {
+        let (tx, rx) = mpsc::channel(READ_QUEUE_CHUNKS);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if let Err(err) = self.pump(&tx) {
+                // The client may be gone already; then nobody needs to know.
+                let _ = tx.blocking_send(Err(err));
+            }
+        });
+        rx
+    }
+
+    /// Reads the whole file and returns its digest (for `Stat`).
+    pub async fn digest(self) -> Result<(EntryInfo, FileVersion, Digest)> {
+        tokio::task::spawn_blocking(move || {
+            let hasher = checksum::hash_prefix(&self.file, Some(self.version.size + 1))
+                .map_err(|err| Error::from_server_io(&self.path.shown(), err))?;
+            self.check_unchanged(hasher.bytes())?;
+            Ok((self.entry, self.version, hasher.finalize()))
+        })
+        .await
+        .map_err(|err| Error::io("stat", io::Error::other(err)))?
+    }
+
+    /// The reader thread's body. `Ok` also when the client went away.
+    fn pump(&self, tx: &mpsc::Sender<Result<ReadEvent>>) -> Result<()> {
+        let shown = self.path.shown();
+        let io_error = |err| Error::from_server_io(&shown, err);
+
+        let mut hasher: Hasher =
+            checksum::hash_prefix(&self.file, Some(self.offset)).map_err(io_error)?;
+        if hasher.bytes() < self.offset {
+            return Err(Error::Changed { path: shown });
+        }
+        let start = ReadStart {
+            entry: self.entry.clone(),
+            version: self.version,
+            offset: self.offset,
+            length: self.length,
+            prefix_sha256: (self.offset > 0).then(|| hasher.snapshot()),
+        };
+        if tx.blocking_send(Ok(ReadEvent::Start(start))).is_err() {
+            return Ok(());
+        }
+
+        let end = self.offset + self.length;
+        while hasher.bytes() < end {
+            let want =
+                CHUNK_BYTES.min(usize::try_from(end - hasher.bytes()).unwrap_or(CHUNK_BYTES));
+            let mut chunk = BytesMut::zeroed(want);
+            let got = read_full(&self.file, &mut chunk).map_err(io_error)?;
+            if got < want {
+                // The file shrank under us.
+                return Err(Error::Changed { path: shown });
+            }
+            hasher.update(&chunk);
+            if tx
+                .blocking_send(Ok(ReadEvent::Data(chunk.freeze())))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+
+        // Bytes past the requested range still count for the whole-file
+        // digest; one extra byte shows whether the file grew.
+        checksum::feed(&self.file, &mut hasher, Some(self.version.size + 1)).map_err(io_error)?;
+        self.check_unchanged(hasher.bytes())?;
+        let _ = tx.blocking_send(Ok(ReadEvent::End(hasher.finalize())));
+        Ok(())
+    }
+
+    /// Fails with [`Error::Changed`] unless the file still has the version
+    /// it had when opened, `read` bytes were read, and the path still names
+    /// it.
+    fn check_unchanged(&self, read: u64) -> Result<()> {
+        let changed = || Error::Changed {
+            path: self.path.shown(),
+        };
+        if read != self.version.size {
+            return Err(changed());
+        }
+        let now = self
+            .file
+            .metadata()
+            .map_err(|err| Error::from_server_io(&self.path.shown(), err))?;
+        if FileVersion::of(&now) != self.version {
+            return Err(changed());
+        }
+        match self.root.identity(&self.path) {
+            Ok(identity) if identity == (self.version.device, self.version.inode) => Ok(()),
+            _ => Err(changed()),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}

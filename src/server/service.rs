@@ -1,0 +1,183 @@
+//! The `fetchd.v1.Fetchd` gRPC service: the edge where wire messages become
+//! domain calls and [`Error`]s become statuses.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::entry::{EntryInfo, ReadEvent};
+use crate::error::{Error, Result};
+use crate::proto::{
+    self, ListRequest, ListResponse, ReadHeader, ReadRequest, ReadResponse, StatRequest,
+    StatResponse, read_response,
+};
+use crate::sandbox::{RequestPath, Root};
+use crate::server::read::OpenRead;
+
+/// Entries per `List` message.
+pub const LIST_BATCH_ENTRIES: usize = 512;
+/// `List` batches queued between the walker thread and the network.
+pub const LIST_QUEUE_BATCHES: usize = 2;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The file service over one root.
+#[derive(Debug, Clone)]
+pub struct FetchdService {
+    root: Arc<Root>,
+    transfers: Arc<Semaphore>,
+    max_transfers: usize,
+}
+
+impl FetchdService {
+    /// A service over `root` allowing `max_transfers` reads at once.
+    pub fn new(root: Arc<Root>, max_transfers: usize) -> FetchdService {
+        FetchdService {
+            root,
+            transfers: Arc::new(Semaphore::new(max_transfers)),
+            max_transfers,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::fetchd_server::Fetchd for FetchdService {
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let request = request.into_inner();
+        let path = RequestPath::parse(&request.path)?;
+        let root = Arc::clone(&self.root);
+        let info = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || root.stat(&path))
+                .await
+                .map_err(|err| Status::internal(err.to_string()))??
+        };
+        let mut response = StatResponse {
+            entry: None,
+            version: None,
+            sha256: Default::default(),
+        };
+        if info.kind == crate::entry::EntryKind::File {
+            let open = OpenRead::open(Arc::clone(&self.root), path, 0, None).await?;
+            if request.want_sha256 {
+                let _permit = self.acquire_transfer()?;
+                let (entry, version, digest) = open.digest().await?;
+                response.entry = Some(entry.into());
+                response.version = Some(version.into());
+                response.sha256 = bytes::Bytes::copy_from_slice(digest.as_bytes());
+            } else {
+                response.version = Some(open.version().into());
+                response.entry = Some(open.entry().clone().into());
+            }
+        } else {
+            response.entry = Some(info.into());
+        }
+        Ok(Response::new(response))
+    }
+
+    type ListStream = ResponseStream<ListResponse>;
+
+    async fn list(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let request = request.into_inner();
+        let path = RequestPath::parse(&request.path)?;
+        let root = Arc::clone(&self.root);
+        let (tx, rx) = mpsc::channel::<Result<Vec<EntryInfo>>>(LIST_QUEUE_BATCHES);
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(LIST_BATCH_ENTRIES);
+            let mut open = true;
+            let walked = root.walk(&path, request.recursive, &mut |info| {
+                batch.push(info);
+                if batch.len() == LIST_BATCH_ENTRIES {
+                    let full =
+                        std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH_ENTRIES));
+                    open = tx.blocking_send(Ok(full)).is_ok();
+                }
+                open
+            });
+            let last = match walked {
+                Ok(()) if batch.is_empty() => return,
+                Ok(()) => Ok(batch),
+                Err(err) => Err(err),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        let stream = ReceiverStream::new(rx).map(|batch| match batch {
+            Ok(entries) => Ok(ListResponse {
+                entries: entries.into_iter().map(Into::into).collect(),
+            }),
+            Err(err) => Err(Status::from(err)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ReadStream = ResponseStream<ReadResponse>;
+
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let path = RequestPath::parse(&request.path)?;
+        let permit = self.acquire_transfer()?;
+        let started = Instant::now();
+        let shown = path.shown();
+        let open =
+            OpenRead::open(Arc::clone(&self.root), path, request.offset, request.length).await?;
+        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
+        let events = open.stream(permit);
+        let mut sent: u64 = 0;
+        let stream = ReceiverStream::new(events).map(move |event| {
+            let kind = match event {
+                Ok(ReadEvent::Start(start)) => read_response::Kind::Header(ReadHeader {
+                    entry: Some(start.entry.into()),
+                    version: Some(start.version.into()),
+                    offset: start.offset,
+                    length: start.length,
+                    prefix_sha256: start
+                        .prefix_sha256
+                        .map(|digest| bytes::Bytes::copy_from_slice(digest.as_bytes()))
+                        .unwrap_or_default(),
+                }),
+                Ok(ReadEvent::Data(data)) => {
+                    sent += data.len() as u64;
+                    read_response::Kind::Data(data)
+                }
+                Ok(ReadEvent::End(digest)) => {
+                    tracing::debug!(path = %shown, bytes = sent, elapsed = ?started.elapsed(), "read done");
+                    read_response::Kind::Trailer(proto::ReadTrailer {
+                        sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
+                    })
+                }
+                Err(err) => {
+                    tracing::info!(path = %shown, %err, "read failed");
+                    return Err(Status::from(err));
+                }
+            };
+            Ok(ReadResponse { kind: Some(kind) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl FetchdService {
+    /// A transfer slot, or RESOURCE_EXHAUSTED when all are taken.
+    fn acquire_transfer(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.transfers)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::from(Error::Limit {
+                    what: "transfers",
+                    limit: self.max_transfers,
+                })
+            })
+    }
+}
