@@ -1,0 +1,325 @@
+//! Shared test harness: real servers on 127.0.0.1 port 0 (as the built
+//! binary or in-process), a CLI runner that shows everything when an
+//! assertion fails, and deterministic test data.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long any one CLI run or server start may take before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `fetchd` binary under test.
+pub fn fetchd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fetchd"))
+}
+
+/// A `fetchd` command with a clean environment for the client options.
+pub fn fetchd() -> Command {
+    let mut cmd = Command::new(fetchd_bin());
+    cmd.env_remove("FETCHD_SERVER")
+        .env_remove("FETCHD_TOKEN")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// `fetchd serve` running as a child process, killed (by PID) on drop.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub url: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts `fetchd serve --root ROOT --listen 127.0.0.1:0 EXTRA...` and
+    /// waits for its `listening on` line.
+    pub fn start(root: &Path, extra: &[&str]) -> ServerProcess {
+        let mut child = fetchd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fetchd serve");
+        let stdout = child.stdout.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = err_tx.send(line);
+            }
+        });
+        let line = line_rx.recv_timeout(STEP_TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            let errors: Vec<String> = err_rx.try_iter().collect();
+            panic!("fetchd serve printed no `listening on` line; stderr:\n{}", errors.join("\n"))
+        });
+        let addr: SocketAddr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address in the listening line");
+        ServerProcess {
+            child,
+            url: format!("http://{addr}"),
+            addr,
+            stderr: err_rx,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        wait_with_timeout(&mut self.child, timeout).expect("server did not exit after SIGTERM")
+    }
+
+    /// What the server logged so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit, or returns `None` after `timeout` (the child is
+/// left running; the caller decides).
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One finished CLI run.
+pub struct Run {
+    pub cmdline: String,
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Everything about the run, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.cmdline,
+            self.status.code(),
+            String::from_utf8_lossy(&self.stdout),
+            self.stderr
+        )
+    }
+
+    /// Asserts the exit code, showing the run when it differs.
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code(), code, "unexpected exit code\n{}", self.describe());
+        self
+    }
+
+    /// Asserts stderr contains `needle`.
+    pub fn expect_stderr(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// Runs `cmd` to completion (bounded by [`STEP_TIMEOUT`]) in `cwd`.
+pub fn run_in(cwd: &Path, cmd: &mut Command) -> Run {
+    cmd.current_dir(cwd);
+    run(cmd)
+}
+
+/// Runs `cmd` to completion, bounded by [`STEP_TIMEOUT`].
+pub fn run(cmd: &mut Command) -> Run {
+    let cmdline = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fetchd");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_thread = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_thread = thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = stderr.read_to_string(&mut buf);
+        buf
+    });
+    let status = match wait_with_timeout(&mut child, STEP_TIMEOUT) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("timed out after {STEP_TIMEOUT:?}: {cmdline}");
+        }
+    };
+    Run {
+        cmdline,
+        status,
+        stdout: out_thread.join().unwrap(),
+        stderr: err_thread.join().unwrap(),
+    }
+}
+
+/// `fetchd --server URL ARGS...` run in `cwd`.
+pub fn client(url: &str, cwd: &Path, args: &[&str]) -> Run {
+    run_in(cwd, fetchd().args(["--server", url]).args(args))
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lower-case hex sha256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes; returns
+/// whether it held. For conditions with no event to wait on (a file growing).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    condition()
+}
+
+/// A server running inside the test process on its own runtime thread;
+/// shut down (and joined) on drop.
+pub struct InProcessServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl InProcessServer {
+    pub fn start(config: fetchd::server::ServerConfig) -> InProcessServer {
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                fetchd::server::run(listener, config, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(STEP_TIMEOUT).expect("server address");
+        InProcessServer {
+            addr,
+            url: format!("http://{addr}"),
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves `root` with default settings.
+    pub fn serve(root: &Path) -> InProcessServer {
+        let mut config = fetchd::server::ServerConfig::new(root);
+        config.grace = Duration::from_secs(2);
+        InProcessServer::start(config)
+    }
+
+    pub async fn client(&self) -> fetchd::client::Client {
+        fetchd::client::Client::connect(&fetchd::client::ConnectOptions {
+            server: self.url.clone(),
+            token: None,
+        })
+        .await
+        .expect("connect")
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
