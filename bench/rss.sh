@@ -57,10 +57,11 @@ measure() {
     done
     wait "$client"
     end=$(date +%s.%N)
-    printf '| %s | %.2f s | %s MiB | %s MiB |\n' "$label" "$(echo "$end - $start" | bc)" \
+    printf '| %s | %.2f s | %s MiB | %s MiB |\n' >&3 "$label" "$(echo "$end - $start" | bc)" \
         "$client_peak" "$(hwm "$server")"
 }
 
+exec 3>&1
 echo "| run (${SIZE_MIB} MiB) | wall | client peak RSS | server peak RSS so far |"
 echo "|---|---|---|---|"
 measure "get -o - > /dev/null" get big.bin -o - --quiet > /dev/null

@@ -7,7 +7,9 @@
 //! with `O_NOFOLLOW`. A symlink is read, never traversed by the kernel, and its
 //! target is fed back through the same walk; so a symlink swapped in during a
 //! request can make the request fail, but never escape. `..` pops a handle
-//! off the walk's stack; popping the root itself is [`Error::OutsideRoot`].
+//! off the walk's stack; popping the root itself is [`Error::OutsideRoot`],
+//! and so is a request whose own `..` names climb above its start
+//! (`a/../../x`), before anything is looked up.
 //!
 //! Absolute symlink targets are followed when they name a place inside the
 //! root by its real path on the host (`ln -s /srv/data/a /srv/data/b`), and
@@ -83,6 +85,12 @@ impl RequestPath {
     /// `/`, empty for the root.
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// True when the path's own `..` names climb above where it starts
+    /// (`../x`, `a/../../x`): it aims outside the root whatever exists.
+    fn climbs_out(&self) -> bool {
+        self.display == ".." || self.display.starts_with("../")
     }
 
     /// The path for error messages: like [`display`](Self::display), but `/`
@@ -178,6 +186,9 @@ impl Root {
             path: shown.clone(),
         };
         let os_error = |err: io::Error| Error::from_server_io(&shown, err);
+        if path.climbs_out() {
+            return Err(outside());
+        }
 
         let mut stack: Vec<Dir> = Vec::new();
         let mut queue: VecDeque<Part> = path.parts.iter().cloned().collect();
@@ -207,7 +218,16 @@ impl Root {
                         reason: "too many levels of symbolic links",
                     });
                 }
-                let target = current.read_link_contents(&name).map_err(os_error)?;
+                let target = current.read_link_contents(&name).map_err(|err| {
+                    // EINVAL: no longer a symlink; replaced since the lstat.
+                    if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+                        Error::Changed {
+                            path: shown.clone(),
+                        }
+                    } else {
+                        Error::from_server_io(&shown, err)
+                    }
+                })?;
                 let relative = if target.is_absolute() {
                     stack.clear();
                     self.inside_part(&target).ok_or_else(outside)?
@@ -229,15 +249,9 @@ impl Root {
             if !meta.is_dir() {
                 return Err(Error::NotDirectory { path: shown });
             }
-            let next = current.open_dir_nofollow(&name).map_err(|err| {
-                if is_symlink_race(&err) {
-                    Error::Changed {
-                        path: shown.clone(),
-                    }
-                } else {
-                    Error::from_server_io(&shown, err)
-                }
-            })?;
+            let next = current
+                .open_dir_nofollow(&name)
+                .map_err(|err| dir_open_error(&shown, err))?;
             stack.push(next);
         }
     }
@@ -322,9 +336,13 @@ impl Root {
         let shown = path.shown();
         let located = self.locate(path)?;
         if !located.meta.is_dir() {
-            if let Some(info) = entry_info(path.display().to_string(), &located.meta) {
-                emit(info);
-            }
+            let info = entry_info(path.display().to_string(), &located.meta).ok_or_else(|| {
+                Error::NotRegular {
+                    path: shown,
+                    kind: special_kind(&located.meta),
+                }
+            })?;
+            emit(info);
             return Ok(());
         }
         let dir = match &located.name {
@@ -332,7 +350,7 @@ impl Root {
             Some(name) => located
                 .parent
                 .open_dir_nofollow(name)
-                .map_err(|err| Error::from_server_io(&shown, err))?,
+                .map_err(|err| dir_open_error(&shown, err))?,
         };
         walk_dir(&dir, path.display(), recursive, 0, emit)
             .map(|_| ())
@@ -452,6 +470,20 @@ fn parts_of(target: &Path) -> Option<Vec<Part>> {
 /// `O_NOFOLLOW` met a symlink: something was swapped in during the request.
 fn is_symlink_race(err: &io::Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// The error for a folder that could not be opened although the lstat just
+/// before saw a folder: `ELOOP` or `ENOTDIR` mean a symlink or file was
+/// swapped in since.
+fn dir_open_error(shown: &str, err: io::Error) -> Error {
+    if is_symlink_race(&err) || err.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+    {
+        Error::Changed {
+            path: shown.to_string(),
+        }
+    } else {
+        Error::from_server_io(shown, err)
+    }
 }
 
 /// `O_NONBLOCK | O_NOCTTY`.

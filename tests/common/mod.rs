@@ -73,7 +73,10 @@ impl ServerProcess {
         let line = line_rx.recv_timeout(STEP_TIMEOUT).unwrap_or_else(|_| {
             let _ = child.kill();
             let errors: Vec<String> = err_rx.try_iter().collect();
-            panic!("fetchd serve printed no `listening on` line; stderr:\n{}", errors.join("\n"))
+            panic!(
+                "fetchd serve printed no `listening on` line; stderr:\n{}",
+                errors.join("\n")
+            )
         });
         let addr: SocketAddr = line
             .strip_prefix("listening on ")
@@ -163,7 +166,12 @@ impl Run {
 
     /// Asserts the exit code, showing the run when it differs.
     pub fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(self.code(), code, "unexpected exit code\n{}", self.describe());
+        assert_eq!(
+            self.code(),
+            code,
+            "unexpected exit code\n{}",
+            self.describe()
+        );
         self
     }
 
