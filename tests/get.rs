@@ -1,6 +1,8 @@
 //! `fetchd get` for one path, end to end through the real binary: bytes,
 //! destinations, verification, resume, skip, and what survives failures.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;
@@ -44,7 +46,11 @@ fn sizes_around_chunk_boundaries() {
     ];
     let root = tempfile::tempdir().unwrap();
     for (i, size) in sizes.iter().enumerate() {
-        fs::write(root.path().join(format!("f{size}")), random_bytes(*size, i as u64)).unwrap();
+        fs::write(
+            root.path().join(format!("f{size}")),
+            random_bytes(*size, i as u64),
+        )
+        .unwrap();
     }
     let server = ServerProcess::start(root.path(), &[]);
     let cwd = tempfile::tempdir().unwrap();
@@ -86,14 +92,29 @@ fn output_forms() {
     let server = ServerProcess::start(root.path(), &[]);
     let cwd = tempfile::tempdir().unwrap();
 
-    client(&server.url, cwd.path(), &["get", "a/b/file.bin", "-o", "named.bin"]).expect_code(0);
+    client(
+        &server.url,
+        cwd.path(),
+        &["get", "a/b/file.bin", "-o", "named.bin"],
+    )
+    .expect_code(0);
     assert!(fs::read(cwd.path().join("named.bin")).unwrap() == data);
 
-    client(&server.url, cwd.path(), &["get", "a/b/file.bin", "-o", "new/dir/"]).expect_code(0);
+    client(
+        &server.url,
+        cwd.path(),
+        &["get", "a/b/file.bin", "-o", "new/dir/"],
+    )
+    .expect_code(0);
     assert!(fs::read(cwd.path().join("new/dir/file.bin")).unwrap() == data);
 
     fs::create_dir(cwd.path().join("existing")).unwrap();
-    client(&server.url, cwd.path(), &["get", "a/b/file.bin", "-o", "existing"]).expect_code(0);
+    client(
+        &server.url,
+        cwd.path(),
+        &["get", "a/b/file.bin", "-o", "existing"],
+    )
+    .expect_code(0);
     assert!(fs::read(cwd.path().join("existing/file.bin")).unwrap() == data);
 
     let run = client(&server.url, cwd.path(), &["get", "a/b/file.bin", "-o", "-"]);
@@ -146,7 +167,11 @@ fn not_found_and_directory() {
     assert_eq!(line["error"], "not found");
     assert!(line["sha256"].is_null() && line["bytes"].is_null());
 
-    assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }
 
 /// Usage errors exit 2; an unreachable server exits 1 and says so.
@@ -181,7 +206,11 @@ fn skip_if_identical_and_force() {
     let after = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&dest).unwrap());
     assert_eq!(inode, after, "a skipped file is not rewritten");
 
-    let run = client(&server.url, cwd.path(), &["get", "same.bin", "--json", "--force"]);
+    let run = client(
+        &server.url,
+        cwd.path(),
+        &["get", "same.bin", "--json", "--force"],
+    );
     run.expect_code(0);
     let line: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(line["status"], "ok");
@@ -208,7 +237,14 @@ fn resume_after_client_killed() {
 
     let mut slow = fetchd()
         .current_dir(cwd.path())
-        .args(["--server", &server.url, "get", "resume.bin", "--limit-rate", "4M"])
+        .args([
+            "--server",
+            &server.url,
+            "get",
+            "resume.bin",
+            "--limit-rate",
+            "4M",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -218,8 +254,14 @@ fn resume_after_client_killed() {
     slow.wait().unwrap();
     assert!(grew, "the part file never reached 2 MiB");
     let kept = part_len(&part);
-    assert!(kept > 0 && kept < data.len() as u64, "part holds {kept} bytes");
-    assert!(!cwd.path().join("resume.bin").exists(), "no DEST before the digest matched");
+    assert!(
+        kept > 0 && kept < data.len() as u64,
+        "part holds {kept} bytes"
+    );
+    assert!(
+        !cwd.path().join("resume.bin").exists(),
+        "no DEST before the digest matched"
+    );
 
     let run = client(&server.url, cwd.path(), &["get", "resume.bin"]);
     run.expect_code(0).expect_stderr("resuming at byte");
@@ -230,7 +272,10 @@ fn resume_after_client_killed() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("offset in the notice");
-    assert!(offset >= kept.min(2 << 20), "resumed at {offset}, part had {kept}");
+    assert!(
+        offset >= kept.min(2 << 20),
+        "resumed at {offset}, part had {kept}"
+    );
     assert!(fs::read(cwd.path().join("resume.bin")).unwrap() == data);
     assert!(!part.exists());
 }
@@ -295,7 +340,14 @@ fn file_rewritten_during_transfer_is_never_mixed() {
     let part = cwd.path().join("moving.bin.part");
     let child = fetchd()
         .current_dir(cwd.path())
-        .args(["--server", &server.url, "get", "moving.bin", "--limit-rate", "6M"])
+        .args([
+            "--server",
+            &server.url,
+            "get",
+            "moving.bin",
+            "--limit-rate",
+            "6M",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -307,12 +359,18 @@ fn file_rewritten_during_transfer_is_never_mixed() {
     let dest = cwd.path().join("moving.bin");
     match fs::read(&dest) {
         Ok(got) => {
-            assert!(got == new || got == old, "DEST mixes versions; stderr: {stderr}");
+            assert!(
+                got == new || got == old,
+                "DEST mixes versions; stderr: {stderr}"
+            );
             assert!(output.status.success(), "{stderr}");
         }
         Err(_) => assert_eq!(output.status.code(), Some(1), "{stderr}"),
     }
-    assert!(stderr.contains("changed"), "the change was noticed: {stderr}");
+    assert!(
+        stderr.contains("changed"),
+        "the change was noticed: {stderr}"
+    );
 }
 
 /// A server killed mid-transfer leaves an existing DEST exactly as it was.
@@ -327,7 +385,14 @@ fn server_killed_leaves_dest_untouched() {
     let part = cwd.path().join("victim.bin.part");
     let child = fetchd()
         .current_dir(cwd.path())
-        .args(["--server", &server.url, "get", "victim.bin", "--limit-rate", "4M"])
+        .args([
+            "--server",
+            &server.url,
+            "get",
+            "victim.bin",
+            "--limit-rate",
+            "4M",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -360,7 +425,12 @@ fn stdout_closed_early_is_success() {
     drop(stdout);
     let status = wait_with_timeout(&mut child, STEP_TIMEOUT).expect("exits");
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "exit {status:?}; stderr: {stderr}");
 }
 
@@ -375,7 +445,14 @@ fn sigterm_drains_then_exits_zero() {
     let part = cwd.path().join("drain.bin.part");
     let child = fetchd()
         .current_dir(cwd.path())
-        .args(["--server", &server.url, "get", "drain.bin", "--limit-rate", "4M"])
+        .args([
+            "--server",
+            &server.url,
+            "get",
+            "drain.bin",
+            "--limit-rate",
+            "4M",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

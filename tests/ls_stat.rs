@@ -1,5 +1,7 @@
 //! `fetchd ls` and `fetchd stat` through the real binary.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;
@@ -46,8 +48,13 @@ fn ls_root_and_folder() {
         .collect();
     assert_eq!(
         kinds_and_paths,
-        [("d", "empty"), ("l", "link"), ("d", "logs"), ("f", "top.txt")]
-            .map(|(k, p)| (k.to_string(), p.to_string()))
+        [
+            ("d", "empty"),
+            ("l", "link"),
+            ("d", "logs"),
+            ("f", "top.txt")
+        ]
+        .map(|(k, p)| (k.to_string(), p.to_string()))
     );
 
     let run = client(&server.url, cwd.path(), &["ls", "logs"]);
@@ -145,7 +152,10 @@ fn stat_text_and_json() {
     let text = run.stdout_str();
     assert!(text.contains("type: file\n"), "{text}");
     assert!(text.contains("size: 4\n"), "{text}");
-    assert!(text.contains(&format!("sha256: {}\n", sha256_hex(b"top\n"))), "{text}");
+    assert!(
+        text.contains(&format!("sha256: {}\n", sha256_hex(b"top\n"))),
+        "{text}"
+    );
 
     let run = client(&server.url, cwd.path(), &["stat", "--json", "logs"]);
     run.expect_code(0);

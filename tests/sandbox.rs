@@ -788,44 +788,73 @@ fn cli_ls_refuses_escapes_and_shows_links() {
     }
 }
 
-/// Flips `link` through `targets` by renaming a freshly made symlink over
-/// it, until `stop`; returns how many flips it made.
-fn flip_symlink(
-    link: PathBuf,
-    targets: Vec<PathBuf>,
+/// A thread that changes the tree until dropped (also when the test fails,
+/// so it never outlives the tree).
+struct Meddler {
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<u64> {
-    thread::spawn(move || {
-        let staging = link.with_file_name(".flip.tmp");
-        let mut flips = 0;
-        while !stop.load(Ordering::Relaxed) {
-            for target in &targets {
-                let _ = std::fs::remove_file(&staging);
-                symlink(target, &staging).expect("staging symlink");
-                std::fs::rename(&staging, &link).expect("rename over the link");
-                flips += 1;
+    thread: Option<thread::JoinHandle<u64>>,
+}
+
+impl Meddler {
+    /// Runs `step` in a loop until stopped; each call is one change.
+    fn start(mut step: impl FnMut() + Send + 'static) -> Meddler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut changes = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                step();
+                changes += 1;
             }
+            changes
+        });
+        Meddler {
+            stop,
+            thread: Some(thread),
         }
-        flips
+    }
+
+    /// Stops the thread; returns how many changes it made.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("the meddling thread failed")
+    }
+}
+
+impl Drop for Meddler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Flips the symlink `link` through `targets`, each time renaming a freshly
+/// made symlink over it (so `link` always exists).
+fn flip_symlink(link: PathBuf, targets: Vec<PathBuf>) -> Meddler {
+    let staging = link.with_file_name(".flip.tmp");
+    let mut next = targets.into_iter().cycle();
+    Meddler::start(move || {
+        let target = next.next().expect("targets");
+        let _ = std::fs::remove_file(&staging);
+        symlink(&target, &staging).expect("staging symlink");
+        std::fs::rename(&staging, &link).expect("rename over the link");
     })
 }
 
-/// Swaps `a` and `b` atomically (renameat2 RENAME_EXCHANGE) until `stop`.
-fn exchange_repeatedly(a: PathBuf, b: PathBuf, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
-    thread::spawn(move || {
-        let mut swaps = 0;
-        while !stop.load(Ordering::Relaxed) {
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &a,
-                rustix::fs::CWD,
-                &b,
-                rustix::fs::RenameFlags::EXCHANGE,
-            )
-            .expect("RENAME_EXCHANGE");
-            swaps += 1;
-        }
-        swaps
+/// Swaps `a` and `b` atomically (renameat2 RENAME_EXCHANGE) again and again.
+fn exchange_repeatedly(a: PathBuf, b: PathBuf) -> Meddler {
+    Meddler::start(move || {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &a,
+            rustix::fs::CWD,
+            &b,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .expect("RENAME_EXCHANGE");
     })
 }
 
@@ -919,7 +948,6 @@ async fn race_flipping_a_folder_symlink_never_escapes() {
     let tree = tree();
     let flip = tree.root.join("flip");
     link("inside", &flip);
-    let stop = Arc::new(AtomicBool::new(false));
     let flipper = flip_symlink(
         flip,
         vec![
@@ -928,14 +956,12 @@ async fn race_flipping_a_folder_symlink_never_escapes() {
             tree.root.join("inside"),
             PathBuf::from("../outside"),
         ],
-        Arc::clone(&stop),
     );
     let server = InProcessServer::serve(&tree.root);
     let client = server.client().await;
     let allowed = [Code::PermissionDenied, Code::Aborted];
     let tally = hammer(&client, "flip/file", "flip", &tree, &allowed).await;
-    stop.store(true, Ordering::Relaxed);
-    let flips = flipper.join().expect("flipper");
+    let flips = flipper.stop();
     eprintln!("{flips} flips; {tally:?}");
     assert!(flips > 10, "the link hardly flipped");
     assert!(
@@ -953,14 +979,12 @@ async fn race_exchanging_a_folder_with_an_escaping_link_never_escapes() {
     write(&folder.join("file"), INSIDE_FILE);
     let alternate = tree.root.join(".swap_alt");
     link(&tree.outside, &alternate);
-    let stop = Arc::new(AtomicBool::new(false));
-    let swapper = exchange_repeatedly(folder, alternate, Arc::clone(&stop));
+    let swapper = exchange_repeatedly(folder, alternate);
     let server = InProcessServer::serve(&tree.root);
     let client = server.client().await;
     let allowed = [Code::PermissionDenied, Code::Aborted];
     let tally = hammer(&client, "swap/file", "swap", &tree, &allowed).await;
-    stop.store(true, Ordering::Relaxed);
-    let swaps = swapper.join().expect("swapper");
+    let swaps = swapper.stop();
     eprintln!("{swaps} swaps; {tally:?}");
     assert!(
         tally.served_inside > 0,
@@ -977,14 +1001,12 @@ async fn race_exchanging_a_file_with_an_escaping_link_never_escapes() {
     write(&file, INSIDE_FILE);
     let alternate = tree.root.join("inside/.swapfile_alt");
     link(tree.outside.join("file"), &alternate);
-    let stop = Arc::new(AtomicBool::new(false));
-    let swapper = exchange_repeatedly(file, alternate, Arc::clone(&stop));
+    let swapper = exchange_repeatedly(file, alternate);
     let server = InProcessServer::serve(&tree.root);
     let client = server.client().await;
     let allowed = [Code::PermissionDenied, Code::Aborted];
     let tally = hammer(&client, "inside/swapfile", "inside", &tree, &allowed).await;
-    stop.store(true, Ordering::Relaxed);
-    let swaps = swapper.join().expect("swapper");
+    let swaps = swapper.stop();
     eprintln!("{swaps} swaps; {tally:?}");
     assert!(
         tally.served_inside > 0,

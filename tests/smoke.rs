@@ -1,5 +1,7 @@
 //! The quick start works: serve a tree, fetch a file, the bytes match.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

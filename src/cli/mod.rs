@@ -75,7 +75,10 @@ impl ClientArgs {
     /// Connects to the server these options name.
     pub async fn connect(&self) -> Result<Client> {
         Client::connect(&ConnectOptions {
-            server: self.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            server: self
+                .server
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             token: self.token.clone(),
         })
         .await
