@@ -54,7 +54,7 @@ pub struct EntryInfo {
 }
 
 /// One version of a file: if any field changes, the content may have too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileVersion {
     /// Device of the filesystem holding the file.
     pub device: u64,

@@ -469,3 +469,48 @@ fn sigterm_drains_then_exits_zero() {
     assert!(fs::read(cwd.path().join("drain.bin")).unwrap() == data);
     client(&server.url, cwd.path(), &["get", "drain.bin", "-o", "late"]).expect_code(1);
 }
+
+/// The server's digest cache: a settled file is served again from the
+/// cache, a changed version is hashed afresh, and even a cache made stale
+/// behind the server's back (same size and mtime, new bytes) never yields a
+/// wrong DEST: the client's own hash catches it.
+#[test]
+fn digest_cache_never_serves_a_wrong_file() {
+    let old_time = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let first = random_bytes(CHUNK * 3, 31);
+    let root = tree_with(&[("cached.bin", &first)]);
+    let source = root.path().join("cached.bin");
+    let set_mtime = |when| {
+        fs::File::options()
+            .write(true)
+            .open(&source)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    };
+    set_mtime(old_time);
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        client(&server.url, cwd.path(), &["get", "cached.bin", "--force"]).expect_code(0);
+        assert!(fs::read(cwd.path().join("cached.bin")).unwrap() == first);
+    }
+
+    // A new version (new mtime): hashed afresh, delivered exactly.
+    let second = random_bytes(CHUNK * 3, 32);
+    fs::write(&source, &second).unwrap();
+    set_mtime(old_time + Duration::from_secs(1));
+    client(&server.url, cwd.path(), &["get", "cached.bin", "-o", "second.bin"]).expect_code(0);
+    assert!(fs::read(cwd.path().join("second.bin")).unwrap() == second);
+
+    // Same size, same mtime, other bytes: the cached digest is now wrong.
+    let third = random_bytes(CHUNK * 3, 33);
+    fs::write(&source, &third).unwrap();
+    set_mtime(old_time + Duration::from_secs(1));
+    fs::write(cwd.path().join("third.bin"), b"keep me").unwrap();
+    // (fs::write truncates in place: same inode, so the same version.)
+    let run = client(&server.url, cwd.path(), &["get", "cached.bin", "-o", "third.bin"]);
+    run.expect_code(1).expect_stderr("checksum mismatch");
+    assert_eq!(fs::read(cwd.path().join("third.bin")).unwrap(), b"keep me");
+    assert!(!cwd.path().join("third.bin.part").exists());
+}

@@ -59,15 +59,19 @@ impl Sink for StdoutSink {
     }
 }
 
-/// A running writer thread over a sink of type `S`.
+/// A running assembler: a writer thread and a hasher thread, each fed every
+/// chunk through its own bounded channel, so hashing and writing overlap on
+/// two cores while the network loop only receives.
 #[derive(Debug)]
 pub struct Assembler<S> {
-    tx: mpsc::Sender<Bytes>,
-    thread: JoinHandle<Assembled<S>>,
+    to_writer: mpsc::Sender<Bytes>,
+    to_hasher: mpsc::Sender<Bytes>,
+    writer: JoinHandle<(S, Result<()>)>,
+    hasher: JoinHandle<Hasher>,
 }
 
-/// What the writer thread hands back: the sink, the hasher over every byte
-/// it was given, and whether every write succeeded.
+/// What the threads hand back: the sink, the hasher over every byte it was
+/// given, and whether every write succeeded.
 #[derive(Debug)]
 pub struct Assembled<S> {
     /// The sink, for committing or keeping.
@@ -82,44 +86,52 @@ impl<S: Sink> Assembler<S> {
     /// Starts writing to `sink`, continuing `hasher` (which has already seen
     /// whatever the sink holds).
     pub fn start(mut sink: S, mut hasher: Hasher) -> Assembler<S> {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
-        let thread = tokio::task::spawn_blocking(move || {
-            let mut open = true;
-            while let Some(chunk) = rx.blocking_recv() {
-                if open {
-                    match sink.append(&chunk) {
-                        Ok(still_open) => open = still_open,
-                        Err(err) => {
-                            return Assembled {
-                                sink,
-                                hasher,
-                                written: Err(err),
-                            };
-                        }
-                    }
+        let (to_writer, mut writer_rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
+        let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = writer_rx.blocking_recv() {
+                match sink.append(&chunk) {
+                    Ok(true) => {}
+                    // The reader is gone: keep draining so the sender is
+                    // never stuck, but write nothing more.
+                    Ok(false) => while writer_rx.blocking_recv().is_some() {},
+                    Err(err) => return (sink, Err(err)),
                 }
+            }
+            (sink, Ok(()))
+        });
+        let hasher = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = hasher_rx.blocking_recv() {
                 hasher.update(&chunk);
             }
-            Assembled {
-                sink,
-                hasher,
-                written: Ok(()),
-            }
+            hasher
         });
-        Assembler { tx, thread }
+        Assembler {
+            to_writer,
+            to_hasher,
+            writer,
+            hasher,
+        }
     }
 
     /// Queues the next chunk. `false` means the writer thread stopped (a
     /// write failed): stop pushing and call [`finish`](Self::finish).
     pub async fn push(&mut self, chunk: Bytes) -> bool {
-        self.tx.send(chunk).await.is_ok()
+        self.to_hasher.send(chunk.clone()).await.is_ok() && self.to_writer.send(chunk).await.is_ok()
     }
 
-    /// Waits for every queued chunk to be written and hands back the sink.
+    /// Waits for every queued chunk to be written and hashed, and hands back
+    /// the sink.
     pub async fn finish(self) -> Result<Assembled<S>> {
-        drop(self.tx);
-        self.thread
-            .await
-            .map_err(|err| Error::io("<writer thread>", io::Error::other(err)))
+        drop(self.to_writer);
+        drop(self.to_hasher);
+        let joined = |err| Error::io("<assembler thread>", io::Error::other(err));
+        let (sink, written) = self.writer.await.map_err(joined)?;
+        let hasher = self.hasher.await.map_err(joined)?;
+        Ok(Assembled {
+            sink,
+            hasher,
+            written,
+        })
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
+//! - [`digests`]: whole-file digests remembered by file version.
 
+pub mod digests;
 pub mod read;
 pub mod service;
 

@@ -15,14 +15,16 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::checksum::{self, Digest, Hasher};
 use crate::entry::{EntryInfo, EntryKind, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
 use crate::sandbox::{RequestPath, Root};
+use crate::server::digests::DigestCache;
 
 /// Bytes per data message.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -33,6 +35,7 @@ pub const READ_QUEUE_CHUNKS: usize = 4;
 #[derive(Debug)]
 pub struct OpenRead {
     root: Arc<Root>,
+    digests: Arc<DigestCache>,
     path: RequestPath,
     file: File,
     version: FileVersion,
@@ -46,6 +49,7 @@ impl OpenRead {
     /// when `None`) from `offset`. Runs on a blocking thread.
     pub async fn open(
         root: Arc<Root>,
+        digests: Arc<DigestCache>,
         path: RequestPath,
         offset: u64,
         length: Option<u64>,
@@ -71,6 +75,7 @@ impl OpenRead {
             };
             Ok(OpenRead {
                 root,
+                digests,
                 path,
                 file,
                 version,
@@ -109,10 +114,16 @@ impl OpenRead {
     /// Reads the whole file and returns its digest (for `Stat`).
     pub async fn digest(self) -> Result<(EntryInfo, FileVersion, Digest)> {
         tokio::task::spawn_blocking(move || {
+            if let Some(digest) = self.digests.get(&self.version) {
+                return Ok((self.entry, self.version, digest));
+            }
+            let hashing_started = SystemTime::now();
             let hasher = checksum::hash_prefix(&self.file, Some(self.version.size + 1))
                 .map_err(|err| Error::from_server_io(&self.path.shown(), err))?;
             self.check_unchanged(hasher.bytes())?;
-            Ok((self.entry, self.version, hasher.finalize()))
+            let digest = hasher.finalize();
+            self.digests.insert(self.version, digest, hashing_started);
+            Ok((self.entry, self.version, digest))
         })
         .await
         .map_err(|err| Error::io("stat", io::Error::other(err)))?
@@ -122,6 +133,8 @@ impl OpenRead {
     fn pump(&self, tx: &mpsc::Sender<Result<ReadEvent>>) -> Result<()> {
         let shown = self.path.shown();
         let io_error = |err| Error::from_server_io(&shown, err);
+        let hashing_started = SystemTime::now();
+        let cached = self.digests.get(&self.version);
 
         let mut hasher: Hasher =
             checksum::hash_prefix(&self.file, Some(self.offset)).map_err(io_error)?;
@@ -140,29 +153,40 @@ impl OpenRead {
         }
 
         let end = self.offset + self.length;
-        while hasher.bytes() < end {
-            let want =
-                CHUNK_BYTES.min(usize::try_from(end - hasher.bytes()).unwrap_or(CHUNK_BYTES));
-            let mut chunk = BytesMut::zeroed(want);
-            let got = read_full(&self.file, &mut chunk).map_err(io_error)?;
-            if got < want {
+        let mut position = self.offset;
+        while position < end {
+            let want = CHUNK_BYTES.min(usize::try_from(end - position).unwrap_or(CHUNK_BYTES));
+            let chunk = read_chunk(&self.file, want).map_err(io_error)?;
+            if chunk.len() < want {
                 // The file shrank under us.
                 return Err(Error::Changed { path: shown });
             }
-            hasher.update(&chunk);
-            if tx
-                .blocking_send(Ok(ReadEvent::Data(chunk.freeze())))
-                .is_err()
-            {
+            position += chunk.len() as u64;
+            if cached.is_none() {
+                hasher.update(&chunk);
+            }
+            if tx.blocking_send(Ok(ReadEvent::Data(chunk))).is_err() {
                 return Ok(());
             }
         }
 
-        // Bytes past the requested range still count for the whole-file
-        // digest; one extra byte shows whether the file grew.
-        checksum::feed(&self.file, &mut hasher, Some(self.version.size + 1)).map_err(io_error)?;
-        self.check_unchanged(hasher.bytes())?;
-        let _ = tx.blocking_send(Ok(ReadEvent::End(hasher.finalize())));
+        let digest = match cached {
+            Some(digest) => {
+                self.check_unchanged(self.version.size)?;
+                digest
+            }
+            None => {
+                // Bytes past the requested range still count for the
+                // whole-file digest; one extra byte shows whether it grew.
+                checksum::feed(&self.file, &mut hasher, Some(self.version.size + 1))
+                    .map_err(io_error)?;
+                self.check_unchanged(hasher.bytes())?;
+                let digest = hasher.finalize();
+                self.digests.insert(self.version, digest, hashing_started);
+                digest
+            }
+        };
+        let _ = tx.blocking_send(Ok(ReadEvent::End(digest)));
         Ok(())
     }
 
@@ -190,16 +214,10 @@ impl OpenRead {
     }
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
+/// Reads the next `want` bytes (fewer only at the end of the file) into a
+/// fresh buffer, without zeroing it first.
+fn read_chunk(file: &File, want: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(want);
+    file.take(want as u64).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
 }

@@ -17,6 +17,7 @@ use crate::proto::{
     StatResponse, read_response,
 };
 use crate::sandbox::{RequestPath, Root};
+use crate::server::digests::DigestCache;
 use crate::server::read::OpenRead;
 
 /// Entries per `List` message.
@@ -30,6 +31,7 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct FetchdService {
     root: Arc<Root>,
+    digests: Arc<DigestCache>,
     transfers: Arc<Semaphore>,
     max_transfers: usize,
 }
@@ -39,6 +41,7 @@ impl FetchdService {
     pub fn new(root: Arc<Root>, max_transfers: usize) -> FetchdService {
         FetchdService {
             root,
+            digests: Arc::new(DigestCache::default()),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             max_transfers,
         }
@@ -63,7 +66,14 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             sha256: Default::default(),
         };
         if info.kind == crate::entry::EntryKind::File {
-            let open = OpenRead::open(Arc::clone(&self.root), path, 0, None).await?;
+            let open = OpenRead::open(
+                Arc::clone(&self.root),
+                Arc::clone(&self.digests),
+                path,
+                0,
+                None,
+            )
+            .await?;
             if request.want_sha256 {
                 let _permit = self.acquire_transfer()?;
                 let (entry, version, digest) = open.digest().await?;
@@ -130,8 +140,14 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         let permit = self.acquire_transfer()?;
         let started = Instant::now();
         let shown = path.shown();
-        let open =
-            OpenRead::open(Arc::clone(&self.root), path, request.offset, request.length).await?;
+        let open = OpenRead::open(
+            Arc::clone(&self.root),
+            Arc::clone(&self.digests),
+            path,
+            request.offset,
+            request.length,
+        )
+        .await?;
         tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
         let events = open.stream(permit);
         let mut sent: u64 = 0;

@@ -1,0 +1,116 @@
+//! Whole-file digests remembered by file version, so that serving an
+//! unchanged file again costs no hashing on the server.
+//!
+//! The key is the [`FileVersion`] (device, inode, size, mtime). A digest is
+//! only remembered when the file's mtime was at least [`RACY_WINDOW`] old
+//! when hashing started: a file written within the same timestamp tick as
+//! the hash could change again without its version changing (git's "racy
+//! clean" problem), so such files are hashed every time until they settle.
+//! The client verifies every byte against the digest either way; a stale
+//! entry would show up as a checksum mismatch, never as a wrong file.
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+
+use crate::checksum::Digest;
+use crate::entry::FileVersion;
+
+/// Digests remembered at most (about 100 bytes each).
+pub const DIGEST_CACHE_ENTRIES: usize = 65_536;
+/// A file modified less than this long before hashing began is not cached.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// A bounded, least-recently-used map from file version to digest.
+#[derive(Debug)]
+pub struct DigestCache {
+    entries: Mutex<LruCache<FileVersion, Digest>>,
+}
+
+impl Default for DigestCache {
+    fn default() -> DigestCache {
+        DigestCache::new(DIGEST_CACHE_ENTRIES)
+    }
+}
+
+impl DigestCache {
+    /// A cache holding at most `capacity` digests.
+    pub fn new(capacity: usize) -> DigestCache {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        DigestCache {
+            entries: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// The digest of `version`, if known.
+    pub fn get(&self, version: &FileVersion) -> Option<Digest> {
+        self.lock().get(version).copied()
+    }
+
+    /// Remembers `digest` for `version`, hashed from `hashing_started` on,
+    /// unless the file was modified too recently to trust its version.
+    pub fn insert(&self, version: FileVersion, digest: Digest, hashing_started: SystemTime) {
+        let started_ns = hashing_started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+            });
+        let settled_ns = started_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
+        if version.mtime_ns < settled_ns {
+            self.lock().put(version, digest);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<FileVersion, Digest>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // for our use (get/put are single operations), so keep going.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::Hasher;
+
+    fn version(mtime_ns: i64) -> FileVersion {
+        FileVersion {
+            device: 1,
+            inode: 2,
+            size: 3,
+            mtime_ns,
+        }
+    }
+
+    /// Settled files are remembered; freshly written ones are not.
+    #[test]
+    fn racy_files_are_not_cached() {
+        let cache = DigestCache::new(4);
+        let digest = Hasher::new().finalize();
+        let now = SystemTime::now();
+        let now_ns = now.duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64;
+        let old = version(now_ns - 10_000_000_000);
+        let fresh = version(now_ns - 100_000_000);
+        cache.insert(old, digest, now);
+        cache.insert(fresh, digest, now);
+        assert_eq!(cache.get(&old), Some(digest));
+        assert_eq!(cache.get(&fresh), None);
+    }
+
+    /// The cache holds at most its capacity, dropping the least used.
+    #[test]
+    fn capacity_is_bounded() {
+        let cache = DigestCache::new(2);
+        let digest = Hasher::new().finalize();
+        let now = SystemTime::now();
+        for mtime in 1..=3 {
+            cache.insert(version(mtime), digest, now);
+        }
+        assert_eq!(cache.get(&version(1)), None);
+        assert!(cache.get(&version(2)).is_some() && cache.get(&version(3)).is_some());
+    }
+}
