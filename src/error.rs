@@ -147,6 +147,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A local destination that fetchd refuses to write: it would land
+    /// outside the output folder or go through a symlink.
+    #[error("{}: refused to write: {reason}", path.display())]
+    UnsafeDestination {
+        /// The local path concerned.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+
     /// Another process holds a file fetchd needs for itself.
     #[error("{}: another fetchd is using it; wait for it to finish or remove {}", dest.display(), lock.display())]
     Locked {
@@ -208,6 +218,7 @@ impl Error {
             Error::Remote { code, .. } => *code,
             Error::Io { .. } | Error::Serve(_) => Code::Internal,
             Error::Locked { .. } => Code::FailedPrecondition,
+            Error::UnsafeDestination { .. } => Code::PermissionDenied,
         }
     }
 
@@ -228,6 +239,17 @@ impl Error {
                 message: format!("{message} (check --token or FETCHD_TOKEN)"),
             },
             code => Error::Remote { code, message },
+        }
+    }
+}
+
+impl Error {
+    /// A copy carrying the same code and message (errors hold I/O sources,
+    /// which cannot be cloned).
+    pub fn clone_message(&self) -> Error {
+        Error::Remote {
+            code: self.code(),
+            message: self.to_string(),
         }
     }
 }

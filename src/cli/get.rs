@@ -8,21 +8,40 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{ClientArgs, EXIT_FAILURE, EXIT_OK, Output, report, stderr_is_terminal};
+use crate::client::Client;
+use crate::client::bulk::{self, DEFAULT_JOBS, Item};
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
+use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::sandbox::RequestPath;
 
 /// Arguments of `fetchd get`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-DEST rules: no -o writes ./BASENAME; -o FILE writes FILE; -o DIR/ or an existing
-directory writes DIR/BASENAME; -o - writes to stdout. Data goes to DEST.part first
-and is renamed onto DEST only when its sha256 matches the server's. A leftover
-DEST.part is resumed; a DEST that already matches is skipped (unless --force).")]
+One PATH: no -o writes ./BASENAME; -o FILE writes FILE; -o DIR/ or an existing
+directory writes DIR/BASENAME; -o - writes to stdout.
+Several PATHs or --from-file: -o names a directory (default .) and each file lands
+at OUT/PATH. -r DIR: the tree below DIR lands in OUT (default ./BASENAME-of-DIR).
+Data goes to DEST.part first and is renamed onto DEST only when its sha256 matches
+the server's. A leftover DEST.part is resumed; a DEST that already matches is
+skipped (unless --force). Exit status: 0 all ok or skipped, 1 any failed, 2 usage.")]
 pub struct GetArgs {
-    /// Path of the file on the server (relative to its root).
-    #[arg(required = true, value_name = "PATH")]
+    /// Path(s) of files (or, with -r, folders) on the server.
+    #[arg(value_name = "PATH", required_unless_present = "from_file")]
     pub paths: Vec<String>,
+
+    /// Read more paths from FILE, one a line (- for stdin); blank lines and
+    /// lines starting with # are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<String>,
+
+    /// Fetch folders recursively, keeping the tree (empty folders too).
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Transfers at once.
+    #[arg(short, long, default_value_t = DEFAULT_JOBS, value_name = "N")]
+    pub jobs: usize,
 
     /// Where to write: a file, a directory (DIR/ or existing), or - for stdout.
     #[arg(short = 'o', long = "output", value_name = "DEST")]
@@ -111,33 +130,66 @@ fn parse_rate(text: &str) -> std::result::Result<u64, String> {
 
 /// Runs `fetchd get`.
 pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
-    if args.paths.len() > 1 {
-        return Err(Error::Usage(
-            "several PATHs are not supported by this build yet; run fetchd get once per file"
-                .into(),
-        ));
+    if args.jobs == 0 {
+        return Err(Error::Usage("-j must be at least 1".into()));
     }
-    let remote = &args.paths[0];
-    let dest = destination(remote, args.output.as_deref())?;
+    let mut paths = args.paths.clone();
+    if let Some(list) = &args.from_file {
+        paths.extend(read_path_list(list)?);
+    }
+    let single = args.from_file.is_none() && paths.len() == 1;
+    if paths.is_empty() {
+        return Err(Error::Usage("no paths to fetch".into()));
+    }
+    if !single && args.output.as_deref() == Some("-") {
+        return Err(Error::Usage("-o - takes a single file, not several".into()));
+    }
     let client = client_args.connect().await?;
+    if single {
+        let remote = &paths[0];
+        if args.recursive {
+            let stat = client.stat(remote, false).await;
+            if matches!(&stat, Ok(stat) if stat.entry.kind == EntryKind::Dir) {
+                return run_tree(&args, &client, remote).await;
+            }
+        }
+        return run_single(&args, &client, remote).await;
+    }
+    run_many(&args, &client, &paths).await
+}
 
-    let show_progress = !args.quiet && !args.json && stderr_is_terminal();
-    let progress = if show_progress {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(remote.clone());
-        bar
+/// Paths from a `--from-file` list (`-` for stdin).
+fn read_path_list(list: &str) -> Result<Vec<String>> {
+    let text = if list == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|err| Error::io("<stdin>", err))?
     } else {
-        ProgressBar::hidden()
+        std::fs::read_to_string(list).map_err(|err| Error::io(list, err))?
     };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
+/// A progress bar on stderr when it is a terminal and the user wants one.
+fn progress_bar(args: &GetArgs, template: &str) -> ProgressBar {
+    if args.quiet || args.json || !stderr_is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Options for every download of this run.
+fn download_options(args: &GetArgs, progress: ProgressBar, batch: bool) -> DownloadOptions {
     let quiet = args.quiet || args.json;
     let notify_bar = progress.clone();
-    let options = DownloadOptions {
+    DownloadOptions {
         force: args.force,
         progress,
         limit_rate: args.limit_rate,
@@ -146,11 +198,22 @@ pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
                 notify_bar.suspend(|| eprintln!("fetchd: {line}"));
             }
         }),
-    };
+        batch,
+    }
+}
 
+/// One file, with the single-PATH `-o` rules.
+async fn run_single(args: &GetArgs, client: &Client, remote: &str) -> Result<u8> {
+    let dest = destination(remote, args.output.as_deref())?;
+    let progress = progress_bar(
+        args,
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    progress.set_message(remote.to_string());
+    let options = download_options(args, progress, false);
     let (result, dest_shown) = match &dest {
         Destination::Stdout => (
-            download::download_to_stdout(&client, remote, &options).await,
+            download::download_to_stdout(client, remote, &options).await,
             "-".to_string(),
         ),
         Destination::File {
@@ -161,12 +224,11 @@ pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
                 std::fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
             }
             (
-                download::download_file(&client, remote, path, &options).await,
+                download::download_file(client, remote, path, None, &options).await,
                 path.display().to_string(),
             )
         }
     };
-
     if args.json {
         let mut out = Output::default();
         out.line(&json_line(remote, &dest_shown, &result).to_string())?;
@@ -180,6 +242,136 @@ pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
             Ok(EXIT_FAILURE)
         }
     }
+}
+
+/// `-r DIR`: the tree below DIR into OUT (default ./BASENAME-of-DIR).
+async fn run_tree(args: &GetArgs, client: &Client, dir: &str) -> Result<u8> {
+    let out = match &args.output {
+        Some(out) => PathBuf::from(out),
+        None => match RequestPath::parse(dir)?.display().rsplit('/').next() {
+            Some(name) if !name.is_empty() && name != ".." => PathBuf::from(name),
+            _ => PathBuf::from("."),
+        },
+    };
+    std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
+    let items = bulk::plan_tree(client, dir, &out).await?;
+    run_items(args, client, &out, items).await
+}
+
+/// Several paths (and/or `--from-file`): each at OUT/PATH; with -r, folders
+/// are expanded in place.
+async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u8> {
+    let out = PathBuf::from(args.output.as_deref().unwrap_or("."));
+    std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
+    let mut items = Vec::new();
+    let mut failed = 0;
+    for path in paths {
+        let planned = match RequestPath::parse(path) {
+            Ok(parsed) if args.recursive => {
+                let display = parsed.display().to_string();
+                match client.stat(path, false).await {
+                    Ok(stat) if stat.entry.kind == EntryKind::Dir => {
+                        let sub = if display.is_empty() {
+                            Ok(out.clone())
+                        } else {
+                            bulk::confine(&out, &display)
+                        };
+                        match sub {
+                            Ok(sub) => bulk::plan_tree(client, path, &sub).await,
+                            Err(err) => Err(err),
+                        }
+                    }
+                    _ => bulk::confine(&out, &display).map(|dest| {
+                        vec![Item {
+                            remote: path.clone(),
+                            dest,
+                            known: None,
+                        }]
+                    }),
+                }
+            }
+            Ok(parsed) => bulk::confine(&out, parsed.display()).map(|dest| {
+                vec![Item {
+                    remote: path.clone(),
+                    dest,
+                    known: None,
+                }]
+            }),
+            Err(err) => Err(err),
+        };
+        match planned {
+            Ok(planned) => items.extend(planned),
+            Err(err) => {
+                failed += 1;
+                print_failure(args, path, &out.join(path.trim_start_matches('/')), err)?;
+            }
+        }
+    }
+    let code = run_items(args, client, &out, items).await?;
+    Ok(if failed > 0 { EXIT_FAILURE } else { code })
+}
+
+/// Fetches planned items, printing a JSON line per file and a summary.
+async fn run_items(args: &GetArgs, client: &Client, out: &Path, items: Vec<Item>) -> Result<u8> {
+    let total_files = items.len();
+    let total_bytes: u64 = items
+        .iter()
+        .filter_map(|item| item.known.map(|k| k.size))
+        .sum();
+    let progress = progress_bar(
+        args,
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    progress.set_length(total_bytes);
+    progress.set_message(format!("0/{total_files} files"));
+    let options = download_options(args, progress.clone(), true);
+    let mut output = Output::default();
+    let mut finished = 0;
+    let mut write_error = None;
+    let summary = bulk::fetch_all(client, out, items, args.jobs, &options, |item, result| {
+        finished += 1;
+        progress.set_message(format!("{finished}/{total_files} files"));
+        if args.json {
+            let line = json_line(&item.remote, &item.dest.display().to_string(), result);
+            if let Err(err) = output.line(&line.to_string()).and_then(|_| output.flush()) {
+                write_error.get_or_insert(err);
+            }
+        }
+        if let Err(err) = result {
+            progress.suspend(|| report(err));
+        }
+    })
+    .await;
+    progress.finish_and_clear();
+    if let Some(err) = write_error {
+        return Err(err);
+    }
+    if !args.quiet {
+        eprintln!("fetchd: {}", summary.line());
+    }
+    Ok(if summary.failed > 0 {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    })
+}
+
+/// Reports a file that failed before its transfer began.
+fn print_failure(args: &GetArgs, remote: &str, dest: &Path, err: Error) -> Result<()> {
+    if args.json {
+        let mut out = Output::default();
+        out.line(
+            &json_line(
+                remote,
+                &dest.display().to_string(),
+                &Err(err.clone_message()),
+            )
+            .to_string(),
+        )?;
+        out.flush()?;
+    }
+    report(&err);
+    Ok(())
 }
 
 /// The `--json` object for one file.

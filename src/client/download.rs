@@ -41,6 +41,32 @@ pub struct DownloadOptions {
     pub limit_rate: Option<u64>,
     /// Where notices go.
     pub notify: Notify,
+    /// The progress bar is shared by a batch: only add bytes to it.
+    pub batch: bool,
+}
+
+impl DownloadOptions {
+    fn progress_start(&self, size: u64, offset: u64) {
+        if self.batch {
+            self.progress.inc(offset);
+        } else {
+            self.progress.set_length(size);
+            self.progress.set_position(offset);
+            self.progress.reset_eta();
+        }
+    }
+
+    fn progress_done(&self) {
+        if !self.batch {
+            self.progress.finish_and_clear();
+        }
+    }
+
+    fn progress_abandon(&self) {
+        if !self.batch {
+            self.progress.abandon();
+        }
+    }
 }
 
 impl std::fmt::Debug for DownloadOptions {
@@ -59,6 +85,7 @@ impl Default for DownloadOptions {
             progress: ProgressBar::hidden(),
             limit_rate: None,
             notify: Arc::new(|_| {}),
+            batch: false,
         }
     }
 }
@@ -91,6 +118,13 @@ pub struct Report {
     pub resumed_from: u64,
 }
 
+/// A verified attempt.
+struct Fetched {
+    sha256: Digest,
+    transferred: u64,
+    size: u64,
+}
+
 /// Why an attempt ended without a file.
 enum Failure {
     /// Start again from byte zero.
@@ -103,39 +137,35 @@ enum Failure {
     WriterStopped,
 }
 
-/// Downloads `remote` to the local file `dest`.
+/// What a listing already told about a remote file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// Its size.
+    pub size: u64,
+    /// Its sha256, when the listing carried one.
+    pub sha256: Option<Digest>,
+}
+
+/// Downloads `remote` to the local file `dest`. `known` (from a listing)
+/// saves a `Stat` when `dest` already exists; when it does not, the first
+/// call is the `Read` itself.
 pub async fn download_file(
     client: &Client,
     remote: &str,
     dest: &Path,
+    known: Option<Known>,
     options: &DownloadOptions,
 ) -> Result<Report> {
-    let stat = client.stat(remote, false).await?;
-    if stat.entry.kind == EntryKind::Dir {
-        return Err(Error::IsDirectory {
-            path: shown(remote),
-        });
-    }
-    let size = stat.entry.size;
     if dest.is_dir() {
         return Err(Error::Usage(format!(
             "{}: is a directory; name a file with -o",
             dest.display()
         )));
     }
-
     if !options.force
-        && let Some(digest) = matching_local_copy(client, remote, dest, size).await?
+        && let Some(report) = skip_if_identical(client, remote, dest, known).await?
     {
-        return Ok(Report {
-            path: shown(remote),
-            dest: dest.to_path_buf(),
-            bytes: size,
-            transferred: 0,
-            sha256: digest,
-            outcome: Outcome::Skipped,
-            resumed_from: 0,
-        });
+        return Ok(report);
     }
 
     let dest_owned = dest.to_path_buf();
@@ -152,7 +182,7 @@ pub async fn download_file(
         }
         let (returned, result) = fetch_into_part(client, remote, part, options).await;
         let Some(returned) = returned else {
-            options.progress.abandon();
+            options.progress_abandon();
             return Err(match result {
                 Err(Failure::Keep(err) | Failure::Discard(err)) => err,
                 _ => Error::io(dest, io::Error::other("the writer thread failed")),
@@ -160,10 +190,14 @@ pub async fn download_file(
         };
         part = returned;
         match result {
-            Ok((digest, transferred)) => {
+            Ok(Fetched {
+                sha256: digest,
+                transferred,
+                size,
+            }) => {
                 let committed = blocking(move || part.commit()).await;
                 committed?;
-                options.progress.finish_and_clear();
+                options.progress_done();
                 return Ok(Report {
                     path: shown(remote),
                     dest: dest.to_path_buf(),
@@ -183,21 +217,25 @@ pub async fn download_file(
                 part = blocking(move || part.truncate(0).map(|()| part)).await?;
             }
             Err(Failure::Discard(err)) => {
-                options.progress.abandon();
+                options.progress_abandon();
                 blocking(move || part.discard()).await?;
                 return Err(err);
             }
             Err(Failure::Keep(err)) => {
-                options.progress.abandon();
+                options.progress_abandon();
+                if part.is_empty() {
+                    // Nothing to resume: leave no empty part file behind.
+                    blocking(move || part.discard()).await?;
+                }
                 return Err(err);
             }
             Err(Failure::WriterStopped) => {
-                options.progress.abandon();
+                options.progress_abandon();
                 return Err(Error::io(dest, io::Error::other("the writer stopped")));
             }
         }
     }
-    options.progress.abandon();
+    options.progress_abandon();
     let _ = blocking(move || part.discard()).await;
     Err(Error::Remote {
         code: Code::Aborted,
@@ -208,17 +246,56 @@ pub async fn download_file(
     })
 }
 
-/// The digest of `dest` when it already holds the server's file.
+/// A "skipped" report when `dest` already holds the server's file.
+async fn skip_if_identical(
+    client: &Client,
+    remote: &str,
+    dest: &Path,
+    known: Option<Known>,
+) -> Result<Option<Report>> {
+    let local_size = match std::fs::metadata(dest) {
+        Ok(meta) if meta.is_file() => meta.len(),
+        _ => return Ok(None),
+    };
+    let known = match known {
+        Some(known) => known,
+        None => {
+            let stat = client.stat(remote, false).await?;
+            if stat.entry.kind == EntryKind::Dir {
+                return Err(Error::IsDirectory {
+                    path: shown(remote),
+                });
+            }
+            Known {
+                size: stat.entry.size,
+                sha256: None,
+            }
+        }
+    };
+    if known.size != local_size {
+        return Ok(None);
+    }
+    Ok(matching_local_copy(client, remote, dest, known.sha256)
+        .await?
+        .map(|digest| Report {
+            path: shown(remote),
+            dest: dest.to_path_buf(),
+            bytes: known.size,
+            transferred: 0,
+            sha256: digest,
+            outcome: Outcome::Skipped,
+            resumed_from: 0,
+        }))
+}
+
+/// The digest of `dest` when it equals the server's file (whose digest is
+/// asked for unless already `known`).
 async fn matching_local_copy(
     client: &Client,
     remote: &str,
     dest: &Path,
-    size: u64,
+    known: Option<Digest>,
 ) -> Result<Option<Digest>> {
-    match std::fs::metadata(dest) {
-        Ok(meta) if meta.is_file() && meta.len() == size => {}
-        _ => return Ok(None),
-    }
     let local_path = dest.to_path_buf();
     let local = blocking(move || {
         let file = std::fs::File::open(&local_path).map_err(|err| Error::io(&local_path, err))?;
@@ -226,9 +303,14 @@ async fn matching_local_copy(
             .map(Hasher::finalize)
             .map_err(|err| Error::io(&local_path, err))
     });
-    let (local, remote) = tokio::join!(local, client.stat(remote, true));
-    let remote = remote?;
-    Ok(match (local, remote.sha256) {
+    let remote_digest = async {
+        match known {
+            Some(digest) => Ok(Some(digest)),
+            None => client.stat(remote, true).await.map(|stat| stat.sha256),
+        }
+    };
+    let (local, remote) = tokio::join!(local, remote_digest);
+    Ok(match (local, remote?) {
         (Ok(local), Some(remote)) if local == remote => Some(local),
         _ => None,
     })
@@ -241,10 +323,7 @@ async fn fetch_into_part(
     remote: &str,
     part: PartFile,
     options: &DownloadOptions,
-) -> (
-    Option<PartFile>,
-    std::result::Result<(Digest, u64), Failure>,
-) {
+) -> (Option<PartFile>, std::result::Result<Fetched, Failure>) {
     let offset = part.len();
     // Hash what the part already holds while the server hashes its prefix.
     let local_prefix = async {
@@ -286,9 +365,7 @@ async fn fetch_into_part(
             )),
         );
     }
-    options.progress.set_length(start.entry.size);
-    options.progress.set_position(offset);
-    options.progress.reset_eta();
+    options.progress_start(start.entry.size, offset);
 
     let mut assembler = Assembler::start(part, hasher);
     let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
@@ -315,7 +392,14 @@ async fn fetch_into_part(
             })),
         );
     }
-    (Some(part), Ok((actual, start.length)))
+    (
+        Some(part),
+        Ok(Fetched {
+            sha256: actual,
+            transferred: start.length,
+            size: start.entry.size,
+        }),
+    )
 }
 
 /// Receives data events into the assembler until the trailer; returns the
@@ -382,13 +466,13 @@ pub async fn download_to_stdout(
                 });
             }
         };
-        options.progress.set_length(start.entry.size);
+        options.progress_start(start.entry.size, 0);
         let mut assembler = Assembler::start(StdoutSink::default(), Hasher::new());
         let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
         let assembled = assembler.finish().await?;
         let (sink, hasher) = (assembled.sink, assembled.hasher);
         assembled.written?;
-        options.progress.finish_and_clear();
+        options.progress_done();
         let expected = match received {
             Ok(expected) => expected,
             // Nothing was written yet by a restartable failure only if the

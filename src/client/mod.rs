@@ -4,8 +4,10 @@
 //! - [`download`]: one file from the server to a local file or stdout, with
 //!   skip, resume and retry.
 //! - [`assemble`]: the writer thread that appends chunks and hashes them.
+//! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
 
 pub mod assemble;
+pub mod bulk;
 pub mod download;
 
 use std::time::Duration;

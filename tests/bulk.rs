@@ -1,0 +1,244 @@
+//! Bulk downloads: several paths, `-r`, `--from-file`, `-j`, JSON lines,
+//! skip-on-rerun and per-file failures, through the real binary.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::*;
+
+/// A tree of `small` small files in nested folders, a few large files and
+/// an empty folder; returns path -> content.
+fn make_tree(root: &Path, small: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for i in 0..small {
+        let path = format!("d{}/s{}/f{i}.txt", i % 7, i % 13);
+        files.insert(path, random_bytes(1 + (i * 37) % 4096, i as u64));
+    }
+    for i in 0..3 {
+        files.insert(
+            format!("large/big{i}.bin"),
+            random_bytes((3 << 20) + i * 1000, 900 + i as u64),
+        );
+    }
+    for (path, data) in &files {
+        let full = root.join(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(full, data).unwrap();
+    }
+    fs::create_dir_all(root.join("empty/inner")).unwrap();
+    files
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{line:?}: {err}")))
+        .collect()
+}
+
+/// `get -r / -o OUT` reproduces a 2,000-file tree exactly (empty folders
+/// too), one JSON line per file; a rerun skips every file.
+#[test]
+fn recursive_tree_and_rerun_skips() {
+    let root = tempfile::tempdir().unwrap();
+    let files = make_tree(root.path(), 2000);
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+
+    let run = client(
+        &server.url,
+        cwd.path(),
+        &["get", "-r", "/", "-o", "out", "--json", "-j", "16"],
+    );
+    run.expect_code(0);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), files.len(), "one line per file");
+    for line in &lines {
+        assert_eq!(line["status"], "ok", "{line}");
+        let path = line["path"].as_str().unwrap();
+        let data = &files[path];
+        assert_eq!(line["bytes"], data.len());
+        assert_eq!(line["sha256"], sha256_hex(data));
+        assert_eq!(line["dest"], format!("out/{path}"));
+    }
+    for (path, data) in &files {
+        let got = fs::read(cwd.path().join("out").join(path)).unwrap();
+        assert!(got == *data, "{path} differs");
+    }
+    assert!(
+        cwd.path().join("out/empty/inner").is_dir(),
+        "empty folders are kept"
+    );
+    run.expect_stderr(&format!(
+        "{} files ({} downloaded, 0 skipped, 0 failed)",
+        files.len(),
+        files.len()
+    ));
+
+    let rerun = client(
+        &server.url,
+        cwd.path(),
+        &["get", "-r", "/", "-o", "out", "--json"],
+    );
+    rerun.expect_code(0);
+    let lines = json_lines(&rerun.stdout);
+    assert_eq!(lines.len(), files.len());
+    assert!(
+        lines.iter().all(|line| line["status"] == "skipped"),
+        "{}",
+        rerun.describe()
+    );
+}
+
+/// `-r DIR` without -o lands in ./BASENAME-of-DIR, `DIR/a/b` at `BASE/a/b`.
+#[test]
+fn recursive_default_output_is_basename() {
+    let root = tempfile::tempdir().unwrap();
+    let files = make_tree(root.path(), 40);
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    client(&server.url, cwd.path(), &["get", "-r", "d3"]).expect_code(0);
+    for (path, data) in files.iter().filter(|(p, _)| p.starts_with("d3/")) {
+        let got = fs::read(cwd.path().join(path)).unwrap();
+        assert!(got == *data, "{path}");
+    }
+    assert!(!cwd.path().join("d0").exists());
+}
+
+/// A list of 300 paths with 3 missing: 297 correct files, 3 error lines
+/// (JSON and stderr), exit 1.
+#[test]
+fn from_file_with_missing_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let files = make_tree(root.path(), 400);
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let mut wanted: Vec<String> = files.keys().take(297).cloned().collect();
+    wanted.insert(10, "missing/one.txt".into());
+    wanted.insert(100, "missing/two.txt".into());
+    wanted.push("/missing/three.txt".into());
+    let mut list = String::from("# artifacts to fetch\n\n");
+    for path in &wanted {
+        list.push_str(path);
+        list.push('\n');
+    }
+    fs::write(cwd.path().join("list.txt"), list).unwrap();
+
+    let run = client(
+        &server.url,
+        cwd.path(),
+        &["get", "--from-file", "list.txt", "-o", "dl", "--json"],
+    );
+    run.expect_code(1);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 300);
+    let errors: Vec<_> = lines.iter().filter(|l| l["status"] == "error").collect();
+    assert_eq!(errors.len(), 3);
+    for error in &errors {
+        assert!(error["path"].as_str().unwrap().starts_with("missing/"));
+        assert_eq!(error["error"], "not found");
+        assert!(error["bytes"].is_null() && error["sha256"].is_null());
+    }
+    let stderr_errors = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("not found"))
+        .count();
+    assert_eq!(stderr_errors, 3, "{}", run.describe());
+    for path in files.keys().take(297) {
+        assert!(fs::read(cwd.path().join("dl").join(path)).unwrap() == files[path]);
+    }
+    assert!(
+        !cwd.path().join("dl/missing").exists()
+            || fs::read_dir(cwd.path().join("dl/missing")).unwrap().count() == 0
+    );
+}
+
+/// `--from-file -` reads the list from stdin; several PATHs land at
+/// OUT/PATH so equal names never collide.
+#[test]
+fn from_stdin_and_same_names() {
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("x")).unwrap();
+    fs::create_dir_all(root.path().join("y")).unwrap();
+    fs::write(root.path().join("x/app.log"), b"from x\n").unwrap();
+    fs::write(root.path().join("y/app.log"), b"from y\n").unwrap();
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+
+    let mut child = fetchd()
+        .current_dir(cwd.path())
+        .args([
+            "--server",
+            &server.url,
+            "get",
+            "--from-file",
+            "-",
+            "-o",
+            "logs",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"x/app.log\n  y/app.log  \n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        fs::read(cwd.path().join("logs/x/app.log")).unwrap(),
+        b"from x\n"
+    );
+    assert_eq!(
+        fs::read(cwd.path().join("logs/y/app.log")).unwrap(),
+        b"from y\n"
+    );
+
+    client(&server.url, cwd.path(), &["get", "x/app.log", "y/app.log"]).expect_code(0);
+    assert_eq!(fs::read(cwd.path().join("x/app.log")).unwrap(), b"from x\n");
+    assert_eq!(fs::read(cwd.path().join("y/app.log")).unwrap(), b"from y\n");
+}
+
+/// A symlink inside the output folder is never written through.
+#[test]
+fn output_symlink_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("sub")).unwrap();
+    fs::write(root.path().join("sub/file.txt"), b"data").unwrap();
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::create_dir_all(cwd.path().join("out")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), cwd.path().join("out/sub")).unwrap();
+    let run = client(&server.url, cwd.path(), &["get", "-r", "/", "-o", "out"]);
+    run.expect_code(1).expect_stderr("symlink");
+    assert_eq!(
+        fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+}
+
+/// Usage errors: -o - with several files, -j 0.
+#[test]
+fn bulk_usage_errors() {
+    let cwd = tempfile::tempdir().unwrap();
+    run_in(cwd.path(), fetchd().args(["get", "a", "b", "-o", "-"])).expect_code(2);
+    run_in(cwd.path(), fetchd().args(["get", "a", "-j", "0"])).expect_code(2);
+}
