@@ -4,17 +4,34 @@
 bench/run installs the peers, builds the release binary and then runs this
 file with bench/.venv's Python. It needs only the standard library, except
 matplotlib for the chart. Settings come from the environment (see bench/run):
-BENCH_SIZE_MIB, BENCH_PAIRS, BENCH_ONLY, BENCH_SLOW_RATE, BENCH_OUT.
+BENCH_SIZE_MIB, BENCH_PAIRS, BENCH_BULK_PAIRS, BENCH_SMALL_FILES,
+BENCH_LARGE_FILES, BENCH_ONLY, BENCH_SLOW_RATE, BENCH_OUT.
 
 What it does:
-  * makes a random file DATA/big.bin in a temp work dir (on /dev/shm if any);
+  * makes a random file DATA/big.bin in a temp work dir (on /dev/shm if any),
+    when a W workload is selected;
   * starts `fetchd serve`, nginx (private config, sendfile on, 1 worker) and an
-    rsync daemon (module `data`, read only) on 127.0.0.1, each on its own port;
+    rsync daemon (modules `data`, `small`, `large`, read only) on 127.0.0.1,
+    each on its own port;
   * W1 verified transfer   fetchd get -o - > /dev/null  vs  curl | openssl dgst
     W2 download to tmpfs   fetchd get -o DEST  vs  rsync --whole-file  vs  curl -o
     W3 slow reader, once   fetchd get -o - | pv -q -L RATE > /dev/null
     Paired workloads: one warm-up of each, then BENCH_PAIRS rounds of
     fetchd, peer(s) in turn; the ratio fetchd/peer is taken per round.
+  * bulk workloads (issue 5), after W1-W3 and with big.bin removed first:
+    DATA/bulk-small (10,000 random files of 4 KiB in 10 x 5 folders) and
+    DATA/bulk-large (100 random files of 10 MiB in 4 folders), each also the
+    root of a `fetchd serve` of its own (so the fetchd command is `get -r /`)
+    and an rsync module (`small`, `large`); nginx serves them below DATA.
+    B1 fresh tree of small files  fetchd get -r / (default -j, and -j 32)
+                                  vs rsync -a, curl --parallel, aria2c -i
+    B2 fresh tree of large files  fetchd get -r /  vs the same three
+    B3 no-change rerun of B1      fetchd get -r /  vs rsync -a, each over the
+                                  complete tree it wrote itself
+    DEST is removed before every B1/B2 run, outside the timed region. Every
+    tree a tool writes in a warm-up, and every tree fetchd writes, is compared
+    with the source (names, folders, sizes, sha256). B1 and B2 run
+    BENCH_BULK_PAIRS rounds, B3 (short) BENCH_PAIRS rounds.
   * per run: wall (perf_counter around the client), client CPU (RUSAGE_CHILDREN
     delta; covers whole pipelines), client peak RSS (/usr/bin/time %M around
     each pipeline stage, summed), server CPU (utime+stime+cutime+cstime from
@@ -22,11 +39,13 @@ What it does:
     after `echo 5 > clear_refs`). The rsync daemon forks one child per
     connection that is gone before it can be read, so its peak RSS is the
     maximum over the whole session, from /usr/bin/time wrapped around it;
-  * writes BENCH_OUT/results.md, results.json and ratios.png.
+  * writes BENCH_OUT/results.md, results.json and ratios.png. A run of only
+    W or only B workloads keeps the other group from the results.json that is
+    already there (see bench/report.py).
 Nothing runs in parallel with a measured run. Every process started is
 stopped by PID at exit (also on Ctrl-C / SIGTERM) and the work dir removed.
 """
-import atexit, datetime, hashlib, os, platform, pwd, grp, re, resource, shutil
+import atexit, datetime, hashlib, json, os, platform, pwd, grp, re, resource, shutil
 import signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
@@ -36,10 +55,22 @@ CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
 PAIRS = int(os.environ.get("BENCH_PAIRS", "11"))
-ONLY = {w.strip().upper() for w in os.environ.get("BENCH_ONLY", "W1,W2,W3").split(",") if w.strip()}
+BULK_PAIRS = int(os.environ.get("BENCH_BULK_PAIRS", "7"))
+KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3"]
+ONLY = {w.strip().upper() for w in os.environ.get("BENCH_ONLY", ",".join(KNOWN)).split(",") if w.strip()}
 SLOW_RATE = os.environ.get("BENCH_SLOW_RATE", "20m")
 OUT = Path(os.environ.get("BENCH_OUT", REPO / "bench/results"))
-TARGETS = {("W1", "curl | openssl"): 0.75, ("W2", "rsync"): 1.0}
+# fetchd/peer ratio of medians to reach, per (workload, peer label)
+TARGETS = {("W1", "curl | openssl"): 0.75, ("W2", "rsync"): 1.0,
+           ("B1", "rsync"): 0.7, ("B2", "curl --parallel"): 1.0}
+B3_TARGET_S = 0.15          # median wall of fetchd's no-change rerun of B1
+EXTRA_JOBS = 32             # B1 also runs fetchd with -j EXTRA_JOBS, as a row of its own
+# The bulk trees: (files, bytes per file, leaf folders)
+SMALL = (int(os.environ.get("BENCH_SMALL_FILES", "10000")), 4 << 10,
+         [f"d{a:02}/s{b}" for a in range(10) for b in range(5)])
+LARGE = (int(os.environ.get("BENCH_LARGE_FILES", "100")), 10 << 20, [f"p{a}" for a in range(4)])
+ARIA2_OPTS = ("-j 16 --allow-overwrite=true --auto-file-renaming=false "
+              "--console-log-level=warn --summary-interval=0 --file-allocation=none")
 
 started = []      # [(name, Popen)] in start order; stopped in reverse at exit
 current = None    # the client pipeline running right now, if any
@@ -159,9 +190,9 @@ def tail(path, n=15):
         return ""
 
 
-def start_fetchd(data):
-    out = work / "fetchd.stdout"
-    p = spawn("fetchd", [str(BIN), "serve", "--root", str(data), "--listen", "127.0.0.1:0"],
+def start_fetchd(data, name="fetchd"):
+    out = work / f"{name}.stdout"
+    p = spawn(name, [str(BIN), "serve", "--root", str(data), "--listen", "127.0.0.1:0"],
               stdout=open(out, "wb"))
     deadline, addr = time.monotonic() + 15, None
     while addr is None and time.monotonic() < deadline:
@@ -170,12 +201,12 @@ def start_fetchd(data):
                 addr = line.split()[-1]
         if addr is None:
             if p.poll() is not None:
-                die(f"fetchd serve exited with {p.returncode}:\n{tail(work / 'fetchd.log')}")
+                die(f"{name} serve exited with {p.returncode}:\n{tail(work / f'{name}.log')}")
             time.sleep(0.02)
     if addr is None:
-        die("fetchd serve printed no `listening on` line within 15 s")
-    wait_ready("fetchd", p, int(addr.rsplit(":", 1)[1]))
-    return Server("fetchd", p.pid, f"http://{addr}")
+        die(f"{name} serve printed no `listening on` line within 15 s")
+    wait_ready(name, p, int(addr.rsplit(":", 1)[1]))
+    return Server(name, p.pid, f"http://{addr}")
 
 
 def start_nginx(data):
@@ -224,6 +255,14 @@ gid = {os.getgid()}
     path = {data}
     read only = yes
     use chroot = no
+[small]
+    path = {data}/bulk-small
+    read only = yes
+    use chroot = no
+[large]
+    path = {data}/bulk-large
+    read only = yes
+    use chroot = no
 """)
     # /usr/bin/time around the daemon: the max RSS of it and every child it forked.
     p = spawn("rsyncd", ["/usr/bin/time", "-f", "%M", "-o", str(work / "rsyncd.maxrss"),
@@ -232,7 +271,9 @@ gid = {os.getgid()}
     kids = children(p.pid)
     if len(kids) != 1:
         die(f"cannot find the rsync daemon under /usr/bin/time (pid {p.pid})")
-    return Server("rsyncd", kids[0], f"rsync://127.0.0.1:{port}/data", forks=True)
+    srv = Server("rsyncd", kids[0], f"rsync://127.0.0.1:{port}/data", forks=True)
+    srv.base = f"rsync://127.0.0.1:{port}"   # + /MODULE
+    return srv
 
 
 def stop(name, proc):
@@ -281,10 +322,10 @@ def run(cmd, server, size=SIZE):
     server.settle()
     server.clear_hwm()
     s0, r0 = server.cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(work / "client.err", "wb") as err:
+    with open(work / "client.err", "wb") as err, open(work / "client.out", "wb") as out:
         t0 = time.perf_counter()
         current = subprocess.Popen(["bash", "-o", "pipefail", "-c", cmd], stdin=subprocess.DEVNULL,
-                                   stderr=err, start_new_session=True)
+                                   stdout=out, stderr=err, start_new_session=True)
         rc = current.wait()
         wall = time.perf_counter() - t0
     current = None
@@ -293,6 +334,7 @@ def run(cmd, server, size=SIZE):
     s1 = server.cpu()
     if rc != 0:
         die(f"exit status {rc} from:\n  {cmd}\n{tail(work / 'client.err')}\n"
+            f"--- its stdout:\n{tail(work / 'client.out')}\n"
             f"--- {server.name} log:\n{tail(work / (server.name + '.log'))}")
     stages = {f.name: int(f.read_text().split()[-1]) for f in rss_dir.iterdir()}
     return {"wall_s": wall,
@@ -317,27 +359,28 @@ def shell_out(cmd):
     return r.stdout
 
 
-def paired(wid, title, contenders, prepare, verify):
+def paired(wid, title, contenders, prepare, verify, pairs=PAIRS, size=SIZE):
     """contenders: [(label, cmd, server)], fetchd first. One warm-up of each,
-    then PAIRS rounds of all in turn. verify(label, measured) checks output."""
+    then `pairs` rounds of all in turn. verify(label, measured) checks output.
+    size: bytes served per run (for server CPU per GiB)."""
     say(f"{wid}: {title}: warm-up")
     runs = {label: [] for label, _, _ in contenders}
     warm = {}
     for label, cmd, server in contenders:
         prepare()
-        warm[label] = run(cmd, server)
+        warm[label] = run(cmd, server, size)
         verify(label, False)
-    for i in range(PAIRS):
+    for i in range(pairs):
         line = []
         for label, cmd, server in contenders:
             prepare()
-            r = run(cmd, server)
+            r = run(cmd, server, size)
             verify(label, True)
             runs[label].append(r)
             line.append(f"{label} {r['wall_s']:.3f} s")
         fd = runs[contenders[0][0]][-1]["wall_s"]
         ratios = [f"{fd / runs[l][-1]['wall_s']:.2f}" for l, _, _ in contenders[1:]]
-        say(f"{wid} {i + 1:2}/{PAIRS}  " + "  ".join(line) + "  ratio " + " ".join(ratios))
+        say(f"{wid} {i + 1:2}/{pairs}  " + "  ".join(line) + "  ratio " + " ".join(ratios))
     return {"title": title, "warmup": warm, "runs": runs,
             "commands": {l: c for l, c, _ in contenders}}
 
@@ -383,6 +426,149 @@ def workloads(fetchd, nginx, rsyncd, digest):
     return res
 
 
+# ---------------------------------------------------------------- bulk ---
+def make_tree(root, spec):
+    """Writes spec = (files, size, leaf folders) of random files below root,
+    spread evenly over the folders; returns the tree's manifest."""
+    n, size, leaves = spec
+    for i in range(n):
+        d = root / leaves[i % len(leaves)]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i // len(leaves):04}.bin").write_bytes(os.urandom(size))
+    return manifest(root)
+
+
+def manifest(root):
+    """{"files": {relpath: [size, sha256]}, "dirs": [relpath], "odd": [relpath]} of a tree;
+    odd: anything that is neither a regular file nor a folder (symlinks too)."""
+    files, dirs, odd = {}, [], []
+    for top, dnames, fnames in os.walk(root):
+        rel = Path(top).relative_to(root)
+        for d in dnames:
+            (odd if os.path.islink(Path(top) / d) else dirs).append(str(rel / d))
+        for f in fnames:
+            path = Path(top) / f
+            if path.is_symlink() or not path.is_file():
+                odd.append(str(rel / f))
+            else:
+                files[str(rel / f)] = [path.stat().st_size, sha256_file(path)]
+    return {"files": files, "dirs": sorted(dirs), "odd": sorted(odd)}
+
+
+def check_tree(wid, label, dest, want):
+    """Dies unless the tree at dest is the source tree: same folders, same
+    files with the same sizes and sha256, nothing else (no .part leftovers)."""
+    got = manifest(dest) if dest.is_dir() else {"files": {}, "dirs": [], "odd": []}
+    if got == want:
+        return
+    gf, wf = got["files"], want["files"]
+    missing = sorted(set(wf) - set(gf))
+    extra = sorted(set(gf) - set(wf)) + got["odd"]
+    differ = sorted(k for k in set(wf) & set(gf) if wf[k] != gf[k])
+    dirs = sorted(set(want["dirs"]) ^ set(got["dirs"]))
+    die(f"{wid}: the tree written by {label} in {dest} differs from the source: "
+        f"{len(missing)} missing {missing[:3]}, {len(extra)} extra {extra[:3]}, "
+        f"{len(differ)} different {differ[:3]}, folders differing {dirs[:3]}")
+
+
+def input_files(name, prefix, want, dest_of, nginx):
+    """The curl config (url = / output = lines) and the aria2c input file
+    (URL, then an indented out= line) for every file of a tree; returns their
+    paths and the first entry of each, to show in the report."""
+    paths = sorted(want["files"])
+    curl_cfg, aria_lst = work / f"{name}.curl", work / f"{name}.aria2"
+    curl_cfg.write_text("".join(f'url = "{nginx.url}/{prefix}/{p}"\noutput = "{dest_of}/{p}"\n'
+                                for p in paths))
+    aria_lst.write_text("".join(f"{nginx.url}/{prefix}/{p}\n  out={p}\n" for p in paths))
+    return curl_cfg, aria_lst, {"curl config": curl_cfg.read_text().split("\n", 2)[:2],
+                                "aria2c input": aria_lst.read_text().split("\n", 2)[:2]}
+
+
+def bulk_workloads(data, nginx, rsyncd):
+    res = {}
+    if ONLY & {"B1", "B3"}:
+        say(f"bulk: writing {SMALL[0]} files of {SMALL[1] >> 10} KiB in {len(SMALL[2])} folders")
+        small = make_tree(data / "bulk-small", SMALL)
+        fsmall = start_fetchd(data / "bulk-small", "fetchd-small")
+        say(f"bulk: fetchd-small {fsmall.url} (root {data / 'bulk-small'})")
+    if ONLY & {"B2"}:
+        say(f"bulk: writing {LARGE[0]} files of {LARGE[1] >> 20} MiB in {len(LARGE[2])} folders")
+        large = make_tree(data / "bulk-large", LARGE)
+        flarge = start_fetchd(data / "bulk-large", "fetchd-large")
+        say(f"bulk: fetchd-large {flarge.url} (root {data / 'bulk-large'})")
+
+    def fresh(wid, title, spec, want, fsrv, module, prefix, extra_jobs):
+        dest = work / f"dest-{wid.lower()}"
+        curl_cfg, aria_lst, inputs = input_files(wid.lower(), prefix, want, dest, nginx)
+        fget = f"{BIN} --server {fsrv.url} get -r / -o {dest} -q"
+        contenders = [("fetchd", f"{timed('fetchd')} {fget}", fsrv)]
+        if extra_jobs:
+            contenders.append((f"fetchd -j {extra_jobs}", f"{timed('fetchd')} {fget} -j {extra_jobs}", fsrv))
+        contenders += [
+            ("rsync", f"{timed('rsync')} rsync -a {rsyncd.base}/{module}/ {dest}/", rsyncd),
+            ("curl --parallel", f"{timed('curl')} curl --no-progress-meter -f --parallel "
+                                f"--parallel-max 16 --create-dirs -K {curl_cfg}", nginx),
+            ("aria2c -i", f"{timed('aria2c')} aria2c -i {aria_lst} -d {dest} {ARIA2_OPTS}", nginx)]
+
+        def prepare():   # a fresh DEST for every run, outside the timed region
+            shutil.rmtree(dest, ignore_errors=True)
+
+        def verify(label, measured):   # every fetchd tree, each peer's warm-up tree
+            if label.startswith("fetchd") or not measured:
+                check_tree(wid, label, dest, want)
+        total = spec[0] * spec[1]
+        w = paired(wid, title, contenders, prepare, verify, pairs=BULK_PAIRS, size=total)
+        prepare()
+        w.update(files=spec[0], bytes=total, inputs=inputs)
+        if extra_jobs:
+            w["extra"] = [[f"fetchd -j {extra_jobs}", "rsync", TARGETS.get((wid, "rsync"))]]
+        return w
+
+    if "B1" in ONLY:
+        res["B1"] = fresh("B1", f"{SMALL[0]:,} files of {SMALL[1] >> 10} KiB, fresh tree",
+                          SMALL, small, fsmall, "small", "bulk-small", EXTRA_JOBS)
+    if "B2" in ONLY:
+        res["B2"] = fresh("B2", f"{LARGE[0]} files of {LARGE[1] >> 20} MiB, fresh tree",
+                          LARGE, large, flarge, "large", "bulk-large", None)
+        shutil.rmtree(data / "bulk-large")   # 1 GiB less on tmpfs for what follows
+    if "B3" in ONLY:
+        # Each tool reruns over the complete tree it wrote itself (rsync -a keeps
+        # mtimes, which its quick check needs; fetchd compares size and sha256).
+        dest_f, dest_r = work / "dest-b3-fetchd", work / "dest-b3-rsync"
+        fget = f"{BIN} --server {fsmall.url} get -r / -o {dest_f}"
+        rs_args = f"{rsyncd.base}/small/ {dest_r}/"
+        rs = f"rsync -a {rs_args}"
+        say("B3: writing the complete trees the reruns start from")
+        shell_out(f"{fget} -q")
+        shell_out(rs)
+        check_tree("B3", "fetchd", dest_f, small)
+        check_tree("B3", "rsync", dest_r, small)
+        # Untimed proof that a rerun transfers nothing.
+        status = {}
+        for line in shell_out(f"{fget} --json").splitlines():
+            st = json.loads(line).get("status")
+            status[st] = status.get(st, 0) + 1
+        if status != {"skipped": SMALL[0]}:
+            die(f"B3: fetchd's rerun over a complete tree did not skip every file: {status}")
+        m = re.search(r"Number of regular files transferred: ([\d,]+)", shell_out(f"rsync -a --stats {rs_args}"))
+        if not m or m.group(1) != "0":
+            die(f"B3: rsync's rerun over a complete tree transferred files: {m and m.group(1)}")
+
+        w = paired("B3", f"no-change rerun of B1 ({SMALL[0]:,} files)", [
+            ("fetchd", f"{timed('fetchd')} {fget} -q", fsmall),
+            ("rsync", f"{timed('rsync')} {rs}", rsyncd),
+        ], prepare=lambda: None, verify=lambda label, measured: None, size=SMALL[0] * SMALL[1])
+        check_tree("B3", "fetchd (after the reruns)", dest_f, small)
+        check_tree("B3", "rsync (after the reruns)", dest_r, small)
+        w.update(files=SMALL[0], bytes=SMALL[0] * SMALL[1], rerun=True,
+                 wall_target={"fetchd": B3_TARGET_S},
+                 checks={"fetchd --json statuses": status, "rsync --stats files transferred": 0})
+        res["B3"] = w
+        shutil.rmtree(dest_f)
+        shutil.rmtree(dest_r)
+    return res
+
+
 def rate_mib(rate):
     units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1 << 20}
     r = rate.strip().lower()
@@ -394,30 +580,42 @@ def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     atexit.register(cleanup)
-    if PAIRS < 11:
+    if not ONLY <= set(KNOWN):
+        die(f"BENCH_ONLY={os.environ['BENCH_ONLY']}: known workloads are {', '.join(KNOWN)}")
+    files_w, bulk_w = ONLY & {"W1", "W2", "W3"}, ONLY & {"B1", "B2", "B3"}
+    if PAIRS < 11 and (files_w or "B3" in ONLY):
         say(f"warning: BENCH_PAIRS={PAIRS}; the issue asks for at least 11 pairs")
-    if not ONLY <= {"W1", "W2", "W3"}:
-        die(f"BENCH_ONLY={os.environ['BENCH_ONLY']}: known workloads are W1, W2, W3")
     if not BIN.exists():
         die(f"{BIN} missing: run `cargo build --release` (bench/run does)")
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     work = Path(tempfile.mkdtemp(prefix="fetchd-bench.", dir=base))
     data = work / "data"
-    data.mkdir()
-    say(f"work dir {work}; writing {SIZE >> 20} MiB of random data")
-    h = hashlib.sha256()
-    with open("/dev/urandom", "rb") as src, open(data / "big.bin", "wb") as dst:
-        left = SIZE
-        while left:
-            chunk = src.read(min(left, 1 << 22))
-            h.update(chunk)
-            dst.write(chunk)
-            left -= len(chunk)
-    digest = h.hexdigest()
+    for d in (data, data / "bulk-small", data / "bulk-large"):
+        d.mkdir()
+    digest = None
+    if files_w:
+        say(f"work dir {work}; writing {SIZE >> 20} MiB of random data")
+        h = hashlib.sha256()
+        with open("/dev/urandom", "rb") as src, open(data / "big.bin", "wb") as dst:
+            left = SIZE
+            while left:
+                chunk = src.read(min(left, 1 << 22))
+                h.update(chunk)
+                dst.write(chunk)
+                left -= len(chunk)
+        digest = h.hexdigest()
+    else:
+        say(f"work dir {work}")
     meta = machine_meta(work)
-    fetchd, nginx, rsyncd = start_fetchd(data), start_nginx(data), start_rsyncd(data)
-    say(f"servers: fetchd {fetchd.url}, nginx {nginx.url}, rsync {rsyncd.url}")
-    res = workloads(fetchd, nginx, rsyncd, digest)
+    fetchd = start_fetchd(data) if files_w else None
+    nginx, rsyncd = start_nginx(data), start_rsyncd(data)
+    say(f"servers: fetchd {fetchd.url if fetchd else '(not needed)'}, nginx {nginx.url}, rsync {rsyncd.base}")
+    res = {}
+    if files_w:
+        res.update(workloads(fetchd, nginx, rsyncd, digest))
+        (data / "big.bin").unlink()   # room on tmpfs for the bulk trees
+    if bulk_w:
+        res.update(bulk_workloads(data, nginx, rsyncd))
     while started:   # stop the servers now: the rsync daemon's peak RSS is known at its exit
         stop(*started.pop())
     maxrss = (work / "rsyncd.maxrss").read_text().split() if (work / "rsyncd.maxrss").exists() else []
@@ -438,13 +636,20 @@ def machine_meta(work):
             "kernel": platform.release(), "cpu": cpu, "nproc": os.cpu_count(),
             "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
             "command": (env + " " if env else "") + "bash bench/run",
-            "size_bytes": SIZE, "pairs": PAIRS, "data_on": "tmpfs (/dev/shm)" if str(work).startswith("/dev/shm") else str(work.parent),
+            "workloads": [w for w in KNOWN if w in ONLY],
+            "size_bytes": SIZE, "pairs": PAIRS, "bulk_pairs": BULK_PAIRS,
+            "bulk_small": {"files": SMALL[0], "file_bytes": SMALL[1], "leaf_folders": len(SMALL[2]),
+                           "folders": len(SMALL[2]) + len({l.split("/")[0] for l in SMALL[2]})},
+            "bulk_large": {"files": LARGE[0], "file_bytes": LARGE[1], "leaf_folders": len(LARGE[2]),
+                           "folders": len(LARGE[2])},
+            "data_on": "tmpfs (/dev/shm)" if str(work).startswith("/dev/shm") else str(work.parent),
             "fetchd_git": rev,
             "versions": {"nginx": ver(f"{shutil.which('nginx') or '/usr/sbin/nginx'} -v", r"nginx/(\S+)"),
                          "rsync": ver("rsync --version", r"version (\S+)"),
                          "curl": ver("curl --version", r"curl (\S+)"),
                          "openssl": ver("openssl version", r"OpenSSL (\S+)"),
-                         "pv": ver("pv --version", r"pv (\S+)")}}
+                         "pv": ver("pv --version", r"pv (\S+)"),
+                         "aria2c": ver("aria2c --version", r"aria2 version (\S+)")}}
 
 
 if __name__ == "__main__":

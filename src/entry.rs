@@ -51,6 +51,8 @@ pub struct EntryInfo {
     pub mtime_ns: i64,
     /// Unix permission bits.
     pub mode: u32,
+    /// The whole file's sha256, when a listing was asked to carry it.
+    pub sha256: Option<Digest>,
 }
 
 /// One version of a file: if any field changes, the content may have too.

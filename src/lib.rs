@@ -2,19 +2,22 @@
 //!
 //! A server exports one directory tree; clients download files from it as
 //! chunked gRPC server streams and verify a sha256 over the whole file before
-//! a file is put in place. The modules, in the order a download flows
-//! through them:
+//! a file is put in place, or follow a log as it grows (`tail`). The modules,
+//! in the order a download flows through them:
 //!
 //! - [`cli`]: the `fetchd` command line, one module per verb.
 //! - [`client`]: connecting to a server, downloading one file (resume, skip,
-//!   retry) and assembling its chunks.
+//!   retry) and assembling its chunks; following a log with reconnects.
 //! - [`proto`]: the generated `fetchd.v1` messages and service stubs.
-//! - [`server`]: the gRPC service, the chunk reader and the listing walker.
+//! - [`server`]: the gRPC service, the chunk reader, the listing walker and
+//!   the tail streams with their shared folder watches.
 //! - [`sandbox`]: resolving request paths beneath the root, race-free.
 //! - [`checksum`]: streaming sha256.
 //! - [`partfile`]: `DEST.part` files that become `DEST` only when verified.
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
 //! - [`entry`]: plain domain types shared by server and client.
+//! - [`tail`]: the domain types of a tail stream (cursor, file identity,
+//!   events).
 
 pub mod checksum;
 pub mod cli;
@@ -25,5 +28,6 @@ pub mod partfile;
 pub mod proto;
 pub mod sandbox;
 pub mod server;
+pub mod tail;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fetc
 /// Conversions between the wire messages and the domain types.
 mod convert {
     use super::{Entry, EntryType, FileVersion as WireVersion};
+    use crate::checksum::Digest;
     use crate::entry::{EntryInfo, EntryKind, FileVersion};
 
     impl From<EntryKind> for EntryType {
@@ -33,6 +34,10 @@ mod convert {
                 size: info.size,
                 mtime_ns: info.mtime_ns,
                 mode: info.mode,
+                sha256: info
+                    .sha256
+                    .map(|digest| bytes::Bytes::copy_from_slice(digest.as_bytes()))
+                    .unwrap_or_default(),
             }
         }
     }
@@ -47,12 +52,20 @@ mod convert {
                 Ok(EntryType::Symlink) => EntryKind::Symlink,
                 _ => return Err(format!("unknown entry type {}", entry.r#type)),
             };
+            let sha256 = match entry.sha256.len() {
+                0 => None,
+                _ => Some(
+                    Digest::from_slice(&entry.sha256)
+                        .ok_or_else(|| format!("{}: bad sha256 length", entry.path))?,
+                ),
+            };
             Ok(EntryInfo {
                 path: entry.path,
                 kind,
                 size: entry.size,
                 mtime_ns: entry.mtime_ns,
                 mode: entry.mode,
+                sha256,
             })
         }
     }

@@ -160,6 +160,24 @@ pub struct Located {
     meta: cap_std::fs::Metadata,
 }
 
+/// Where a followed path's file lives (`tail`): a handle on the folder that
+/// holds it, or would hold it once it is created, and its name there.
+#[derive(Debug)]
+pub struct Place {
+    /// The folder (after following every symlink on the way).
+    pub folder: Dir,
+    /// Device and inode of `folder`.
+    pub folder_id: (u64, u64),
+    /// The file's name in `folder`.
+    pub name: String,
+    /// The regular file there now (symlinks followed); `None` when nothing
+    /// is there.
+    pub file: Option<cap_std::fs::Metadata>,
+}
+
+/// Most folder entries [`Root::find_in`] looks at.
+pub const MAX_FIND_ENTRIES: usize = 100_000;
+
 impl Root {
     /// Opens `dir` as the root to serve.
     pub fn open(dir: &Path) -> io::Result<Root> {
@@ -296,31 +314,133 @@ impl Root {
                 });
             }
         };
-        let mut options = OpenOptions::new();
-        options.read(true).follow(FollowSymlinks::No);
-        // Non-blocking, so that a FIFO swapped in after the check above
-        // cannot hang the open; no controlling terminal from a device.
-        options.custom_flags(libc_flags());
-        let file = located
-            .parent
-            .open_with(&name, &options)
-            .map_err(|err| {
-                if is_symlink_race(&err) {
-                    Error::Changed {
-                        path: shown.clone(),
+        open_checked(&located.parent, &name, &shown)
+    }
+
+    /// Resolves `path` for following it: the folder that holds its file (or
+    /// would hold it: a missing file is `Place::file == None` as long as its
+    /// folder exists) and the file's name there. A missing folder is
+    /// [`Error::NotFound`]; a directory, FIFO, socket or device at the path
+    /// is refused like [`Root::open_file`] refuses it.
+    pub fn place(&self, path: &RequestPath) -> Result<Place> {
+        let shown = path.shown();
+        let os_error = |err: io::Error| Error::from_server_io(&shown, err);
+        match self.locate(path) {
+            Ok(located) => {
+                let file_type = located.meta.file_type();
+                let name = match located.name {
+                    Some(name) if file_type.is_file() => name,
+                    _ if file_type.is_dir() => return Err(Error::IsDirectory { path: shown }),
+                    _ => {
+                        return Err(Error::NotRegular {
+                            path: shown,
+                            kind: special_kind(&located.meta),
+                        });
                     }
-                } else {
-                    Error::from_server_io(&shown, err)
+                };
+                let folder_meta = located.parent.dir_metadata().map_err(os_error)?;
+                Ok(Place {
+                    folder: located.parent,
+                    folder_id: (folder_meta.dev(), folder_meta.ino()),
+                    name,
+                    file: Some(located.meta),
+                })
+            }
+            Err(Error::NotFound { .. }) => {
+                let not_found = || Error::NotFound {
+                    path: shown.clone(),
+                };
+                let Some((Part::Name(name), rest)) = path.parts.split_last() else {
+                    return Err(not_found());
+                };
+                let parent = RequestPath {
+                    parts: rest.to_vec(),
+                    display: lexical_display(rest),
+                };
+                let located = match self.locate(&parent) {
+                    Ok(located) => located,
+                    Err(Error::NotFound { .. } | Error::NotDirectory { .. }) => {
+                        return Err(not_found());
+                    }
+                    Err(err) => return Err(err),
+                };
+                if !located.meta.is_dir() {
+                    return Err(not_found());
                 }
-            })?
-            .into_std();
-        let meta = file
-            .metadata()
-            .map_err(|err| Error::from_server_io(&shown, err))?;
-        if !meta.is_file() {
-            return Err(Error::Changed { path: shown });
+                let folder = match &located.name {
+                    None => located.parent,
+                    Some(dir_name) => located
+                        .parent
+                        .open_dir_nofollow(dir_name)
+                        .map_err(|err| dir_open_error(&shown, err))?,
+                };
+                let folder_meta = folder.dir_metadata().map_err(os_error)?;
+                Ok(Place {
+                    folder,
+                    folder_id: (folder_meta.dev(), folder_meta.ino()),
+                    name: name.clone(),
+                    file: None,
+                })
+            }
+            Err(err) => Err(err),
         }
-        Ok((file, meta))
+    }
+
+    /// Opens the regular file `name` in `folder` (a handle from
+    /// [`Root::place`]) for reading. A symlink there now is
+    /// [`Error::Changed`] (the place was resolved past symlinks); folders,
+    /// FIFOs, sockets and devices are refused without being opened.
+    pub fn open_in(folder: &Dir, name: &str, shown: &str) -> Result<(fs::File, fs::Metadata)> {
+        let meta = folder
+            .symlink_metadata(name)
+            .map_err(|err| Error::from_server_io(shown, err))?;
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            return Err(Error::Changed { path: shown.into() });
+        }
+        if file_type.is_dir() {
+            return Err(Error::IsDirectory { path: shown.into() });
+        }
+        if !file_type.is_file() {
+            return Err(Error::NotRegular {
+                path: shown.into(),
+                kind: special_kind(&meta),
+            });
+        }
+        open_checked(folder, name, shown)
+    }
+
+    /// Finds and opens the regular file in `folder` with this device and
+    /// inode: a log rotated by rename keeps its inode under its new name.
+    /// Looks at most [`MAX_FIND_ENTRIES`] entries; `None` when it is not
+    /// there.
+    pub fn find_in(
+        folder: &Dir,
+        device: u64,
+        inode: u64,
+        shown: &str,
+    ) -> Result<Option<(fs::File, fs::Metadata)>> {
+        use rustix::fs::DirEntryExt as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let entries = folder
+            .entries()
+            .map_err(|err| Error::from_server_io(shown, err))?;
+        for entry in entries.take(MAX_FIND_ENTRIES) {
+            let Ok(entry) = entry else { continue };
+            if entry.ino() != inode {
+                continue;
+            }
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            match Root::open_in(folder, &name, shown) {
+                Ok((file, meta)) if meta.dev() == device && meta.ino() == inode => {
+                    return Ok(Some((file, meta)));
+                }
+                Ok(_) | Err(_) => continue,
+            }
+        }
+        Ok(None)
     }
 
     /// Walks `path`: a file yields its own entry; a folder yields its
@@ -331,18 +451,25 @@ impl Root {
         &self,
         path: &RequestPath,
         recursive: bool,
-        emit: &mut dyn FnMut(EntryInfo) -> bool,
+        emit: &mut dyn FnMut(Listed<'_>) -> bool,
     ) -> Result<()> {
         let shown = path.shown();
         let located = self.locate(path)?;
-        if !located.meta.is_dir() {
+        if !located.meta.is_dir()
+            && let Some(name) = &located.name
+        {
             let info = entry_info(path.display().to_string(), &located.meta).ok_or_else(|| {
                 Error::NotRegular {
                     path: shown,
                     kind: special_kind(&located.meta),
                 }
             })?;
-            emit(info);
+            emit(Listed {
+                info,
+                folder: &located.parent,
+                name,
+                identity: (located.meta.dev(), located.meta.ino()),
+            });
             return Ok(());
         }
         let dir = match &located.name {
@@ -358,13 +485,73 @@ impl Root {
     }
 }
 
+/// Opens `name` in `parent` for reading, never following a symlink, and
+/// checks on the open descriptor that it is a regular file.
+fn open_checked(parent: &Dir, name: &str, shown: &str) -> Result<(fs::File, fs::Metadata)> {
+    let mut options = OpenOptions::new();
+    options.read(true).follow(FollowSymlinks::No);
+    // Non-blocking, so that a FIFO swapped in after the check above
+    // cannot hang the open; no controlling terminal from a device.
+    options.custom_flags(libc_flags());
+    let file = parent
+        .open_with(name, &options)
+        .map_err(|err| {
+            if is_symlink_race(&err) {
+                Error::Changed { path: shown.into() }
+            } else {
+                Error::from_server_io(shown, err)
+            }
+        })?
+        .into_std();
+    let meta = file
+        .metadata()
+        .map_err(|err| Error::from_server_io(shown, err))?;
+    if !meta.is_file() {
+        return Err(Error::Changed { path: shown.into() });
+    }
+    Ok((file, meta))
+}
+
+/// One entry met by [`Root::walk`], with the folder handle that holds it.
+#[derive(Debug)]
+pub struct Listed<'a> {
+    /// The entry as listings show it.
+    pub info: EntryInfo,
+    /// The folder that holds it.
+    pub folder: &'a Dir,
+    /// Its name in that folder.
+    pub name: &'a str,
+    /// Its device and inode, as the listing saw them.
+    pub identity: (u64, u64),
+}
+
+impl Listed<'_> {
+    /// The file version the listing saw (for a regular file).
+    pub fn version(&self) -> crate::entry::FileVersion {
+        crate::entry::FileVersion {
+            device: self.identity.0,
+            inode: self.identity.1,
+            size: self.info.size,
+            mtime_ns: self.info.mtime_ns,
+        }
+    }
+}
+
+impl Listed<'_> {
+    /// Opens a listed regular file for reading (never following a symlink,
+    /// checked on the open descriptor).
+    pub fn open(&self) -> Result<(fs::File, fs::Metadata)> {
+        open_checked(self.folder, self.name, &self.info.path)
+    }
+}
+
 /// Lists one folder; returns `false` when `emit` asked to stop.
 fn walk_dir(
     dir: &Dir,
     base: &str,
     recursive: bool,
     depth: usize,
-    emit: &mut dyn FnMut(EntryInfo) -> bool,
+    emit: &mut dyn FnMut(Listed<'_>) -> bool,
 ) -> io::Result<bool> {
     let mut names = Vec::new();
     for entry in dir.entries()? {
@@ -391,7 +578,12 @@ fn walk_dir(
             continue;
         };
         let is_dir = info.kind == EntryKind::Dir;
-        if !emit(info) {
+        if !emit(Listed {
+            info,
+            folder: dir,
+            name: &name,
+            identity: (meta.dev(), meta.ino()),
+        }) {
             return Ok(false);
         }
         if recursive && is_dir {
@@ -433,6 +625,7 @@ fn entry_info(path: String, meta: &cap_std::fs::Metadata) -> Option<EntryInfo> {
             .saturating_mul(1_000_000_000)
             .saturating_add(meta.mtime_nsec()),
         mode: meta.mode() & 0o7777,
+        sha256: None,
     })
 }
 

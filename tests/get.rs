@@ -500,7 +500,12 @@ fn digest_cache_never_serves_a_wrong_file() {
     let second = random_bytes(CHUNK * 3, 32);
     fs::write(&source, &second).unwrap();
     set_mtime(old_time + Duration::from_secs(1));
-    client(&server.url, cwd.path(), &["get", "cached.bin", "-o", "second.bin"]).expect_code(0);
+    client(
+        &server.url,
+        cwd.path(),
+        &["get", "cached.bin", "-o", "second.bin"],
+    )
+    .expect_code(0);
     assert!(fs::read(cwd.path().join("second.bin")).unwrap() == second);
 
     // Same size, same mtime, other bytes: the cached digest is now wrong.
@@ -509,7 +514,11 @@ fn digest_cache_never_serves_a_wrong_file() {
     set_mtime(old_time + Duration::from_secs(1));
     fs::write(cwd.path().join("third.bin"), b"keep me").unwrap();
     // (fs::write truncates in place: same inode, so the same version.)
-    let run = client(&server.url, cwd.path(), &["get", "cached.bin", "-o", "third.bin"]);
+    let run = client(
+        &server.url,
+        cwd.path(),
+        &["get", "cached.bin", "-o", "third.bin"],
+    );
     run.expect_code(1).expect_stderr("checksum mismatch");
     assert_eq!(fs::read(cwd.path().join("third.bin")).unwrap(), b"keep me");
     assert!(!cwd.path().join("third.bin.part").exists());

@@ -250,7 +250,7 @@ fn check(fixture: &Fixture, raw: &str) -> Result<bool, TestCaseError> {
 
     let mut listed = Vec::new();
     let walked = fixture.root.walk(&path, true, &mut |entry| {
-        listed.push(entry.path);
+        listed.push(entry.info.path);
         listed.len() < 1000
     });
     match walked {

@@ -253,8 +253,9 @@ async fn run_tree(args: &GetArgs, client: &Client, dir: &str) -> Result<u8> {
             _ => PathBuf::from("."),
         },
     };
+    let with_digests = !args.force && has_entries(&out);
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
-    let items = bulk::plan_tree(client, dir, &out).await?;
+    let items = bulk::plan_tree(client, dir, &out, with_digests).await?;
     run_items(args, client, &out, items).await
 }
 
@@ -277,7 +278,10 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
                             bulk::confine(&out, &display)
                         };
                         match sub {
-                            Ok(sub) => bulk::plan_tree(client, path, &sub).await,
+                            Ok(sub) => {
+                                let with_digests = !args.force && has_entries(&sub);
+                                bulk::plan_tree(client, path, &sub, with_digests).await
+                            }
                             Err(err) => Err(err),
                         }
                     }
@@ -309,6 +313,12 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
     }
     let code = run_items(args, client, &out, items).await?;
     Ok(if failed > 0 { EXIT_FAILURE } else { code })
+}
+
+/// True when `dir` exists and holds something: a rerun is likely, and a
+/// listing with digests saves a call per file.
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// Fetches planned items, printing a JSON line per file and a summary.

@@ -81,6 +81,7 @@ mod tests {
             size: 4096,
             mtime_ns: 1_795_482_123_000_000_000,
             mode: 0o644,
+            sha256: None,
         };
         assert_eq!(
             text_line(&entry),

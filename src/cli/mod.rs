@@ -6,6 +6,7 @@ pub mod get;
 pub mod ls;
 pub mod serve;
 pub mod stat;
+pub mod tail;
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Show what the server knows about one path.
     Stat(stat::StatArgs),
+    /// Print the last lines of a file, then follow it as it grows (tail -F).
+    Tail(tail::TailArgs),
 }
 
 /// Options shared by every client verb; accepted before or after the verb.
@@ -74,14 +77,18 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// Connects to the server these options name.
     pub async fn connect(&self) -> Result<Client> {
-        Client::connect(&ConnectOptions {
+        Client::connect(&self.options()).await
+    }
+
+    /// The connection options these arguments name (for reconnecting).
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
             server: self
                 .server
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             token: self.token.clone(),
-        })
-        .await
+        }
     }
 }
 
@@ -92,6 +99,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Get(args) => client_runtime(|| get::run(args, cli.client)),
         Command::Ls(args) => client_runtime(|| ls::run(args, cli.client)),
         Command::Stat(args) => client_runtime(|| stat::run(args, cli.client)),
+        Command::Tail(args) => client_runtime(|| tail::run(args, cli.client)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -153,10 +153,17 @@ pub fn prepare_parent(out: &Path, dest: &Path) -> Result<()> {
 }
 
 /// The plan for `-r DIR`: every file below `dir` at `out/<path below dir>`,
-/// and every folder (empty ones too) created. Returns the files.
-pub async fn plan_tree(client: &Client, dir: &str, out: &Path) -> Result<Vec<Item>> {
+/// and every folder (empty ones too) created. Returns the files. When
+/// `with_digests`, the listing carries each file's sha256, so files already
+/// present and identical are skipped without a call each.
+pub async fn plan_tree(
+    client: &Client,
+    dir: &str,
+    out: &Path,
+    with_digests: bool,
+) -> Result<Vec<Item>> {
     let base = dir.trim_matches('/');
-    let mut entries = client.list(dir, true).await?;
+    let mut entries = client.list_entries(dir, true, with_digests).await?;
     let mut items = Vec::new();
     let mut saw_any = false;
     while let Some(entry) = entries.next().await? {
@@ -191,7 +198,7 @@ pub async fn plan_tree(client: &Client, dir: &str, out: &Path) -> Result<Vec<Ite
                 dest,
                 known: Some(Known {
                     size: entry.size,
-                    sha256: None,
+                    sha256: entry.sha256,
                 }),
             }),
             // A symlink inside the tree: fetch what it points to, like
@@ -221,6 +228,15 @@ pub async fn fetch_all(
 ) -> Summary {
     let started = Instant::now();
     let mut summary = Summary::default();
+    let (identical, items) = if options.force {
+        (Vec::new(), items)
+    } else {
+        split_identical(items).await
+    };
+    for (item, report) in identical {
+        summary.skipped += 1;
+        done(&item, &Ok(report));
+    }
     let mut pending = items.into_iter();
     let mut running = JoinSet::new();
     let jobs = jobs.max(1);
@@ -270,6 +286,72 @@ pub async fn fetch_all(
     }
     summary.elapsed = started.elapsed();
     summary
+}
+
+/// Threads that hash local copies when sorting out identical files.
+const LOCAL_HASH_THREADS: usize = 2;
+
+/// Separates the items whose destination already holds the file the
+/// listing described (same size and sha256) from the rest, hashing the
+/// local candidates on a few blocking threads instead of a task each.
+async fn split_identical(items: Vec<Item>) -> (Vec<(Item, Report)>, Vec<Item>) {
+    let (candidates, mut rest): (Vec<Item>, Vec<Item>) = items
+        .into_iter()
+        .partition(|item| item.known.is_some_and(|known| known.sha256.is_some()));
+    if candidates.is_empty() {
+        return (Vec::new(), rest);
+    }
+    let per_thread = candidates.len().div_ceil(LOCAL_HASH_THREADS);
+    let mut threads = JoinSet::new();
+    let mut candidates = candidates.into_iter();
+    loop {
+        let share: Vec<Item> = candidates.by_ref().take(per_thread).collect();
+        if share.is_empty() {
+            break;
+        }
+        threads.spawn_blocking(move || {
+            share
+                .into_iter()
+                .map(|item| {
+                    let report = identical_report(&item);
+                    (item, report)
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut identical = Vec::new();
+    while let Some(joined) = threads.join_next().await {
+        for (item, report) in joined.unwrap_or_default() {
+            match report {
+                Some(report) => identical.push((item, report)),
+                None => rest.push(item),
+            }
+        }
+    }
+    (identical, rest)
+}
+
+/// A "skipped" report when `item.dest` has the listed size and sha256.
+fn identical_report(item: &Item) -> Option<Report> {
+    let known = item.known?;
+    let expected = known.sha256?;
+    let meta = std::fs::symlink_metadata(&item.dest).ok()?;
+    if !meta.is_file() || meta.len() != known.size {
+        return None;
+    }
+    let file = std::fs::File::open(&item.dest).ok()?;
+    let local = crate::checksum::hash_prefix(file, Some(known.size + 1))
+        .ok()?
+        .finalize();
+    (local == expected).then(|| Report {
+        path: item.remote.trim_start_matches('/').to_string(),
+        dest: item.dest.clone(),
+        bytes: known.size,
+        transferred: 0,
+        sha256: local,
+        outcome: download::Outcome::Skipped,
+        resumed_from: 0,
+    })
 }
 
 #[cfg(test)]

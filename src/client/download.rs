@@ -169,7 +169,20 @@ pub async fn download_file(
     }
 
     let dest_owned = dest.to_path_buf();
-    let mut part = blocking(move || PartFile::open(&dest_owned)).await?;
+    let mut part = match blocking(move || PartFile::open(&dest_owned)).await {
+        Ok(part) => part,
+        Err(local) => {
+            // Report what is wrong on the server first (not found, a
+            // folder, refused), which says more than a local failure.
+            let stat = client.stat(remote, false).await?;
+            if stat.entry.kind == EntryKind::Dir {
+                return Err(Error::IsDirectory {
+                    path: shown(remote),
+                });
+            }
+            return Err(local);
+        }
+    };
     let mut last_reason = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let offset = part.len();
@@ -367,16 +380,47 @@ async fn fetch_into_part(
     }
     options.progress_start(start.entry.size, offset);
 
-    let mut assembler = Assembler::start(part, hasher);
-    let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
-    let assembled = match assembler.finish().await {
-        Ok(assembled) => assembled,
-        Err(err) => return (None, Err(Failure::Keep(err))),
+    let (part, hasher, received) = if start.length <= INLINE_FILE_BYTES {
+        // A small file: gather it here and write it in one blocking call,
+        // instead of starting writer and hasher threads for a few chunks.
+        let mut gathered = Gathered::default();
+        let received = receive(&mut stream, &mut gathered, remote, start.length, options).await;
+        let chunks = gathered.0;
+        let written = tokio::task::spawn_blocking(move || {
+            let (mut part, mut hasher) = (part, hasher);
+            let mut written = Ok(());
+            for chunk in &chunks {
+                if written.is_err() {
+                    break;
+                }
+                hasher.update(chunk);
+                written = part.append(chunk);
+            }
+            (part, hasher, written)
+        })
+        .await;
+        match written {
+            Ok((part, hasher, Ok(()))) => (part, hasher, received),
+            Ok((part, _, Err(err))) => return (Some(part), Err(Failure::Keep(err))),
+            Err(err) => {
+                return (
+                    None,
+                    Err(Failure::Keep(Error::io(remote, io::Error::other(err)))),
+                );
+            }
+        }
+    } else {
+        let mut assembler = Assembler::start(part, hasher);
+        let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
+        let assembled = match assembler.finish().await {
+            Ok(assembled) => assembled,
+            Err(err) => return (None, Err(Failure::Keep(err))),
+        };
+        if let Err(err) = assembled.written {
+            return (Some(assembled.sink), Err(Failure::Keep(err)));
+        }
+        (assembled.sink, assembled.hasher, received)
     };
-    let (part, hasher) = (assembled.sink, assembled.hasher);
-    if let Err(err) = assembled.written {
-        return (Some(part), Err(Failure::Keep(err)));
-    }
     let expected = match received {
         Ok(expected) => expected,
         Err(failure) => return (Some(part), Err(failure)),
@@ -402,11 +446,37 @@ async fn fetch_into_part(
     )
 }
 
-/// Receives data events into the assembler until the trailer; returns the
+/// Files up to this size are gathered in memory and written in one go.
+pub const INLINE_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Where [`receive`] puts data chunks.
+trait Chunks {
+    /// Takes the next chunk; `false` means stop (the writer failed).
+    async fn push(&mut self, chunk: bytes::Bytes) -> bool;
+}
+
+impl<S: Sink> Chunks for Assembler<S> {
+    async fn push(&mut self, chunk: bytes::Bytes) -> bool {
+        Assembler::push(self, chunk).await
+    }
+}
+
+/// The chunks of a small file, kept until its trailer.
+#[derive(Default)]
+struct Gathered(Vec<bytes::Bytes>);
+
+impl Chunks for Gathered {
+    async fn push(&mut self, chunk: bytes::Bytes) -> bool {
+        self.0.push(chunk);
+        true
+    }
+}
+
+/// Receives data events into `assembler` until the trailer; returns the
 /// server's whole-file digest.
-async fn receive<S: Sink>(
+async fn receive(
     stream: &mut crate::client::ReadStream,
-    assembler: &mut Assembler<S>,
+    assembler: &mut impl Chunks,
     remote: &str,
     length: u64,
     options: &DownloadOptions,

@@ -5,10 +5,12 @@
 //!   skip, resume and retry.
 //! - [`assemble`]: the writer thread that appends chunks and hashes them.
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
+//! - [`tail`]: following a file across reconnects, resuming from a cursor.
 
 pub mod assemble;
 pub mod bulk;
 pub mod download;
+pub mod tail;
 
 use std::time::Duration;
 
@@ -160,12 +162,24 @@ impl Client {
 
     /// The entries below `path` (see the `List` RPC), as they stream in.
     pub async fn list(&self, path: &str, recursive: bool) -> Result<ListStream> {
+        self.list_entries(path, recursive, false).await
+    }
+
+    /// Like [`list`](Self::list); with `want_sha256`, regular files carry
+    /// their digest (costs the server a hash of files it has not seen).
+    pub async fn list_entries(
+        &self,
+        path: &str,
+        recursive: bool,
+        want_sha256: bool,
+    ) -> Result<ListStream> {
         let stream = self
             .rpc
             .clone()
             .list(proto::ListRequest {
                 path: path.to_string(),
                 recursive,
+                want_sha256,
             })
             .await
             .map_err(|status| self.status(status))?

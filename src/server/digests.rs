@@ -63,6 +63,23 @@ impl DigestCache {
         }
     }
 
+    /// The digest of the open regular `file`: remembered, or hashed now
+    /// (and remembered). `None` when the file changed while it was hashed.
+    pub fn digest_of(&self, file: &std::fs::File) -> std::io::Result<Option<Digest>> {
+        let version = FileVersion::of(&file.metadata()?);
+        if let Some(digest) = self.get(&version) {
+            return Ok(Some(digest));
+        }
+        let hashing_started = SystemTime::now();
+        let hasher = crate::checksum::hash_prefix(file, Some(version.size + 1))?;
+        if hasher.bytes() != version.size || FileVersion::of(&file.metadata()?) != version {
+            return Ok(None);
+        }
+        let digest = hasher.finalize();
+        self.insert(version, digest, hashing_started);
+        Ok(Some(digest))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<FileVersion, Digest>> {
         // A panic while holding the lock cannot leave the map inconsistent
         // for our use (get/put are single operations), so keep going.

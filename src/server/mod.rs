@@ -5,10 +5,15 @@
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
 //! - [`digests`]: whole-file digests remembered by file version.
+//! - [`tail`]: the tail streams, one task per client.
+//! - [`watches`]: folder watches shared by every tail (one inotify watch per
+//!   folder).
 
 pub mod digests;
 pub mod read;
 pub mod service;
+pub mod tail;
+pub mod watches;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,6 +41,8 @@ pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Default for `--max-transfers`: reads served at once, over all clients.
 pub const DEFAULT_MAX_TRANSFERS: usize = 256;
+/// Default for [`ServerConfig::max_tails`]: tail streams open at once.
+pub const DEFAULT_MAX_TAILS: usize = 4096;
 
 /// What a server serves and how.
 #[derive(Clone, Debug)]
@@ -46,6 +53,8 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Reads served at once; more get RESOURCE_EXHAUSTED.
     pub max_transfers: usize,
+    /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
+    pub max_tails: usize,
 }
 
 impl ServerConfig {
@@ -55,6 +64,7 @@ impl ServerConfig {
             root: root.into(),
             grace: DEFAULT_GRACE,
             max_transfers: DEFAULT_MAX_TRANSFERS,
+            max_tails: DEFAULT_MAX_TAILS,
         }
     }
 }
@@ -86,12 +96,13 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|err| Error::Serve(format!("reflection: {err}")))?;
 
-    let fetchd = proto::fetchd_server::FetchdServer::new(FetchdService::new(
-        Arc::clone(&root),
-        config.max_transfers,
-    ));
-
+    raise_open_file_limit();
     let stopping = CancellationToken::new();
+    let fetchd = proto::fetchd_server::FetchdServer::new(
+        FetchdService::new(Arc::clone(&root), config.max_transfers)
+            .with_tails(config.max_tails.max(1), stopping.clone()),
+    );
+
     tokio::spawn({
         let stopping = stopping.clone();
         async move {
@@ -133,6 +144,22 @@ pub async fn run(
         } => {
             tracing::warn!(?grace, "grace period over; ending the remaining transfers");
             Ok(())
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every tail stream
+/// holds a descriptor, and a thousand tails would pass the usual soft 1024.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(%err, "cannot raise the open-file limit");
         }
     }
 }

@@ -28,8 +28,19 @@ use crate::server::digests::DigestCache;
 
 /// Bytes per data message.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Files up to this size are read whole when opened, with no reader thread.
+pub const SMALL_FILE_BYTES: u64 = CHUNK_BYTES as u64;
 /// Chunks queued between the reader thread and the network.
 pub const READ_QUEUE_CHUNKS: usize = 4;
+
+/// A read ready to go out.
+#[derive(Debug)]
+pub enum Prepared {
+    /// A small file, already read: every event of the stream.
+    Whole(Vec<Result<ReadEvent>>),
+    /// A larger file, opened: stream it with [`OpenRead::stream`].
+    Streaming(OpenRead),
+}
 
 /// An opened file, checked and ready to stream.
 #[derive(Debug)]
@@ -55,6 +66,49 @@ impl OpenRead {
         length: Option<u64>,
     ) -> Result<OpenRead> {
         tokio::task::spawn_blocking(move || {
+            OpenRead::open_blocking(root, digests, path, offset, length)
+        })
+        .await
+        .map_err(|err| Error::io("read", io::Error::other(err)))?
+    }
+
+    /// Opens for a read and, when the whole file is at most
+    /// [`SMALL_FILE_BYTES`], reads it right away in the same blocking call:
+    /// small files then cost one hand-off instead of a reader thread.
+    pub async fn prepare(
+        root: Arc<Root>,
+        digests: Arc<DigestCache>,
+        path: RequestPath,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Prepared> {
+        tokio::task::spawn_blocking(move || {
+            let open = OpenRead::open_blocking(root, digests, path, offset, length)?;
+            if open.version.size > SMALL_FILE_BYTES {
+                return Ok(Prepared::Streaming(open));
+            }
+            let mut events = Vec::with_capacity(3);
+            let pumped = open.pump(&mut |event| {
+                events.push(event);
+                true
+            });
+            match pumped {
+                Ok(()) => Ok(Prepared::Whole(events)),
+                Err(err) => Err(err),
+            }
+        })
+        .await
+        .map_err(|err| Error::io("read", io::Error::other(err)))?
+    }
+
+    fn open_blocking(
+        root: Arc<Root>,
+        digests: Arc<DigestCache>,
+        path: RequestPath,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<OpenRead> {
+        {
             let (file, meta) = root.open_file(&path)?;
             let version = FileVersion::of(&meta);
             if offset > version.size {
@@ -72,6 +126,7 @@ impl OpenRead {
                 size: version.size,
                 mtime_ns: version.mtime_ns,
                 mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+                sha256: None,
             };
             Ok(OpenRead {
                 root,
@@ -83,9 +138,7 @@ impl OpenRead {
                 offset,
                 length,
             })
-        })
-        .await
-        .map_err(|err| Error::io("read", io::Error::other(err)))?
+        }
     }
 
     /// The version opened.
@@ -103,7 +156,7 @@ impl OpenRead {
         let (tx, rx) = mpsc::channel(READ_QUEUE_CHUNKS);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(err) = self.pump(&tx) {
+            if let Err(err) = self.pump(&mut |event| tx.blocking_send(event).is_ok()) {
                 // The client may be gone already; then nobody needs to know.
                 let _ = tx.blocking_send(Err(err));
             }
@@ -130,7 +183,7 @@ impl OpenRead {
     }
 
     /// The reader thread's body. `Ok` also when the client went away.
-    fn pump(&self, tx: &mpsc::Sender<Result<ReadEvent>>) -> Result<()> {
+    fn pump(&self, send: &mut dyn FnMut(Result<ReadEvent>) -> bool) -> Result<()> {
         let shown = self.path.shown();
         let io_error = |err| Error::from_server_io(&shown, err);
         let hashing_started = SystemTime::now();
@@ -148,7 +201,7 @@ impl OpenRead {
             length: self.length,
             prefix_sha256: (self.offset > 0).then(|| hasher.snapshot()),
         };
-        if tx.blocking_send(Ok(ReadEvent::Start(start))).is_err() {
+        if !send(Ok(ReadEvent::Start(start))) {
             return Ok(());
         }
 
@@ -165,7 +218,7 @@ impl OpenRead {
             if cached.is_none() {
                 hasher.update(&chunk);
             }
-            if tx.blocking_send(Ok(ReadEvent::Data(chunk))).is_err() {
+            if !send(Ok(ReadEvent::Data(chunk))) {
                 return Ok(());
             }
         }
@@ -186,7 +239,7 @@ impl OpenRead {
                 digest
             }
         };
-        let _ = tx.blocking_send(Ok(ReadEvent::End(digest)));
+        send(Ok(ReadEvent::End(digest)));
         Ok(())
     }
 

@@ -8,9 +8,10 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::entry::{EntryInfo, ReadEvent};
+use crate::entry::{EntryInfo, EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::proto::{
     self, ListRequest, ListResponse, ReadHeader, ReadRequest, ReadResponse, StatRequest,
@@ -18,7 +19,10 @@ use crate::proto::{
 };
 use crate::sandbox::{RequestPath, Root};
 use crate::server::digests::DigestCache;
-use crate::server::read::OpenRead;
+use crate::server::read::{OpenRead, Prepared};
+use crate::server::tail::{self, TailSpec};
+use crate::server::watches::Watches;
+use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
 pub const LIST_BATCH_ENTRIES: usize = 512;
@@ -34,6 +38,10 @@ pub struct FetchdService {
     digests: Arc<DigestCache>,
     transfers: Arc<Semaphore>,
     max_transfers: usize,
+    watches: Watches,
+    tails: Arc<Semaphore>,
+    max_tails: usize,
+    stopping: CancellationToken,
 }
 
 impl FetchdService {
@@ -44,7 +52,21 @@ impl FetchdService {
             digests: Arc::new(DigestCache::default()),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             max_transfers,
+            watches: Watches::default(),
+            tails: Arc::new(Semaphore::new(crate::server::DEFAULT_MAX_TAILS)),
+            max_tails: crate::server::DEFAULT_MAX_TAILS,
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Allows `max_tails` tail streams at once and ends them all (cleanly,
+    /// with a `STOPPING` event) when `stopping` is cancelled: graceful
+    /// shutdown waits for open streams, and a tail never ends by itself.
+    pub fn with_tails(mut self, max_tails: usize, stopping: CancellationToken) -> FetchdService {
+        self.tails = Arc::new(Semaphore::new(max_tails));
+        self.max_tails = max_tails;
+        self.stopping = stopping;
+        self
     }
 }
 
@@ -99,11 +121,24 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let root = Arc::clone(&self.root);
+        let digests = Arc::clone(&self.digests);
         let (tx, rx) = mpsc::channel::<Result<Vec<EntryInfo>>>(LIST_QUEUE_BATCHES);
         tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(LIST_BATCH_ENTRIES);
             let mut open = true;
-            let walked = root.walk(&path, request.recursive, &mut |info| {
+            let walked = root.walk(&path, request.recursive, &mut |listed| {
+                let mut info = listed.info.clone();
+                if request.want_sha256 && info.kind == EntryKind::File {
+                    // A file that cannot be opened or changes while hashed
+                    // is listed without a digest; the client then asks for
+                    // it the usual way.
+                    info.sha256 = digests.get(&listed.version()).or_else(|| {
+                        listed
+                            .open()
+                            .ok()
+                            .and_then(|(file, _)| digests.digest_of(&file).ok().flatten())
+                    });
+                }
                 batch.push(info);
                 if batch.len() == LIST_BATCH_ENTRIES {
                     let full =
@@ -140,7 +175,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         let permit = self.acquire_transfer()?;
         let started = Instant::now();
         let shown = path.shown();
-        let open = OpenRead::open(
+        let prepared = OpenRead::prepare(
             Arc::clone(&self.root),
             Arc::clone(&self.digests),
             path,
@@ -149,9 +184,15 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         )
         .await?;
         tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
-        let events = open.stream(permit);
+        let events: Pin<Box<dyn Stream<Item = Result<ReadEvent>> + Send>> = match prepared {
+            Prepared::Whole(events) => {
+                drop(permit);
+                Box::pin(tokio_stream::iter(events))
+            }
+            Prepared::Streaming(open) => Box::pin(ReceiverStream::new(open.stream(permit))),
+        };
         let mut sent: u64 = 0;
-        let stream = ReceiverStream::new(events).map(move |event| {
+        let stream = events.map(move |event| {
             let kind = match event {
                 Ok(ReadEvent::Start(start)) => read_response::Kind::Header(ReadHeader {
                     entry: Some(start.entry.into()),
@@ -182,9 +223,107 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    type TailStream = ResponseStream<proto::TailResponse>;
+
+    async fn tail(
+        &self,
+        request: Request<proto::TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let path = RequestPath::parse(&request.path)?;
+        let start = match request.start {
+            None => TailStart::LastLines(0),
+            Some(proto::tail_request::Start::LastLines(lines)) => TailStart::LastLines(lines),
+            Some(proto::tail_request::Start::Cursor(cursor)) => {
+                TailStart::Cursor(cursor_from_wire(cursor))
+            }
+        };
+        let permit = self.acquire_tail()?;
+        let shown = path.shown();
+        let spec = TailSpec {
+            path,
+            start,
+            follow: request.follow,
+        };
+        let events = tail::start(
+            Arc::clone(&self.root),
+            self.watches.clone(),
+            spec,
+            self.stopping.clone(),
+            permit,
+        )
+        .await?;
+        tracing::debug!(path = %shown, ?peer, ?start, "tail started");
+        let stream = ReceiverStream::new(events).map(|item| match item {
+            Ok(event) => Ok(tail_response(event)),
+            Err(err) => Err(Status::from(err)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A tail message as it goes on the wire.
+fn tail_response(event: TailEvent) -> proto::TailResponse {
+    use proto::tail_response::Kind;
+    let kind = match event {
+        TailEvent::Data { data, cursor } => Kind::Data(proto::TailData {
+            data,
+            cursor: Some(cursor_to_wire(cursor)),
+        }),
+        TailEvent::Notice { notice, cursor } => {
+            let kind = match notice {
+                TailNotice::Opened => proto::TailEventKind::Opened,
+                TailNotice::Truncated => proto::TailEventKind::Truncated,
+                TailNotice::Rotated => proto::TailEventKind::Rotated,
+                TailNotice::Gone => proto::TailEventKind::Gone,
+                TailNotice::Appeared => proto::TailEventKind::Appeared,
+                TailNotice::ResumeLost => proto::TailEventKind::ResumeLost,
+                TailNotice::Stopping => proto::TailEventKind::Stopping,
+            };
+            Kind::Event(proto::TailEvent {
+                kind: kind.into(),
+                cursor: Some(cursor_to_wire(cursor)),
+            })
+        }
+    };
+    proto::TailResponse { kind: Some(kind) }
+}
+
+fn cursor_to_wire(cursor: TailCursor) -> proto::TailCursor {
+    proto::TailCursor {
+        file: cursor.file.map(|file| proto::FileIdentity {
+            device: file.device,
+            inode: file.inode,
+            birth_ns: file.birth_ns,
+        }),
+        offset: cursor.offset,
+    }
+}
+
+fn cursor_from_wire(cursor: proto::TailCursor) -> TailCursor {
+    TailCursor {
+        file: cursor.file.map(|file| FileId {
+            device: file.device,
+            inode: file.inode,
+            birth_ns: file.birth_ns,
+        }),
+        offset: cursor.offset,
+    }
 }
 
 impl FetchdService {
+    /// A tail slot, or RESOURCE_EXHAUSTED when all are taken.
+    fn acquire_tail(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.tails).try_acquire_owned().map_err(|_| {
+            Status::from(Error::Limit {
+                what: "tails",
+                limit: self.max_tails,
+            })
+        })
+    }
+
     /// A transfer slot, or RESOURCE_EXHAUSTED when all are taken.
     fn acquire_transfer(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         Arc::clone(&self.transfers)

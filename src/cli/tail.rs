@@ -1,0 +1,199 @@
+//! `fetchd tail`: print the last lines of a file on the server, then follow
+//! it like `tail -F`.
+//!
+//! Bytes go to stdout exactly as the server sends them, through a writer
+//! thread that flushes every chunk (so a blocked stdout never stops Ctrl-C
+//! from working); notices go to stderr. SIGINT and SIGTERM end it with
+//! status 0, and so does a reader that closes the pipe.
+
+use std::io::{self, Write};
+use std::thread;
+
+use bytes::Bytes;
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::{ClientArgs, EXIT_OK};
+use crate::client::tail::{Followed, Follower};
+use crate::error::{Error, Result};
+use crate::tail::{TailCursor, TailNotice};
+
+/// Chunks queued for the stdout writer thread.
+pub const STDOUT_QUEUE_CHUNKS: usize = 16;
+
+/// Arguments of `fetchd tail`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Follows the file by name, like tail -F: truncation (also copytruncate) restarts at
+the new start, a rotated file (rename and create, delete and create) is read to its
+end before the new one, and a missing file is waited for. Bytes go to stdout exactly
+as written; notices go to stderr. A lost connection or a server restart is retried
+with backoff and resumes after the last byte printed: nothing lost, nothing twice.
+Exit status: 0 on Ctrl-C, SIGTERM or --no-follow done; 1 when the file cannot be
+tailed (refused, not found with --no-follow, server unreachable at the start).")]
+pub struct TailArgs {
+    /// Path of the file on the server (relative to its root).
+    #[arg(value_name = "LOGFILE")]
+    pub path: String,
+
+    /// Print the last N lines first (0: only what is written from now on).
+    #[arg(short = 'n', long = "lines", default_value_t = 10, value_name = "N")]
+    pub lines: u32,
+
+    /// Print the last N lines and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+}
+
+/// Runs `fetchd tail` until Ctrl-C / SIGTERM (or, with `--no-follow`, the
+/// end of the data).
+pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
+    // Handlers first: a signal that comes early still ends with status 0.
+    let signal_error = |err| Error::io("<signals>", err);
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+
+    let options = client_args.options();
+    let client = client_args.connect().await?;
+    let mut follower = Follower::new(client, options, &args.path, args.lines, !args.no_follow);
+    let mut stdout = StdoutWriter::start();
+    let mut notices = Notices::new(&args.path);
+
+    loop {
+        let followed = tokio::select! {
+            _ = interrupt.recv() => return Ok(EXIT_OK),
+            _ = terminate.recv() => return Ok(EXIT_OK),
+            followed = follower.next() => followed?,
+        };
+        match followed {
+            Some(Followed::Data(data)) => {
+                let sent = tokio::select! {
+                    _ = interrupt.recv() => return Ok(EXIT_OK),
+                    _ = terminate.recv() => return Ok(EXIT_OK),
+                    sent = stdout.write(data) => sent,
+                };
+                if !sent {
+                    // The reader went away (`| head`): done, as tail does.
+                    return stdout.finish().await;
+                }
+            }
+            Some(other) => notices.show(&other),
+            None => {
+                return tokio::select! {
+                    _ = interrupt.recv() => Ok(EXIT_OK),
+                    _ = terminate.recv() => Ok(EXIT_OK),
+                    done = stdout.finish() => done,
+                };
+            }
+        }
+    }
+}
+
+/// The notices on stderr, one line each.
+#[derive(Debug)]
+struct Notices<'a> {
+    path: &'a str,
+    /// A `Gone` was shown and nothing has appeared since.
+    gone: bool,
+}
+
+impl<'a> Notices<'a> {
+    fn new(path: &'a str) -> Notices<'a> {
+        Notices { path, gone: false }
+    }
+
+    fn show(&mut self, followed: &Followed) {
+        let path = self.path;
+        let line = match followed {
+            Followed::Data(_) => return,
+            Followed::Notice(notice, cursor) => match notice {
+                TailNotice::Gone if self.gone => return,
+                TailNotice::Gone => {
+                    self.gone = true;
+                    if cursor.file.is_none() {
+                        format!("{path}: not found; waiting for it to appear")
+                    } else {
+                        format!("{path}: file removed or renamed; waiting for it to reappear")
+                    }
+                }
+                TailNotice::Appeared => {
+                    self.gone = false;
+                    format!("{path}: file appeared; following it")
+                }
+                TailNotice::Truncated => {
+                    format!("{path}: file truncated; following from its new start")
+                }
+                TailNotice::Rotated => {
+                    self.gone = false;
+                    format!("{path}: file rotated; following the new file from its start")
+                }
+                TailNotice::ResumeLost => format!(
+                    "{path}: the file this tail was reading is gone; \
+                     anything written to it after byte {} could not be shown",
+                    cursor.offset
+                ),
+                TailNotice::Stopping => "the server is shutting down; reconnecting".to_string(),
+                TailNotice::Opened => return,
+            },
+            Followed::Disconnected { reason } => format!("{reason}; reconnecting"),
+            Followed::Resumed(cursor) => resumed(path, cursor),
+        };
+        eprintln!("fetchd: {line}");
+    }
+}
+
+fn resumed(path: &str, cursor: &TailCursor) -> String {
+    format!("reconnected; {path} resumes at byte {}", cursor.offset)
+}
+
+/// Writes chunks to stdout on a thread of its own, flushing each.
+#[derive(Debug)]
+struct StdoutWriter {
+    chunks: Option<mpsc::Sender<Bytes>>,
+    done: Option<oneshot::Receiver<io::Result<()>>>,
+}
+
+impl StdoutWriter {
+    fn start() -> StdoutWriter {
+        let (chunks, mut queue) = mpsc::channel::<Bytes>(STDOUT_QUEUE_CHUNKS);
+        let (done_tx, done) = oneshot::channel();
+        thread::spawn(move || {
+            let mut out = io::stdout().lock();
+            let mut result = Ok(());
+            while let Some(chunk) = queue.blocking_recv() {
+                if let Err(err) = out.write_all(&chunk).and_then(|()| out.flush()) {
+                    result = Err(err);
+                    break;
+                }
+            }
+            let _ = done_tx.send(result);
+        });
+        StdoutWriter {
+            chunks: Some(chunks),
+            done: Some(done),
+        }
+    }
+
+    /// Queues `data`; `false` once the writer has stopped.
+    async fn write(&mut self, data: Bytes) -> bool {
+        match &self.chunks {
+            Some(chunks) => chunks.send(data).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits until everything queued is written. A closed pipe is success.
+    async fn finish(&mut self) -> Result<u8> {
+        self.chunks = None;
+        let outcome = match self.done.take() {
+            Some(done) => done.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        match outcome {
+            Ok(()) => Ok(EXIT_OK),
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
+            Err(err) => Err(Error::io("<stdout>", err)),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Following a remote file: `Tail` calls, one after another, resumed from
+//! the cursor of the last message received.
+//!
+//! [`Follower::next`] hands out the file's bytes and what happened to it.
+//! When the connection drops or the server restarts, it reconnects with
+//! capped exponential backoff ([`TAIL_BACKOFF_INITIAL`] doubling up to
+//! [`TAIL_BACKOFF_MAX`]) and asks for the bytes after its cursor, so nothing
+//! is lost or repeated. Every message is checked to continue exactly where
+//! the previous one ended.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_stream::StreamExt;
+use tonic::{Code, Streaming};
+
+use crate::client::{Client, ConnectOptions};
+use crate::error::{Error, Result};
+use crate::proto::{self, tail_response};
+use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
+
+/// First wait before reconnecting.
+pub const TAIL_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+pub const TAIL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Client {
+    /// Opens one `Tail` stream of `path`.
+    pub async fn tail(&self, path: &str, start: TailStart, follow: bool) -> Result<TailStream> {
+        let start = match start {
+            TailStart::LastLines(lines) => proto::tail_request::Start::LastLines(lines),
+            TailStart::Cursor(cursor) => proto::tail_request::Start::Cursor(cursor_to_wire(cursor)),
+        };
+        let stream = self
+            .rpc
+            .clone()
+            .tail(proto::TailRequest {
+                path: path.to_string(),
+                start: Some(start),
+                follow,
+            })
+            .await
+            .map_err(|status| self.status(status))?
+            .into_inner();
+        Ok(TailStream {
+            inner: stream,
+            client: self.clone(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// The messages of one `Tail` call, as domain events.
+#[derive(Debug)]
+pub struct TailStream {
+    inner: Streaming<proto::TailResponse>,
+    client: Client,
+    path: String,
+}
+
+impl TailStream {
+    /// The next message, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<TailEvent>> {
+        let message = match self.inner.next().await {
+            None => return Ok(None),
+            Some(Err(status)) => return Err(self.client.status(status)),
+            Some(Ok(message)) => message,
+        };
+        let protocol = |reason: &str| Error::Protocol {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        };
+        let event = match message.kind {
+            Some(tail_response::Kind::Data(data)) => TailEvent::Data {
+                data: data.data,
+                cursor: cursor_from_wire(
+                    data.cursor.ok_or_else(|| protocol("data without cursor"))?,
+                ),
+            },
+            Some(tail_response::Kind::Event(event)) => {
+                let notice = match proto::TailEventKind::try_from(event.kind) {
+                    Ok(proto::TailEventKind::Opened) => TailNotice::Opened,
+                    Ok(proto::TailEventKind::Truncated) => TailNotice::Truncated,
+                    Ok(proto::TailEventKind::Rotated) => TailNotice::Rotated,
+                    Ok(proto::TailEventKind::Gone) => TailNotice::Gone,
+                    Ok(proto::TailEventKind::Appeared) => TailNotice::Appeared,
+                    Ok(proto::TailEventKind::ResumeLost) => TailNotice::ResumeLost,
+                    Ok(proto::TailEventKind::Stopping) => TailNotice::Stopping,
+                    _ => return Err(protocol(&format!("unknown tail event {}", event.kind))),
+                };
+                TailEvent::Notice {
+                    notice,
+                    cursor: cursor_from_wire(
+                        event
+                            .cursor
+                            .ok_or_else(|| protocol("event without cursor"))?,
+                    ),
+                }
+            }
+            None => return Err(protocol("empty message")),
+        };
+        Ok(Some(event))
+    }
+}
+
+/// What a [`Follower`] hands out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// The next bytes of the file, exactly as written.
+    Data(Bytes),
+    /// Something happened to the file (`Opened` is reported only after a
+    /// reconnect; the rest always).
+    Notice(TailNotice, TailCursor),
+    /// The connection was lost (or the server is stopping); reconnecting.
+    Disconnected {
+        /// What happened.
+        reason: String,
+    },
+    /// Reconnected; the stream continues at the cursor.
+    Resumed(TailCursor),
+}
+
+/// Follows one file across reconnects.
+#[derive(Debug)]
+pub struct Follower {
+    options: ConnectOptions,
+    client: Option<Client>,
+    path: String,
+    lines: u32,
+    follow: bool,
+    stream: Option<TailStream>,
+    /// Where the next byte comes from; `None` before the first message.
+    cursor: Option<TailCursor>,
+    backoff: Duration,
+    /// Waiting to reconnect (the disconnect was reported).
+    reconnecting: bool,
+}
+
+impl Follower {
+    /// A follower of `path` over `client` (reconnects use `options`),
+    /// starting with its last `lines` lines; `follow` false stops at the end
+    /// of what the file held at the start.
+    pub fn new(
+        client: Client,
+        options: ConnectOptions,
+        path: &str,
+        lines: u32,
+        follow: bool,
+    ) -> Follower {
+        Follower {
+            options,
+            client: Some(client),
+            path: path.to_string(),
+            lines,
+            follow,
+            stream: None,
+            cursor: None,
+            backoff: TAIL_BACKOFF_INITIAL,
+            reconnecting: false,
+        }
+    }
+
+    /// The position after the last byte handed out.
+    pub fn cursor(&self) -> Option<TailCursor> {
+        self.cursor
+    }
+
+    /// The next thing to show, or `None` when a `--no-follow` tail is done.
+    /// Errors that reconnecting cannot fix (refused, not found without
+    /// follow, a broken protocol) end it; with follow, lost connections and
+    /// server restarts never do.
+    pub async fn next(&mut self) -> Result<Option<Followed>> {
+        loop {
+            if self.reconnecting && self.stream.is_none() {
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(TAIL_BACKOFF_MAX);
+            }
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => match self.open().await {
+                    Ok(stream) => self.stream.insert(stream),
+                    Err(err) if self.may_retry(&err) => {
+                        self.client = None;
+                        if let Some(report) = self.disconnected(&err) {
+                            return Ok(Some(report));
+                        }
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
+            };
+            match stream.next().await {
+                Ok(Some(event)) => {
+                    self.check_continuity(&event)?;
+                    let resumed = std::mem::take(&mut self.reconnecting);
+                    self.backoff = TAIL_BACKOFF_INITIAL;
+                    self.cursor = Some(event.cursor());
+                    match event {
+                        TailEvent::Data { data, .. } => return Ok(Some(Followed::Data(data))),
+                        TailEvent::Notice {
+                            notice: TailNotice::Stopping,
+                            cursor,
+                        } => {
+                            self.stream = None;
+                            self.reconnecting = true;
+                            if !self.follow {
+                                return Err(Error::Unreachable {
+                                    server: self.options.server.clone(),
+                                    reason: "the server is shutting down".into(),
+                                });
+                            }
+                            return Ok(Some(Followed::Notice(TailNotice::Stopping, cursor)));
+                        }
+                        TailEvent::Notice {
+                            notice: TailNotice::Opened,
+                            cursor,
+                        } => {
+                            if resumed {
+                                return Ok(Some(Followed::Resumed(cursor)));
+                            }
+                        }
+                        TailEvent::Notice { notice, cursor } => {
+                            return Ok(Some(Followed::Notice(notice, cursor)));
+                        }
+                    }
+                }
+                Ok(None) if !self.follow => return Ok(None),
+                Ok(None) => {
+                    // A following stream only ends when the server stops.
+                    self.stream = None;
+                    let err = Error::Unreachable {
+                        server: self.options.server.clone(),
+                        reason: "the server ended the stream".into(),
+                    };
+                    if let Some(report) = self.disconnected(&err) {
+                        return Ok(Some(report));
+                    }
+                }
+                Err(err) if self.may_retry(&err) => {
+                    self.stream = None;
+                    self.client = None;
+                    if let Some(report) = self.disconnected(&err) {
+                        return Ok(Some(report));
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Connects (again, if need be) and starts a stream after the cursor.
+    async fn open(&mut self) -> Result<TailStream> {
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let client = Client::connect(&self.options).await?;
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        let start = match self.cursor {
+            Some(cursor) => TailStart::Cursor(cursor),
+            None => TailStart::LastLines(self.lines),
+        };
+        client.tail(&self.path, start, self.follow).await
+    }
+
+    /// True for failures a reconnect can cure: only while following, and
+    /// only once a first stream got going (an unreachable server at the
+    /// start is an error, exit 1).
+    fn may_retry(&self, err: &Error) -> bool {
+        if !self.follow || self.cursor.is_none() {
+            return false;
+        }
+        match err {
+            Error::Unreachable { .. } => true,
+            Error::Remote { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::Unknown
+                    | Code::Internal
+            ),
+            _ => false,
+        }
+    }
+
+    /// Starts waiting to reconnect; the first failure of an outage is
+    /// reported, later attempts quietly.
+    fn disconnected(&mut self, err: &Error) -> Option<Followed> {
+        if std::mem::replace(&mut self.reconnecting, true) {
+            return None;
+        }
+        Some(Followed::Disconnected {
+            reason: err.to_string(),
+        })
+    }
+
+    /// Data must continue exactly at the cursor; anything else is a server
+    /// bug, and printing it would lose or repeat bytes.
+    fn check_continuity(&self, event: &TailEvent) -> Result<()> {
+        let TailEvent::Data { data, cursor } = event else {
+            return Ok(());
+        };
+        let expected = self.cursor.unwrap_or_default();
+        let starts_at = cursor.offset.checked_sub(data.len() as u64);
+        if self.cursor.is_none()
+            || cursor.file != expected.file
+            || starts_at != Some(expected.offset)
+        {
+            return Err(Error::Protocol {
+                path: self.path.clone(),
+                reason: format!(
+                    "data for bytes ending at {} does not continue the cursor at {}",
+                    cursor.offset, expected.offset
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn cursor_to_wire(cursor: TailCursor) -> proto::TailCursor {
+    proto::TailCursor {
+        file: cursor.file.map(|file| proto::FileIdentity {
+            device: file.device,
+            inode: file.inode,
+            birth_ns: file.birth_ns,
+        }),
+        offset: cursor.offset,
+    }
+}
+
+fn cursor_from_wire(cursor: proto::TailCursor) -> TailCursor {
+    TailCursor {
+        file: cursor.file.map(|file| FileId {
+            device: file.device,
+            inode: file.inode,
+            birth_ns: file.birth_ns,
+        }),
+        offset: cursor.offset,
+    }
+}
