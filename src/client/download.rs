@@ -167,6 +167,12 @@ pub async fn download_file(
     {
         return Ok(report);
     }
+    if known.is_some_and(|known| known.size <= INLINE_FILE_BYTES)
+        && !crate::partfile::part_path(dest).exists()
+        && let Some(done) = download_small(client, remote, dest, options).await
+    {
+        return done;
+    }
 
     let dest_owned = dest.to_path_buf();
     let mut part = match blocking(move || PartFile::open(&dest_owned)).await {
@@ -299,6 +305,78 @@ async fn skip_if_identical(
             outcome: Outcome::Skipped,
             resumed_from: 0,
         }))
+}
+
+/// A small file with no part file to resume: read it whole into memory, then
+/// create the part file, write, hash, verify and commit in one blocking
+/// call. `None` sends the caller down the general path (the file turned out
+/// large, or changed while read).
+async fn download_small(
+    client: &Client,
+    remote: &str,
+    dest: &Path,
+    options: &DownloadOptions,
+) -> Option<Result<Report>> {
+    let mut stream = match client.read(remote, 0, None).await {
+        Ok(stream) => stream,
+        Err(err) if err.code() == Code::Aborted => return None,
+        Err(err) => return Some(Err(err)),
+    };
+    let start = match stream.next().await {
+        Ok(Some(ReadEvent::Start(start))) if start.length <= INLINE_FILE_BYTES => start,
+        Ok(Some(ReadEvent::Start(_))) => return None,
+        Ok(_) => {
+            return Some(Err(Error::Protocol {
+                path: shown(remote),
+                reason: "the stream did not start with a header".into(),
+            }));
+        }
+        Err(err) if err.code() == Code::Aborted => return None,
+        Err(err) => return Some(Err(err)),
+    };
+    options.progress_start(start.entry.size, 0);
+    let mut gathered = Gathered::default();
+    let expected = match receive(&mut stream, &mut gathered, remote, start.length, options).await {
+        Ok(expected) => expected,
+        Err(Failure::Restart(_)) => return None,
+        Err(Failure::Discard(err) | Failure::Keep(err)) => return Some(Err(err)),
+        Err(Failure::WriterStopped) => return None,
+    };
+    let chunks = gathered.0;
+    let dest_owned = dest.to_path_buf();
+    let path = shown(remote);
+    let size = start.entry.size;
+    let result = blocking(move || {
+        let mut part = PartFile::open(&dest_owned)?;
+        part.truncate(0)?;
+        let mut hasher = Hasher::new();
+        for chunk in &chunks {
+            hasher.update(chunk);
+            part.append(chunk)?;
+        }
+        let actual = hasher.finalize();
+        if actual != expected {
+            part.discard()?;
+            return Err(Error::ChecksumMismatch {
+                path,
+                expected,
+                actual,
+            });
+        }
+        part.commit()?;
+        Ok(actual)
+    })
+    .await;
+    options.progress_done();
+    Some(result.map(|sha256| Report {
+        path: shown(remote),
+        dest: dest.to_path_buf(),
+        bytes: size,
+        transferred: start.length,
+        sha256,
+        outcome: Outcome::Downloaded,
+        resumed_from: 0,
+    }))
 }
 
 /// The digest of `dest` when it equals the server's file (whose digest is
