@@ -5,7 +5,10 @@
 //! ([`super::watches`]) that wakes them. A wake-up reads what was appended
 //! with `pread` in [`TAIL_CHUNK_BYTES`] pieces into a channel of
 //! [`TAIL_QUEUE_MESSAGES`]: a client that stops reading stalls its own task
-//! (memory per stream: the queue plus the HTTP/2 window), never the server.
+//! (memory per stream: the queue plus HTTP/2's send buffer), never the
+//! server. Backlogs are read on the blocking pool; bytes appended since a
+//! read that reached the end are read in place (they were just written, so
+//! they come from the page cache in microseconds).
 //!
 //! What the task notices, and says with a notice of its own:
 //! - **Truncation** (`truncate`, copytruncate): the file is shorter than the
@@ -43,12 +46,16 @@ use crate::server::watches::{Subscription, TAIL_POLL_INTERVAL, Watches};
 use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Most bytes in one data message.
-pub const TAIL_CHUNK_BYTES: usize = 64 * 1024;
+pub const TAIL_CHUNK_BYTES: usize = 16 * 1024;
 /// Messages queued between a stream's task and the network.
-pub const TAIL_QUEUE_MESSAGES: usize = 4;
+pub const TAIL_QUEUE_MESSAGES: usize = 2;
 /// How many of the last bytes sent are compared again before reading on,
 /// to notice a file that was truncated and rewritten past the offset.
 pub const TAIL_FINGERPRINT_BYTES: usize = 32;
+/// A stream that reached the end of its file once and is at most this far
+/// behind it reads in place rather than on the blocking pool: those bytes
+/// were written moments ago and come from the page cache.
+pub const TAIL_INLINE_LAG_BYTES: u64 = 1024 * 1024;
 /// Bytes read at a time while looking back for the last lines.
 const SCAN_BYTES: usize = 64 * 1024;
 
@@ -136,6 +143,11 @@ struct Current {
     recent: Vec<u8>,
     /// Without follow: where to stop.
     end: Option<u64>,
+    /// A read reached the end of this file once: what follows was written
+    /// while the stream was following.
+    live: bool,
+    /// The file's size at the last read.
+    seen_size: u64,
 }
 
 impl Current {
@@ -153,7 +165,16 @@ impl Current {
             offset,
             recent,
             end: None,
+            live: false,
+            seen_size: 0,
         })
+    }
+
+    /// True when the next bytes were written moments ago and so come from
+    /// the page cache: the stream reached the end once, and lags by less
+    /// than [`TAIL_INLINE_LAG_BYTES`].
+    fn reads_hot(&self) -> bool {
+        self.live && self.seen_size.saturating_sub(self.offset) <= TAIL_INLINE_LAG_BYTES
     }
 
     fn cursor(&self) -> TailCursor {
@@ -224,60 +245,7 @@ impl Tailer {
             return Err(Error::NotFound { path: shown });
         }
         let io_error = |err: io::Error| Error::from_server_io(&shown, err);
-
-        let mut first = Vec::new();
-        let mut current = None;
-        match spec.start {
-            TailStart::LastLines(lines) => {
-                if let Some((file, meta)) = opened {
-                    let offset = last_lines_start(&file, meta.len(), lines).map_err(io_error)?;
-                    current = Some(Current::new(file, &meta, offset).map_err(io_error)?);
-                }
-            }
-            TailStart::Cursor(cursor) => {
-                let (chosen, offset) = match (cursor.file, opened) {
-                    // No file seen before: whatever is there, from its start.
-                    (None, opened) => (opened, 0),
-                    // The same file as before.
-                    (Some(id), Some(opened)) if FileId::of(&opened.1) == id => {
-                        (Some(opened), cursor.offset)
-                    }
-                    // Another file (or none) at the path: the cursor's file
-                    // may be in the same folder under its rotated name.
-                    (Some(id), opened) => {
-                        let found = match &place {
-                            Some(place) => {
-                                Root::find_in(&place.folder, id.device, id.inode, &shown)?
-                                    .filter(|(_, meta)| FileId::of(meta) == id)
-                            }
-                            None => None,
-                        };
-                        match found {
-                            Some(found) => (Some(found), cursor.offset),
-                            None => {
-                                first.push(TailEvent::Notice {
-                                    notice: TailNotice::ResumeLost,
-                                    cursor,
-                                });
-                                (opened, 0)
-                            }
-                        }
-                    }
-                };
-                if let Some((file, meta)) = chosen {
-                    if meta.len() < offset {
-                        let restarted = Current::new(file, &meta, 0).map_err(io_error)?;
-                        first.push(TailEvent::Notice {
-                            notice: TailNotice::Truncated,
-                            cursor: restarted.cursor(),
-                        });
-                        current = Some(restarted);
-                    } else {
-                        current = Some(Current::new(file, &meta, offset).map_err(io_error)?);
-                    }
-                }
-            }
-        }
+        let (mut current, mut first) = start_at(spec.start, place.as_ref(), opened, &shown)?;
         let gone = match &mut current {
             Some(current) => {
                 if !follow {
@@ -418,15 +386,23 @@ impl Tailer {
             let max = usize::try_from(room)
                 .unwrap_or(usize::MAX)
                 .min(TAIL_CHUNK_BYTES);
-            let file = Arc::clone(&current.file);
-            let offset = current.offset;
-            let recent = current.recent.clone();
-            let read = tokio::task::spawn_blocking(move || read_next(&file, offset, &recent, max))
-                .await
-                .map_err(|err| join_error(&self.shown, err))?
-                .map_err(|err| Error::from_server_io(&self.shown, err))?;
+            let read = if current.reads_hot() {
+                // Bytes written a moment ago: a few microseconds from the
+                // page cache, not worth a trip to the blocking pool (which
+                // a thousand streams woken at once would also inflate).
+                read_next(&current.file, current.offset, &current.recent, max)
+            } else {
+                // A backlog (start, resume, a new file) may need the disk.
+                let file = Arc::clone(&current.file);
+                let (offset, recent) = (current.offset, current.recent.clone());
+                tokio::task::spawn_blocking(move || read_next(&file, offset, &recent, max))
+                    .await
+                    .map_err(|err| join_error(&self.shown, err))?
+            }
+            .map_err(|err| Error::from_server_io(&self.shown, err))?;
             match read {
                 Chunk::Truncated { size } => {
+                    current.live = false;
                     current.offset = 0;
                     current.recent.clear();
                     if current.end.is_some() {
@@ -435,9 +411,15 @@ impl Tailer {
                     let cursor = current.cursor();
                     out.notice(TailNotice::Truncated, cursor).await?;
                 }
-                Chunk::Data(data) if data.is_empty() => return Ok(()),
-                Chunk::Data(data) => {
+                Chunk::Data { data, size } if data.is_empty() => {
+                    current.live = true;
+                    current.seen_size = size;
+                    return Ok(());
+                }
+                Chunk::Data { data, size } => {
                     let short = data.len() < max;
+                    current.live |= short;
+                    current.seen_size = size;
                     current.advance(&data);
                     let cursor = current.cursor();
                     out.send(TailEvent::Data { data, cursor }).await?;
@@ -581,6 +563,69 @@ impl Tailer {
     }
 }
 
+/// Where a new stream starts, given what the path names now (`opened`):
+/// the file to read and its offset, and the notices to send first
+/// (blocking).
+fn start_at(
+    start: TailStart,
+    place: Option<&Place>,
+    opened: Option<(File, std::fs::Metadata)>,
+    shown: &str,
+) -> Result<(Option<Current>, Vec<TailEvent>)> {
+    let io_error = |err: io::Error| Error::from_server_io(shown, err);
+    let mut first = Vec::new();
+    let cursor = match start {
+        TailStart::LastLines(lines) => {
+            let Some((file, meta)) = opened else {
+                return Ok((None, first));
+            };
+            let offset = last_lines_start(&file, meta.len(), lines).map_err(io_error)?;
+            let current = Current::new(file, &meta, offset).map_err(io_error)?;
+            return Ok((Some(current), first));
+        }
+        TailStart::Cursor(cursor) => cursor,
+    };
+    let (chosen, offset) = match (cursor.file, opened) {
+        // No file seen before: whatever is there, from its start.
+        (None, opened) => (opened, 0),
+        // The same file as before.
+        (Some(id), Some(opened)) if FileId::of(&opened.1) == id => (Some(opened), cursor.offset),
+        // Another file (or none) at the path: the cursor's file may be in
+        // the same folder under its rotated name.
+        (Some(id), opened) => {
+            let found = match place {
+                Some(place) => Root::find_in(&place.folder, id.device, id.inode, shown)?
+                    .filter(|(_, meta)| FileId::of(meta) == id),
+                None => None,
+            };
+            match found {
+                Some(found) => (Some(found), cursor.offset),
+                None => {
+                    first.push(TailEvent::Notice {
+                        notice: TailNotice::ResumeLost,
+                        cursor,
+                    });
+                    (opened, 0)
+                }
+            }
+        }
+    };
+    let Some((file, meta)) = chosen else {
+        return Ok((None, first));
+    };
+    if meta.len() < offset {
+        // Shorter than the cursor: truncated while nobody watched.
+        let current = Current::new(file, &meta, 0).map_err(io_error)?;
+        first.push(TailEvent::Notice {
+            notice: TailNotice::Truncated,
+            cursor: current.cursor(),
+        });
+        return Ok((Some(current), first));
+    }
+    let current = Current::new(file, &meta, offset).map_err(io_error)?;
+    Ok((Some(current), first))
+}
+
 /// Subscribes to `place`'s folder and name (blocking).
 fn subscribe(watches: &Watches, place: &Place, shown: &str) -> Result<Subscription> {
     let folder = place
@@ -599,7 +644,12 @@ enum Chunk {
         size: u64,
     },
     /// The next bytes (empty at the end).
-    Data(Bytes),
+    Data {
+        /// The bytes.
+        data: Bytes,
+        /// The file's size when they were read.
+        size: u64,
+    },
 }
 
 /// Reads up to `max` bytes at `offset`, checking first that the file still
@@ -613,7 +663,10 @@ fn read_next(file: &File, offset: u64, recent: &[u8], max: usize) -> io::Result<
         .unwrap_or(usize::MAX)
         .min(max);
     if want == 0 {
-        return Ok(Chunk::Data(Bytes::new()));
+        return Ok(Chunk::Data {
+            data: Bytes::new(),
+            size,
+        });
     }
     let back = recent.len();
     let mut buf = vec![0; back + want];
@@ -624,7 +677,10 @@ fn read_next(file: &File, offset: u64, recent: &[u8], max: usize) -> io::Result<
         });
     }
     buf.truncate(got);
-    Ok(Chunk::Data(Bytes::from(buf).split_off(back)))
+    Ok(Chunk::Data {
+        data: Bytes::from(buf).split_off(back),
+        size,
+    })
 }
 
 /// Reads at `offset` until `buf` is full or the file ends; returns the
@@ -731,7 +787,10 @@ mod tests {
         let file = file_with(b"hello world\n");
         assert_eq!(
             read_next(&file, 6, b"hello ", 100).expect("read"),
-            Chunk::Data(Bytes::from_static(b"world\n"))
+            Chunk::Data {
+                data: Bytes::from_static(b"world\n"),
+                size: 12
+            }
         );
         assert_eq!(
             read_next(&file, 20, b"", 100).expect("read"),
@@ -743,11 +802,17 @@ mod tests {
         );
         assert_eq!(
             read_next(&file, 12, b"\n", 100).expect("read"),
-            Chunk::Data(Bytes::new())
+            Chunk::Data {
+                data: Bytes::new(),
+                size: 12
+            }
         );
         assert_eq!(
             read_next(&file, 0, b"", 5).expect("read"),
-            Chunk::Data(Bytes::from_static(b"hello"))
+            Chunk::Data {
+                data: Bytes::from_static(b"hello"),
+                size: 12
+            }
         );
     }
 }

@@ -420,3 +420,80 @@ impl Signals {
         self.any.send_modify(step);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+    use cap_std::fs::MetadataExt;
+
+    const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn folder(path: &Path) -> (Dir, FolderId) {
+        let dir = Dir::open_ambient_dir(path, ambient_authority()).expect("open dir");
+        let meta = dir.dir_metadata().expect("metadata");
+        (dir, (meta.dev(), meta.ino()))
+    }
+
+    async fn subscribe(watches: &Watches, path: &Path, name: &str) -> Subscription {
+        let (dir, id) = folder(path);
+        let (watches, name) = (watches.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || watches.subscribe(dir, id, &name))
+            .await
+            .expect("subscribe")
+    }
+
+    async fn woken(subscription: &mut Subscription) -> Wake {
+        tokio::time::timeout(EVENT_TIMEOUT, subscription.wait())
+            .await
+            .expect("an event within the timeout")
+    }
+
+    /// Two subscriptions in one folder share one watch; creation wakes with
+    /// `renamed`, an append without; the watch goes with the last one.
+    #[tokio::test]
+    async fn one_watch_per_folder_and_events_by_name() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let watches = Watches::default();
+        let mut first = subscribe(&watches, tmp.path(), "a.log").await;
+        let mut second = subscribe(&watches, tmp.path(), "a.log").await;
+        assert_eq!(watches.watched_folders(), 1);
+        assert!(!first.is_polling(), "inotify through /proc/self/fd works");
+
+        std::fs::write(tmp.path().join("a.log"), b"x").expect("create");
+        assert!(woken(&mut first).await.renamed);
+        assert!(woken(&mut second).await.renamed);
+
+        // Let the creation's events settle, then append.
+        while tokio::time::timeout(Duration::from_millis(200), first.wait())
+            .await
+            .is_ok()
+        {}
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(tmp.path().join("a.log"))
+            .expect("open");
+        std::io::Write::write_all(&mut file, b"more").expect("append");
+        assert!(!woken(&mut first).await.renamed);
+
+        tokio::task::spawn_blocking(move || drop((first, second)))
+            .await
+            .expect("drop");
+        assert_eq!(watches.watched_folders(), 0);
+    }
+
+    /// A widened subscription wakes for other names in the folder (a
+    /// rotated file's writes show up under its new name).
+    #[tokio::test]
+    async fn widened_wakes_for_other_names() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let watches = Watches::default();
+        let mut subscription = subscribe(&watches, tmp.path(), "a.log").await;
+        subscription.widen();
+        std::fs::write(tmp.path().join("a.log.1"), b"x").expect("create");
+        assert!(woken(&mut subscription).await.renamed);
+        tokio::task::spawn_blocking(move || drop(subscription))
+            .await
+            .expect("drop");
+    }
+}
