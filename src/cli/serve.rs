@@ -9,14 +9,15 @@ use clap::Args;
 
 use crate::cli::EXIT_OK;
 use crate::error::{Error, Result};
-use crate::server::{self, DEFAULT_MAX_TRANSFERS, ServerConfig};
+use crate::server::{self, DEFAULT_MAX_TAILS, DEFAULT_MAX_TRANSFERS, ServerConfig};
 
 /// Arguments of `fetchd serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout.
-SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, running
-transfers get --grace seconds to finish, then the server exits 0.")]
+SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
+streams end at once, running transfers get --grace seconds to finish, then the
+server exits 0.")]
 pub struct ServeArgs {
     /// The directory tree to serve; nothing outside it is ever read.
     #[arg(long, default_value = ".", value_name = "DIR")]
@@ -33,6 +34,10 @@ pub struct ServeArgs {
     /// Reads served at once over all clients; more get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_TRANSFERS, value_name = "N")]
     pub max_transfers: usize,
+
+    /// Tail streams open at once over all clients; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_TAILS, value_name = "N")]
+    pub max_tails: usize,
 }
 
 /// Runs `fetchd serve` until SIGINT or SIGTERM.
@@ -61,6 +66,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         let mut config = ServerConfig::new(args.root);
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
+        config.max_tails = args.max_tails.max(1);
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {local}")
             .and_then(|()| stdout.flush())
