@@ -581,7 +581,15 @@ async fn receive(
                 if received != length {
                     return Err(protocol(remote, "less data than the header announced"));
                 }
-                return Ok(digest);
+                // Read on to the end of the call (the status trailers).
+                // Dropping a stream before its trailers makes HTTP/2 reset
+                // it, and after 1,024 such resets h2 closes the connection,
+                // failing every other transfer on it.
+                return match stream.next().await {
+                    Ok(None) => Ok(digest),
+                    Ok(Some(_)) => Err(protocol(remote, "data after the trailer")),
+                    Err(err) => Err(classify(err)),
+                };
             }
             Ok(Some(ReadEvent::Start(_))) => return Err(protocol(remote, "a second header")),
             Ok(None) => {
