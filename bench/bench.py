@@ -42,15 +42,20 @@ What it does:
   * writes BENCH_OUT/results.md, results.json and ratios.png. A run of only
     W or only B workloads keeps the other group from the results.json that is
     already there (see bench/report.py).
-Nothing runs in parallel with a measured run. Every process started is
-stopped by PID at exit (also on Ctrl-C / SIGTERM) and the work dir removed.
+Nothing runs in parallel with a measured run. A client that exits non-zero
+is recorded (shown in results.md) and its warm-up or round repeated, at most
+BENCH_MAX_FAILURES times per workload; a wrong output (digest, tree) stops the
+run, and what finished before a stop is still reported. Servers and clients
+run a copy of target/release/fetchd taken at the start. Every process started
+is stopped by PID at exit (also on Ctrl-C / SIGTERM) and the work dir removed.
 """
 import atexit, datetime, hashlib, json, os, platform, pwd, grp, re, resource, shutil
 import signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = REPO / "target/release/fetchd"
+BUILT = REPO / "target/release/fetchd"
+BIN = BUILT   # main() points this at a copy taken at the start (see there)
 CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
@@ -60,6 +65,7 @@ KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3"]
 ONLY = {w.strip().upper() for w in os.environ.get("BENCH_ONLY", ",".join(KNOWN)).split(",") if w.strip()}
 SLOW_RATE = os.environ.get("BENCH_SLOW_RATE", "20m")
 OUT = Path(os.environ.get("BENCH_OUT", REPO / "bench/results"))
+MAX_FAILURES = int(os.environ.get("BENCH_MAX_FAILURES", "3"))   # failed runs repeated per workload
 # fetchd/peer ratio of medians to reach, per (workload, peer label)
 TARGETS = {("W1", "curl | openssl"): 0.75, ("W2", "rsync"): 1.0,
            ("B1", "rsync"): 0.7, ("B2", "curl --parallel"): 1.0}
@@ -81,8 +87,16 @@ def say(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+class Failed(SystemExit):
+    """A run or check failed: the workloads finished before it are still reported."""
+
+
+class RunFailed(Failed):
+    """A measured client command exited non-zero (paired() may run it again)."""
+
+
 def die(msg):
-    raise SystemExit(f"bench: FAILED: {msg}")
+    raise Failed(f"bench: FAILED: {msg}")
 
 
 # ---------------------------------------------------------------- /proc ---
@@ -181,6 +195,28 @@ def wait_ready(name, proc, port, timeout=15):
         except OSError:
             time.sleep(0.05)
     die(f"{name} did not accept connections on port {port} within {timeout} s")
+
+
+def gist(path, head=12, end=6):
+    """A long stderr in short: runs of equal lines collapsed (with a count),
+    the first `head` and the last `end` of what is left."""
+    try:
+        return gist_text(Path(path).read_text(errors="replace"), head, end)
+    except FileNotFoundError:
+        return ""
+
+
+def gist_text(text, head=12, end=6):
+    lines, out = text.splitlines(), []
+    for line in lines:
+        if out and out[-1][0] == line:
+            out[-1][1] += 1
+        else:
+            out.append([line, 1])
+    shown = [f"{l}  [x{n}]" if n > 1 else l for l, n in out]
+    if len(shown) > head + end:
+        shown = shown[:head] + [f"... {len(shown) - head - end} more distinct lines ..."] + shown[-end:]
+    return f"({len(lines)} lines on stderr)\n" + "\n".join(shown)
 
 
 def tail(path, n=15):
@@ -333,7 +369,7 @@ def run(cmd, server, size=SIZE):
     server.settle()
     s1 = server.cpu()
     if rc != 0:
-        die(f"exit status {rc} from:\n  {cmd}\n{tail(work / 'client.err')}\n"
+        raise RunFailed(f"bench: FAILED: exit status {rc} from:\n  {cmd}\n{gist(work / 'client.err')}\n"
             f"--- its stdout:\n{tail(work / 'client.out')}\n"
             f"--- {server.name} log:\n{tail(work / (server.name + '.log'))}")
     stages = {f.name: int(f.read_text().split()[-1]) for f in rss_dir.iterdir()}
@@ -355,38 +391,64 @@ def sha256_file(path):
 def shell_out(cmd):
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
     if r.returncode != 0:
-        die(f"exit status {r.returncode} from:\n  {cmd}\n{r.stderr[-2000:]}")
+        die(f"exit status {r.returncode} from:\n  {cmd}\n{gist_text(r.stderr)}")
     return r.stdout
 
 
 def paired(wid, title, contenders, prepare, verify, pairs=PAIRS, size=SIZE):
     """contenders: [(label, cmd, server)], fetchd first. One warm-up of each,
     then `pairs` rounds of all in turn. verify(label, measured) checks output.
-    size: bytes served per run (for server CPU per GiB)."""
+    size: bytes served per run (for server CPU per GiB).
+
+    A run that exits non-zero is recorded in "failures" and its warm-up or
+    whole round is done again (so the pairs stay pairs), at most
+    MAX_FAILURES times per workload; a wrong output is never retried."""
     say(f"{wid}: {title}: warm-up")
     runs = {label: [] for label, _, _ in contenders}
-    warm = {}
+    warm, failures = {}, []
+
+    def failed(when, label, err):
+        failures.append({"when": when, "label": label, "error": str(err)})
+        if len(failures) > MAX_FAILURES:
+            raise Failed(f"{err}\n(bench: {len(failures)} failed runs in {wid}, "
+                         f"more than BENCH_MAX_FAILURES={MAX_FAILURES})")
+        say(f"{wid}: {label} FAILED in the {when} ({len(failures)} of at most {MAX_FAILURES}); again:"
+            f"\n{str(err)[:2000]}")
     for label, cmd, server in contenders:
-        prepare()
-        warm[label] = run(cmd, server, size)
-        verify(label, False)
-    for i in range(pairs):
-        line = []
+        while label not in warm:
+            prepare()
+            try:
+                warm[label] = run(cmd, server, size)
+            except RunFailed as err:
+                failed("warm-up", label, err)
+                continue
+            verify(label, False)
+    i = 0
+    while i < pairs:
+        line, got = [], {}
         for label, cmd, server in contenders:
             prepare()
-            r = run(cmd, server, size)
+            try:
+                got[label] = run(cmd, server, size)
+            except RunFailed as err:
+                failed(f"round {i + 1}", label, err)
+                break
             verify(label, True)
-            runs[label].append(r)
-            line.append(f"{label} {r['wall_s']:.3f} s")
-        fd = runs[contenders[0][0]][-1]["wall_s"]
-        ratios = [f"{fd / runs[l][-1]['wall_s']:.2f}" for l, _, _ in contenders[1:]]
-        say(f"{wid} {i + 1:2}/{pairs}  " + "  ".join(line) + "  ratio " + " ".join(ratios))
-    return {"title": title, "warmup": warm, "runs": runs,
+            line.append(f"{label} {got[label]['wall_s']:.3f} s")
+        if len(got) < len(contenders):
+            continue
+        for label in got:
+            runs[label].append(got[label])
+        i += 1
+        fd = got[contenders[0][0]]["wall_s"]
+        ratios = [f"{fd / got[l]['wall_s']:.2f}" for l, _, _ in contenders[1:]]
+        say(f"{wid} {i:2}/{pairs}  " + "  ".join(line) + "  ratio " + " ".join(ratios))
+    return {"title": title, "warmup": warm, "runs": runs, "failures": failures,
             "commands": {l: c for l, c, _ in contenders}}
 
 
-def workloads(fetchd, nginx, rsyncd, digest):
-    res = {}
+def workloads(fetchd, nginx, rsyncd, digest, res):
+    """Runs the selected W workloads, adding each to res as it finishes."""
     fget = f"{BIN} --server {fetchd.url} get big.bin"
     url = f"{nginx.url}/big.bin"
     if "W1" in ONLY:
@@ -423,7 +485,6 @@ def workloads(fetchd, nginx, rsyncd, digest):
         cmd = f"{timed('fetchd')} {fget} -o - --quiet | pv -q -L {SLOW_RATE} > /dev/null"
         res["W3"] = {"title": f"slow reader (pv -L {SLOW_RATE})", "commands": {"fetchd": cmd},
                      "runs": {"fetchd": [run(cmd, fetchd)]}}
-    return res
 
 
 # ---------------------------------------------------------------- bulk ---
@@ -484,8 +545,8 @@ def input_files(name, prefix, want, dest_of, nginx):
                                 "aria2c input": aria_lst.read_text().split("\n", 2)[:2]}
 
 
-def bulk_workloads(data, nginx, rsyncd):
-    res = {}
+def bulk_workloads(data, nginx, rsyncd, res):
+    """Runs the selected B workloads, adding each to res as it finishes."""
     if ONLY & {"B1", "B3"}:
         say(f"bulk: writing {SMALL[0]} files of {SMALL[1] >> 10} KiB in {len(SMALL[2])} folders")
         small = make_tree(data / "bulk-small", SMALL)
@@ -539,7 +600,18 @@ def bulk_workloads(data, nginx, rsyncd):
         rs_args = f"{rsyncd.base}/small/ {dest_r}/"
         rs = f"rsync -a {rs_args}"
         say("B3: writing the complete trees the reruns start from")
-        shell_out(f"{fget} -q")
+        prep_failures = []
+        while True:   # a failed fetchd run is recorded and repeated, as in paired()
+            try:
+                shell_out(f"{fget} -q")
+                break
+            except Failed as err:
+                prep_failures.append({"when": "writing the tree to rerun over", "label": "fetchd",
+                                      "error": str(err)})
+                if len(prep_failures) > MAX_FAILURES:
+                    raise
+                say(f"B3: fetchd FAILED writing the tree to rerun over; again:\n{str(err)[:2000]}")
+                shutil.rmtree(dest_f, ignore_errors=True)
         shell_out(rs)
         check_tree("B3", "fetchd", dest_f, small)
         check_tree("B3", "rsync", dest_r, small)
@@ -560,13 +632,13 @@ def bulk_workloads(data, nginx, rsyncd):
         ], prepare=lambda: None, verify=lambda label, measured: None, size=SMALL[0] * SMALL[1])
         check_tree("B3", "fetchd (after the reruns)", dest_f, small)
         check_tree("B3", "rsync (after the reruns)", dest_r, small)
+        w["failures"] = prep_failures + w["failures"]
         w.update(files=SMALL[0], bytes=SMALL[0] * SMALL[1], rerun=True,
                  wall_target={"fetchd": B3_TARGET_S},
                  checks={"fetchd --json statuses": status, "rsync --stats files transferred": 0})
         res["B3"] = w
         shutil.rmtree(dest_f)
         shutil.rmtree(dest_r)
-    return res
 
 
 def rate_mib(rate):
@@ -585,10 +657,17 @@ def main():
     files_w, bulk_w = ONLY & {"W1", "W2", "W3"}, ONLY & {"B1", "B2", "B3"}
     if PAIRS < 11 and (files_w or "B3" in ONLY):
         say(f"warning: BENCH_PAIRS={PAIRS}; the issue asks for at least 11 pairs")
-    if not BIN.exists():
-        die(f"{BIN} missing: run `cargo build --release` (bench/run does)")
+    if not BUILT.exists():
+        die(f"{BUILT} missing: run `cargo build --release` (bench/run does)")
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     work = Path(tempfile.mkdtemp(prefix="fetchd-bench.", dir=base))
+    # Every server and client runs this copy: a `cargo build` by someone else
+    # during the run replaces target/release/fetchd, and must not change what
+    # is measured halfway through.
+    global BIN
+    (work / "bin").mkdir()
+    BIN = work / "bin/fetchd"
+    shutil.copy2(BUILT, BIN)
     data = work / "data"
     for d in (data, data / "bulk-small", data / "bulk-large"):
         d.mkdir()
@@ -610,18 +689,27 @@ def main():
     fetchd = start_fetchd(data) if files_w else None
     nginx, rsyncd = start_nginx(data), start_rsyncd(data)
     say(f"servers: fetchd {fetchd.url if fetchd else '(not needed)'}, nginx {nginx.url}, rsync {rsyncd.base}")
-    res = {}
-    if files_w:
-        res.update(workloads(fetchd, nginx, rsyncd, digest))
-        (data / "big.bin").unlink()   # room on tmpfs for the bulk trees
-    if bulk_w:
-        res.update(bulk_workloads(data, nginx, rsyncd))
+    res, failure = {}, None
+    try:
+        if files_w:
+            workloads(fetchd, nginx, rsyncd, digest, res)
+            (data / "big.bin").unlink()   # room on tmpfs for the bulk trees
+        if bulk_w:
+            bulk_workloads(data, nginx, rsyncd, res)
+    except Failed as e:   # report what finished, then fail
+        failure = {"workload": next((w for w in KNOWN if w in ONLY and w not in res), "?"),
+                   "error": str(e)}
+        say(f"{failure['workload']} failed; writing the results of {', '.join(res) or 'nothing'}")
+    meta["failed"] = failure
     while started:   # stop the servers now: the rsync daemon's peak RSS is known at its exit
         stop(*started.pop())
     maxrss = (work / "rsyncd.maxrss").read_text().split() if (work / "rsyncd.maxrss").exists() else []
     meta["rsyncd_session_max_rss_kib"] = int(maxrss[-1]) if maxrss and maxrss[-1].isdigit() else None
     import report   # bench/report.py: tables and chart
-    report.write(OUT, meta, res, TARGETS)
+    if res:
+        report.write(OUT, meta, res, TARGETS)
+    if failure:
+        raise SystemExit(failure["error"])
 
 
 def machine_meta(work):
@@ -633,11 +721,12 @@ def machine_meta(work):
     rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip() or "?"
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "fetchd_sha256": sha256_file(BIN)[:16],
             "kernel": platform.release(), "cpu": cpu, "nproc": os.cpu_count(),
             "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
             "command": (env + " " if env else "") + "bash bench/run",
             "workloads": [w for w in KNOWN if w in ONLY],
-            "size_bytes": SIZE, "pairs": PAIRS, "bulk_pairs": BULK_PAIRS,
+            "size_bytes": SIZE, "pairs": PAIRS, "bulk_pairs": BULK_PAIRS, "max_failures": MAX_FAILURES,
             "bulk_small": {"files": SMALL[0], "file_bytes": SMALL[1], "leaf_folders": len(SMALL[2]),
                            "folders": len(SMALL[2]) + len({l.split("/")[0] for l in SMALL[2]})},
             "bulk_large": {"files": LARGE[0], "file_bytes": LARGE[1], "leaf_folders": len(LARGE[2]),

@@ -51,6 +51,7 @@ def summarize(res, targets):
                 row["mb_per_s"] = None if w.get("rerun") else w["bytes"] / 1e6 / row["wall_s"]
             if label in w.get("wall_target", {}):
                 row["wall_target"] = w["wall_target"][label]
+            row["failed"] = sum(1 for f in w.get("failures", []) if f["label"] == label)
             if label != "fetchd":
                 ratios, med = ratio_stats(fd, runs)
                 row.update(ratios=ratios, ratio_median=med, target=targets.get((wid, label)))
@@ -74,8 +75,49 @@ def tidy(cmd):
     """The command as run, with the stage wrappers and temp paths shortened."""
     cmd = re.sub(r"/usr/bin/time -f %M -o \S+ ", "", cmd)
     cmd = re.sub(r"\S*/target/release/fetchd", "target/release/fetchd", cmd)
+    cmd = re.sub(r"/\S*/fetchd-bench\.[^/\s]+/bin/fetchd", "target/release/fetchd", cmd)   # the run's copy
     cmd = re.sub(r"/\S*/fetchd-bench\.[^/\s\"]+", "$WORK", cmd)
     return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", cmd)
+
+
+def run_cell(r):
+    """The contender's label, with its failed (and repeated) runs if any."""
+    n = r.get("failed")
+    return esc(r["label"]) + (f" (⚠ {n} failed run{'s' if n > 1 else ''}, repeated)" if n else "")
+
+
+def failure_gist(error):
+    """One line from a recorded failure: the client's stderr without log
+    timestamps, e.g. `WARN h2::...: locally-reset streams reached limit (1024); 8 x fetchd: ...`."""
+    lines = error.splitlines()
+    first = next((i for i, l in enumerate(lines) if re.fullmatch(r"\(\d+ lines on stderr\)", l)), None)
+    if first is None:
+        return tidy(" ".join(lines[1:3]))
+    out = []
+    for line in lines[first + 1:]:
+        if line.startswith("--- "):
+            break
+        line = re.sub(r"^\S+Z\s+(WARN|ERROR|INFO)\s+", r"\1 ", line)
+        line = re.sub(r"^(.*?)\s+\[x(\d+)\]$", r"\2 x \1", line)
+        out.append(line)
+    return tidy("; ".join(out))
+
+
+def failures_md(res):
+    """Every run that exited non-zero and was repeated: a line each, and the
+    first one's error in full."""
+    rows, first = [], None
+    for wid, w in res.items():
+        for f in w.get("failures", []):
+            first = first or f
+            rows.append(f"| {wid} | {f['when']} | {esc(f['label'])} | {esc(failure_gist(f['error']))} |")
+    if not rows:
+        return []
+    return (["### Failed runs (each repeated; their times are not in the table)", "",
+             "| workload | when | run | the client's stderr (log timestamps removed) |",
+             "|---|---|---|---|"] + rows +
+            ["", "The first of them as the bench saw it:", "", "```",
+             *[tidy(l) for l in first["error"].splitlines() if l.strip()][:20], "```", ""])
 
 
 def ratio_cell(r):
@@ -91,13 +133,18 @@ def meta_table(meta, group):
         data = f"{meta['size_bytes'] >> 20} MiB random file on {meta['data_on']}, loopback"
         pairs = f"one warm-up of each, then {meta['pairs']} rounds: fetchd, then each peer"
     else:
-        s, l = meta["bulk_small"], meta["bulk_large"]
-        data = (f"B1, B3: {s['files']:,} random files of {s['file_bytes'] >> 10} KiB in {s['folders']} folders "
-                f"({s['files'] * s['file_bytes'] / (1 << 20):.1f} MiB); B2: {l['files']} random files of "
-                f"{l['file_bytes'] >> 20} MiB in {l['folders']} folders "
-                f"({l['files'] * l['file_bytes'] / (1 << 20):.0f} MiB); on {meta['data_on']}, loopback")
+        s, l, ran = meta["bulk_small"], meta["bulk_large"], meta.get("workloads", ["B1", "B2", "B3"])
+        parts = []
+        if {"B1", "B3"} & set(ran):
+            parts.append(f"B1, B3: {s['files']:,} random files of {s['file_bytes'] >> 10} KiB in {s['folders']} "
+                         f"folders ({s['files'] * s['file_bytes'] / (1 << 20):.1f} MiB)")
+        if "B2" in ran:
+            parts.append(f"B2: {l['files']} random files of {l['file_bytes'] >> 20} MiB in {l['folders']} "
+                         f"folders ({l['files'] * l['file_bytes'] / (1 << 20):.0f} MiB)")
+        data = "; ".join(parts) + f"; on {meta['data_on']}, loopback"
         pairs = (f"one warm-up of each, then {meta['bulk_pairs']} rounds (B1, B2) or {meta['pairs']} "
-                 f"rounds (B3): fetchd, then each peer")
+                 f"rounds (B3): fetchd, then each peer; a run that exits non-zero is recorded and "
+                 f"its round repeated, at most {meta.get('max_failures', 3)} times per workload")
     return ["| | |", "|---|---|",
             f"| date | {meta['date']} |",
             f"| kernel (`uname -r`) | {meta['kernel']} |",
@@ -105,7 +152,8 @@ def meta_table(meta, group):
             f"| load average at start | {' '.join(meta['loadavg_at_start'])} |",
             f"| data | {data} |",
             f"| pairs | {pairs} |",
-            f"| fetchd | `{meta['fetchd_git']}`, release build |",
+            f"| fetchd | `{meta['fetchd_git']}`, release build"
+            + (f", sha256 `{meta['fetchd_sha256']}…`, copied at the start of the run |" if meta.get("fetchd_sha256") else " |"),
             f"| peers | {', '.join(v[k] for k in PEERS[group] if k in v)} |",
             f"| command | `{meta['command']}` |", ""]
 
@@ -123,7 +171,7 @@ def files_section(meta, res, rows):
         if r["server_rss_mib"] is None and r["label"] == "rsync" and rsync_peak:
             srv = f"≤ {rsync_peak / MIB:.1f} ¹"
         name = f"{r['workload']} {esc(r['title'])}" if first else ""
-        out.append(f"| {name} | {esc(r['label'])} | {r['wall_s']:.3f} | {ratio} "
+        out.append(f"| {name} | {run_cell(r)} | {r['wall_s']:.3f} | {ratio} "
                    f"| {f2(r['client_cpu_s'])} | {f2(r['server_cpu_s_per_gib'])} "
                    f"| {r['client_rss_mib']:.1f} | {srv} |")
     out += ["", "### Targets (issue 3)", "", "| target | measured | holds |", "|---|---|---|"]
@@ -141,7 +189,7 @@ def files_section(meta, res, rows):
         if r["label"] == "fetchd" and r["workload"] in ("W1", "W2"):
             out.append(f"| {r['workload']} server CPU ≤ 0.45 s/GiB | {r['server_cpu_s_per_gib']:.2f} "
                        f"| {'yes' if r['server_cpu_s_per_gib'] <= 0.45 else 'no'} |")
-    out += ["", "### Commands", ""]
+    out += [""] + failures_md(res) + ["### Commands", ""]
     for wid, w in res.items():
         for label, cmd in w["commands"].items():
             out.append(f"- {wid} {esc(label)}: `{tidy(cmd)}`")
@@ -166,7 +214,7 @@ def bulk_section(meta, res, rows):
             srv = f"≤ {rsync_peak / MIB:.1f} ¹"
         mbs = "–" if r["mb_per_s"] is None else f"{r['mb_per_s']:.1f}"
         name = f"{r['workload']} {esc(r['title'])}" if first else ""
-        out.append(f"| {name} | {esc(r['label'])} | {wall} | {r['files_per_s']:,.0f} | {mbs} | {ratio} "
+        out.append(f"| {name} | {run_cell(r)} | {wall} | {r['files_per_s']:,.0f} | {mbs} | {ratio} "
                    f"| {f2(r['client_cpu_s'])} | {f2(r['server_cpu_s'])} "
                    f"| {r['client_rss_mib']:.1f} | {srv} |")
     out += ["", "MB/s is 10^6 bytes per second of the median wall. B3 transfers nothing "
@@ -182,7 +230,7 @@ def bulk_section(meta, res, rows):
         if r.get("wall_target") is not None:
             out.append(f"| {r['workload']} {esc(r['label'])} no-change rerun < {r['wall_target']:.2f} s "
                        f"| {r['wall_s']:.3f} s | {'yes' if r['wall_s'] < r['wall_target'] else 'no'} |")
-    out += ["", "### Commands", "",
+    out += [""] + failures_md(res) + ["### Commands", "",
             "DEST is removed before every B1 and B2 run (not timed); B3 reruns each tool over the "
             "complete tree it wrote itself.", ""]
     for wid, w in res.items():
@@ -217,10 +265,35 @@ HOW_BULK = (
     "0 files transferred, and both trees are compared with the source before and after.")
 
 
+def failure_note(meta):
+    """The error that stopped a run, repeated lines collapsed, for results.md."""
+    f = meta.get("failed")
+    if not f:
+        return []
+    lines, last, reps = [], None, 0
+    for line in f["error"].splitlines() + [None]:
+        if line == last:
+            reps += 1
+            continue
+        if reps:
+            lines.append(f"    (the line above {reps} more times)")
+        if line is not None:
+            lines.append(line)
+        last, reps = line, 0
+    return [f"**The run of {meta['date']} stopped at a failure in {f['workload']}**; the workloads "
+            f"after it did not run, the ones before it are reported. The error:", "", "```",
+            *lines[:40], "```", ""]
+
+
 def markdown(groups, targets):
     summaries = {g: summarize(groups[g]["workloads"], targets) for g in groups}
     dates = [groups[g]["meta"]["date"] for g in groups]
     out = [f"# fetchd benchmark, {max(dates)}", ""]
+    notes = {}
+    for g in groups:   # one note per failed run, even if it covers both groups
+        notes.setdefault(groups[g]["meta"]["date"], failure_note(groups[g]["meta"]))
+    for note in notes.values():
+        out += note
     if len(groups) > 1:
         out += ["| workloads | run of | command |", "|---|---|---|"]
         for g in GROUPS:
@@ -264,10 +337,10 @@ def ratio_panel(ax, items, title):
     ax.set_xticklabels([i[0] for i in items], fontsize=8)
     ax.set_xlim(-0.6, len(items) - 0.4)
     top = max(max(max(i[1]) for i in items), max((i[3] or 0) for i in items), 1.05)
-    ax.set_ylim(0, top * 1.1)
+    ax.set_ylim(0, top * 1.18)   # the band above the highest point holds the legend
     ax.set_ylabel("wall time, fetchd / peer (lower is better)")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8, ncols=3)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -276,35 +349,47 @@ def chart(path, groups, summaries):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []   # (kind, width, payload)
+    lines = []   # one line of panels per group: [(kind, width, payload)]
     if "files" in summaries:
         items = [(f"{r['workload']}\nvs {r['label']}", r["ratios"], r["ratio_median"], r["target"], False)
                  for r in summaries["files"] if "ratios" in r]
         m = groups["files"]["meta"]
         if items:
-            panels.append(("ratios", len(items), (items, f"one large file, {m['size_bytes'] >> 20} MiB, "
-                                                  f"{m['pairs']} pairs\n{m['date']}")))
+            lines.append([("ratios", len(items), (items, f"one large file, {m['size_bytes'] >> 20} MiB, "
+                                                   f"{m['pairs']} pairs, {m['date']}"))])
     if "bulk" in summaries:
         rows = summaries["bulk"]
-        items = [(f"{r['workload']} {r['a']}\nvs {r['b']}" if r.get("extra") else f"{r['workload']}\nvs {r['label']}",
-                  r["ratios"], r["ratio_median"], r["target"], bool(r.get("extra")))
-                 for r in rows if "ratios" in r and not r["label"].startswith("fetchd")]
+        items = []   # the peers, each followed by the extra ratios against it (fetchd -j 32 vs rsync)
+        for r in rows:
+            if "ratios" in r and not r.get("extra") and not r["label"].startswith("fetchd"):
+                items.append((f"{r['workload']}\nvs {r['label']}", r["ratios"], r["ratio_median"], r["target"], False))
+                items += [(f"{e['workload']} {e['a']}\nvs {e['b']}", e["ratios"], e["ratio_median"], e["target"], True)
+                          for e in rows if e.get("extra") and e["workload"] == r["workload"] and e["b"] == r["label"]]
         m = groups["bulk"]["meta"]
+        line = []
         if items:
-            panels.append(("ratios", len(items), (items, f"bulk: B1 {m['bulk_small']['files']:,} x "
-                                                  f"{m['bulk_small']['file_bytes'] >> 10} KiB, B2 "
-                                                  f"{m['bulk_large']['files']} x "
-                                                  f"{m['bulk_large']['file_bytes'] >> 20} MiB, B3 rerun of B1"
-                                                  f"\n{m['date']}")))
+            line.append(("ratios", len(items), (items, f"bulk: B1 {m['bulk_small']['files']:,} x "
+                                                f"{m['bulk_small']['file_bytes'] >> 10} KiB, B2 "
+                                                f"{m['bulk_large']['files']} x "
+                                                f"{m['bulk_large']['file_bytes'] >> 20} MiB, B3 rerun of B1; "
+                                                f"{m['bulk_pairs']} pairs (B3: {m['pairs']}), {m['date']}")))
         if "B3" in groups["bulk"]["workloads"]:
-            w = groups["bulk"]["workloads"]["B3"]
-            panels.append(("walls", 2, (w, rows)))
-    if not panels:
+            line.append(("walls", 2, (groups["bulk"]["workloads"]["B3"], rows)))
+        if line:
+            lines.append(line)
+    if not lines:
         return False
-    widths = [max(2.2, 1.6 * w + 1.2) for _, w, _ in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 5.2), dpi=120,
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
-    for ax, (kind, _, payload) in zip(axes[0], panels):
+    widths = [[max(2.2, 1.5 * w + 1.0) for _, w, _ in line] for line in lines]
+    fig_w = max(sum(w) for w in widths)
+    fig = plt.figure(figsize=(fig_w, 4.8 * len(lines)), dpi=110)
+    outer = fig.add_gridspec(len(lines), 1)
+    panels = []
+    for i, line in enumerate(lines):
+        # a line narrower than the widest is padded on the right with empty space
+        ws = widths[i] + ([fig_w - sum(widths[i])] if fig_w - sum(widths[i]) > 0.1 else [])
+        inner = outer[i].subgridspec(1, len(ws), width_ratios=ws, wspace=0.08 * len(ws))
+        panels += [(fig.add_subplot(inner[0, j]), *line[j]) for j in range(len(line))]
+    for ax, kind, _, payload in panels:
         if kind == "ratios":
             ratio_panel(ax, *payload)
             continue
@@ -324,7 +409,7 @@ def chart(path, groups, summaries):
                             textcoords="offset points", fontsize=8, color="tab:red")
         ax.set_xticks(range(len(w["runs"])))
         ax.set_xticklabels([f"B3 {l}\nrerun" for l in w["runs"]], fontsize=8)
-        ax.set_xlim(-0.6, len(w["runs"]) - 0.4)
+        ax.set_xlim(-0.6, len(w["runs"]) - 0.1)
         top = max(max(r["wall_s"] for runs in w["runs"].values() for r in runs),
                   *w.get("wall_target", {}).values())
         ax.set_ylim(0, top * 1.15)
@@ -332,7 +417,7 @@ def chart(path, groups, summaries):
         ax.set_title(f"no-change rerun, {w['files']:,} files", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     any_meta = groups[next(iter(groups))]["meta"]
-    fig.suptitle(f"fetchd vs peers on loopback, {any_meta['cpu']}, {any_meta['nproc']} CPUs", fontsize=10)
+    fig.suptitle(f"fetchd vs peers on loopback, {any_meta['cpu']}, {any_meta['nproc']} CPUs", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
