@@ -15,6 +15,7 @@ mod convert {
     use super::{Entry, EntryType, FileVersion as WireVersion};
     use crate::checksum::Digest;
     use crate::entry::{EntryInfo, EntryKind, FileVersion};
+    use crate::tail::{FileId, TailCursor};
 
     impl From<EntryKind> for EntryType {
         fn from(kind: EntryKind) -> EntryType {
@@ -67,6 +68,32 @@ mod convert {
                 mode: entry.mode,
                 sha256,
             })
+        }
+    }
+
+    impl From<TailCursor> for super::TailCursor {
+        fn from(cursor: TailCursor) -> super::TailCursor {
+            super::TailCursor {
+                file: cursor.file.map(|file| super::FileIdentity {
+                    device: file.device,
+                    inode: file.inode,
+                    birth_ns: file.birth_ns,
+                }),
+                offset: cursor.offset,
+            }
+        }
+    }
+
+    impl From<super::TailCursor> for TailCursor {
+        fn from(cursor: super::TailCursor) -> TailCursor {
+            TailCursor {
+                file: cursor.file.map(|file| FileId {
+                    device: file.device,
+                    inode: file.inode,
+                    birth_ns: file.birth_ns,
+                }),
+                offset: cursor.offset,
+            }
         }
     }
 

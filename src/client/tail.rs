@@ -17,7 +17,7 @@ use tonic::{Code, Streaming};
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::proto::{self, tail_response};
-use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
 /// First wait before reconnecting.
 pub const TAIL_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -29,7 +29,7 @@ impl Client {
     pub async fn tail(&self, path: &str, start: TailStart, follow: bool) -> Result<TailStream> {
         let start = match start {
             TailStart::LastLines(lines) => proto::tail_request::Start::LastLines(lines),
-            TailStart::Cursor(cursor) => proto::tail_request::Start::Cursor(cursor_to_wire(cursor)),
+            TailStart::Cursor(cursor) => proto::tail_request::Start::Cursor(cursor.into()),
         };
         let stream = self
             .rpc
@@ -73,7 +73,7 @@ impl TailStream {
         let event = match message.kind {
             Some(tail_response::Kind::Data(data)) => TailEvent::Data {
                 data: data.data,
-                cursor: cursor_from_wire(
+                cursor: TailCursor::from(
                     data.cursor.ok_or_else(|| protocol("data without cursor"))?,
                 ),
             },
@@ -90,7 +90,7 @@ impl TailStream {
                 };
                 TailEvent::Notice {
                     notice,
-                    cursor: cursor_from_wire(
+                    cursor: TailCursor::from(
                         event
                             .cursor
                             .ok_or_else(|| protocol("event without cursor"))?,
@@ -318,27 +318,5 @@ impl Follower {
             });
         }
         Ok(())
-    }
-}
-
-fn cursor_to_wire(cursor: TailCursor) -> proto::TailCursor {
-    proto::TailCursor {
-        file: cursor.file.map(|file| proto::FileIdentity {
-            device: file.device,
-            inode: file.inode,
-            birth_ns: file.birth_ns,
-        }),
-        offset: cursor.offset,
-    }
-}
-
-fn cursor_from_wire(cursor: proto::TailCursor) -> TailCursor {
-    TailCursor {
-        file: cursor.file.map(|file| FileId {
-            device: file.device,
-            inode: file.inode,
-            birth_ns: file.birth_ns,
-        }),
-        offset: cursor.offset,
     }
 }

@@ -22,7 +22,7 @@ use crate::server::digests::DigestCache;
 use crate::server::read::{OpenRead, Prepared};
 use crate::server::tail::{self, TailSpec};
 use crate::server::watches::Watches;
-use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
 pub const LIST_BATCH_ENTRIES: usize = 512;
@@ -237,7 +237,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             None => TailStart::LastLines(0),
             Some(proto::tail_request::Start::LastLines(lines)) => TailStart::LastLines(lines),
             Some(proto::tail_request::Start::Cursor(cursor)) => {
-                TailStart::Cursor(cursor_from_wire(cursor))
+                TailStart::Cursor(TailCursor::from(cursor))
             }
         };
         let permit = self.acquire_tail()?;
@@ -270,7 +270,7 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
     let kind = match event {
         TailEvent::Data { data, cursor } => Kind::Data(proto::TailData {
             data,
-            cursor: Some(cursor_to_wire(cursor)),
+            cursor: Some(cursor.into()),
         }),
         TailEvent::Notice { notice, cursor } => {
             let kind = match notice {
@@ -284,33 +284,11 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
             };
             Kind::Event(proto::TailEvent {
                 kind: kind.into(),
-                cursor: Some(cursor_to_wire(cursor)),
+                cursor: Some(cursor.into()),
             })
         }
     };
     proto::TailResponse { kind: Some(kind) }
-}
-
-fn cursor_to_wire(cursor: TailCursor) -> proto::TailCursor {
-    proto::TailCursor {
-        file: cursor.file.map(|file| proto::FileIdentity {
-            device: file.device,
-            inode: file.inode,
-            birth_ns: file.birth_ns,
-        }),
-        offset: cursor.offset,
-    }
-}
-
-fn cursor_from_wire(cursor: proto::TailCursor) -> TailCursor {
-    TailCursor {
-        file: cursor.file.map(|file| FileId {
-            device: file.device,
-            inode: file.inode,
-            birth_ns: file.birth_ns,
-        }),
-        offset: cursor.offset,
-    }
 }
 
 impl FetchdService {
