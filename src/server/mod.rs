@@ -4,6 +4,8 @@
 //!
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
+//! - [`read_route`]: `Read` answered below tonic's codec, so file data is
+//!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
 //! - [`tail`]: the tail streams, one task per client.
 //! - [`watches`]: folder watches shared by every tail (one inotify watch per
@@ -11,6 +13,7 @@
 
 pub mod digests;
 pub mod read;
+pub mod read_route;
 pub mod service;
 pub mod tail;
 pub mod watches;
@@ -28,6 +31,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::sandbox::Root;
+use read_route::ReadRoute;
 use service::FetchdService;
 
 /// HTTP/2 receive window per stream.
@@ -98,9 +102,11 @@ pub async fn run(
 
     raise_open_file_limit();
     let stopping = CancellationToken::new();
-    let fetchd = proto::fetchd_server::FetchdServer::new(
-        FetchdService::new(Arc::clone(&root), config.max_transfers)
-            .with_tails(config.max_tails.max(1), stopping.clone()),
+    let service = FetchdService::new(Arc::clone(&root), config.max_transfers)
+        .with_tails(config.max_tails.max(1), stopping.clone());
+    let fetchd = ReadRoute::new(
+        proto::fetchd_server::FetchdServer::new(service.clone()),
+        service,
     );
 
     tokio::spawn({

@@ -1,9 +1,9 @@
 //! The `fetchd.v1.Fetchd` gRPC service: the edge where wire messages become
 //! domain calls and [`Error`]s become statuses.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,12 +14,12 @@ use tonic::{Request, Response, Status};
 use crate::entry::{EntryInfo, EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, ListRequest, ListResponse, ReadHeader, ReadRequest, ReadResponse, StatRequest,
-    StatResponse, read_response,
+    self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
+    read_response,
 };
 use crate::sandbox::{RequestPath, Root};
 use crate::server::digests::DigestCache;
-use crate::server::read::{OpenRead, Prepared};
+use crate::server::read::{Framing, OpenRead, ReadEvents};
 use crate::server::tail::{self, TailSpec};
 use crate::server::watches::Watches;
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
@@ -170,54 +170,14 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let peer = request.remote_addr();
-        let request = request.into_inner();
-        let path = RequestPath::parse(&request.path)?;
-        let permit = self.acquire_transfer()?;
-        let started = Instant::now();
-        let shown = path.shown();
-        let prepared = OpenRead::prepare(
-            Arc::clone(&self.root),
-            Arc::clone(&self.digests),
-            path,
-            request.offset,
-            request.length,
-        )
-        .await?;
-        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
-        let events: Pin<Box<dyn Stream<Item = Result<ReadEvent>> + Send>> = match prepared {
-            Prepared::Whole(events) => {
-                drop(permit);
-                Box::pin(tokio_stream::iter(events))
-            }
-            Prepared::Streaming(open) => Box::pin(ReceiverStream::new(open.stream(permit))),
-        };
-        let mut sent: u64 = 0;
-        let stream = events.map(move |event| {
-            let kind = match event {
-                Ok(ReadEvent::Start(start)) => read_response::Kind::Header(ReadHeader {
-                    entry: Some(start.entry.into()),
-                    version: Some(start.version.into()),
-                    offset: start.offset,
-                    length: start.length,
-                    prefix_sha256: start
-                        .prefix_sha256
-                        .map(|digest| bytes::Bytes::copy_from_slice(digest.as_bytes()))
-                        .unwrap_or_default(),
-                }),
-                Ok(ReadEvent::Data(data)) => {
-                    sent += data.len() as u64;
-                    read_response::Kind::Data(data)
-                }
-                Ok(ReadEvent::End(digest)) => {
-                    tracing::debug!(path = %shown, bytes = sent, elapsed = ?started.elapsed(), "read done");
-                    read_response::Kind::Trailer(proto::ReadTrailer {
-                        sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
-                    })
-                }
-                Err(err) => {
-                    tracing::info!(path = %shown, %err, "read failed");
-                    return Err(Status::from(err));
-                }
+        let read = self
+            .start_read(request.into_inner(), peer, Framing::Bare)
+            .await?;
+        let stream = read.map(|event| {
+            let kind = match event? {
+                ReadEvent::Start(start) => read_response::Kind::Header(start.into()),
+                ReadEvent::Data(data) => read_response::Kind::Data(data),
+                ReadEvent::End(digest) => read_response::Kind::Trailer(digest.into()),
             };
             Ok(ReadResponse { kind: Some(kind) })
         });
@@ -292,6 +252,31 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
 }
 
 impl FetchdService {
+    /// Checks and opens the file a `Read` asks for, and starts reading it:
+    /// the events of the read, with data chunks laid out as `framing` says.
+    /// Shared by the tonic handler and [`crate::server::read_route`].
+    pub(crate) async fn start_read(
+        &self,
+        request: ReadRequest,
+        peer: Option<SocketAddr>,
+        framing: Framing,
+    ) -> Result<ReadEvents, Status> {
+        let path = RequestPath::parse(&request.path)?;
+        let permit = self.acquire_transfer()?;
+        let shown = path.shown();
+        let prepared = OpenRead::prepare(
+            Arc::clone(&self.root),
+            Arc::clone(&self.digests),
+            path,
+            request.offset,
+            request.length,
+            framing,
+        )
+        .await?;
+        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
+        Ok(ReadEvents::new(prepared, permit, shown))
+    }
+
     /// A tail slot, or RESOURCE_EXHAUSTED when all are taken.
     fn acquire_tail(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         Arc::clone(&self.tails).try_acquire_owned().map_err(|_| {
