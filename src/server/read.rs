@@ -134,6 +134,24 @@ pub enum Prepared {
     Streaming(OpenRead),
 }
 
+/// A small file read whole by [`OpenRead::read_whole`].
+#[derive(Debug)]
+pub enum WholeRead {
+    /// Every byte, consistent with `version`.
+    File {
+        /// The file as `Stat` would describe it.
+        entry: EntryInfo,
+        /// The version read.
+        version: FileVersion,
+        /// Its bytes.
+        data: Bytes,
+        /// The sha256 of `data`.
+        sha256: Digest,
+    },
+    /// The file is larger than allowed; this is its size.
+    TooLarge(u64),
+}
+
 /// The events of one read as they become ready, for either handler of
 /// `Read`; a failure is the last item. Logs how the read ended.
 #[derive(Debug)]
@@ -266,6 +284,47 @@ impl OpenRead {
         })
         .await
         .map_err(|err| Error::io("read", io::Error::other(err)))?
+    }
+
+    /// Reads the file at `path` whole when it has at most `max` bytes, with
+    /// the same consistency checks as a streamed read. Blocks: call it on a
+    /// blocking thread.
+    pub fn read_whole(
+        root: Arc<Root>,
+        digests: Arc<DigestCache>,
+        path: RequestPath,
+        max: u64,
+    ) -> Result<WholeRead> {
+        let open = OpenRead::open_blocking(root, digests, path, 0, None)?;
+        if open.version.size > max {
+            return Ok(WholeRead::TooLarge(open.version.size));
+        }
+        let mut data = Vec::new();
+        let mut sha256 = None;
+        open.pump(&mut |event| {
+            match event {
+                Ok(ReadEvent::Data(chunk)) => data.push(chunk),
+                Ok(ReadEvent::End(digest)) => sha256 = Some(digest),
+                Ok(ReadEvent::Start(_)) | Err(_) => {}
+            }
+            true
+        })?;
+        let Some(sha256) = sha256 else {
+            return Err(Error::Changed {
+                path: open.path.shown(),
+            });
+        };
+        let data = match data.len() {
+            0 => Bytes::new(),
+            1 => data.swap_remove(0),
+            _ => Bytes::from(data.concat()),
+        };
+        Ok(WholeRead::File {
+            entry: open.entry,
+            version: open.version,
+            data,
+            sha256,
+        })
     }
 
     fn open_blocking(

@@ -15,11 +15,11 @@ use crate::entry::{EntryInfo, EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::proto::{
     self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
-    read_response,
+    file_result, read_response,
 };
 use crate::sandbox::{RequestPath, Root};
 use crate::server::digests::DigestCache;
-use crate::server::read::{Framing, OpenRead, ReadEvents};
+use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
 use crate::server::tail::{self, TailSpec};
 use crate::server::watches::Watches;
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
@@ -30,6 +30,15 @@ pub const LIST_BATCH_ENTRIES: usize = 512;
 pub const LIST_QUEUE_BATCHES: usize = 2;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Most paths one `ReadMany` call may name.
+pub const READ_MANY_MAX_PATHS: usize = 4096;
+/// A `ReadMany` message is sent once it holds this many bytes of file data...
+pub const READ_MANY_MESSAGE_BYTES: usize = 1024 * 1024;
+/// ... or this many files.
+pub const READ_MANY_MESSAGE_FILES: usize = 256;
+/// `ReadMany` messages queued between the reading thread and the network.
+pub const READ_MANY_QUEUE_MESSAGES: usize = 2;
 
 /// The file service over one root.
 #[derive(Debug, Clone)]
@@ -182,6 +191,80 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             Ok(ReadResponse { kind: Some(kind) })
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ReadManyStream = ResponseStream<proto::ReadManyResponse>;
+
+    async fn read_many(
+        &self,
+        request: Request<proto::ReadManyRequest>,
+    ) -> Result<Response<Self::ReadManyStream>, Status> {
+        let request = request.into_inner();
+        if request.paths.len() > READ_MANY_MAX_PATHS {
+            return Err(Status::invalid_argument(format!(
+                "ReadMany takes at most {READ_MANY_MAX_PATHS} paths, not {}; split the batch",
+                request.paths.len()
+            )));
+        }
+        let permit = self.acquire_transfer()?;
+        let max = match request.max_file_bytes {
+            0 => SMALL_FILE_BYTES,
+            asked => asked.min(SMALL_FILE_BYTES),
+        };
+        let root = Arc::clone(&self.root);
+        let digests = Arc::clone(&self.digests);
+        let (tx, rx) = mpsc::channel(READ_MANY_QUEUE_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut files = Vec::new();
+            let mut bytes = 0;
+            for (index, path) in request.paths.iter().enumerate() {
+                let read = RequestPath::parse(path).and_then(|path| {
+                    OpenRead::read_whole(Arc::clone(&root), Arc::clone(&digests), path, max)
+                });
+                let result = match read {
+                    Ok(WholeRead::File {
+                        entry,
+                        version,
+                        data,
+                        sha256,
+                    }) => {
+                        bytes += data.len();
+                        file_result::Result::File(proto::WholeFile {
+                            entry: Some(entry.into()),
+                            version: Some(version.into()),
+                            data,
+                            sha256: bytes::Bytes::copy_from_slice(sha256.as_bytes()),
+                        })
+                    }
+                    Ok(WholeRead::TooLarge(size)) => file_result::Result::TooLarge(size),
+                    Err(err) => {
+                        let status = Status::from(err);
+                        file_result::Result::Error(proto::FileError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
+                };
+                files.push(proto::FileResult {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    result: Some(result),
+                });
+                if bytes >= READ_MANY_MESSAGE_BYTES || files.len() >= READ_MANY_MESSAGE_FILES {
+                    bytes = 0;
+                    let message = proto::ReadManyResponse {
+                        files: std::mem::take(&mut files),
+                    };
+                    if tx.blocking_send(Ok(message)).is_err() {
+                        return;
+                    }
+                }
+            }
+            if !files.is_empty() {
+                let _ = tx.blocking_send(Ok(proto::ReadManyResponse { files }));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type TailStream = ResponseStream<proto::TailResponse>;
