@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 
 use crate::checksum::{Digest, Hasher};
-use crate::client::bulk::{Item, prepare_parent};
+use crate::client::bulk::{self, Item, prepare_parent};
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
 use crate::client::{Client, ManyResult};
 use crate::entry::EntryInfo;
@@ -138,12 +138,7 @@ pub async fn fetch_batch(
     }
     single.extend(slots.into_iter().flatten());
     for item in single {
-        let result = match prepare_parent(out, &item.dest) {
-            Ok(()) => {
-                download::download_file(client, &item.remote, &item.dest, item.known, options).await
-            }
-            Err(err) => Err(err),
-        };
+        let result = bulk::fetch_one(client, out, &item, options).await;
         let _ = finished.send((item, result));
     }
 }

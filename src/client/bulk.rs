@@ -267,13 +267,7 @@ pub async fn fetch_all(
         let (slots, finished) = (Arc::clone(&slots), finished.clone());
         running.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let result = match prepare_parent(&out, &item.dest) {
-                Ok(()) => {
-                    download::download_file(&client, &item.remote, &item.dest, item.known, &options)
-                        .await
-                }
-                Err(err) => Err(err),
-            };
+            let result = fetch_one(&client, &out, &item, &options).await;
             let _ = finished.send((item, result));
         });
     }
@@ -298,6 +292,17 @@ pub async fn fetch_all(
     }
     summary.elapsed = started.elapsed();
     summary
+}
+
+/// One item through the single-file path, its folders made first.
+pub async fn fetch_one(
+    client: &Client,
+    out: &Path,
+    item: &Item,
+    options: &DownloadOptions,
+) -> Result<Report> {
+    prepare_parent(out, &item.dest)?;
+    download::download_file(client, &item.remote, &item.dest, item.known, options).await
 }
 
 /// Threads that hash local copies when sorting out identical files.
