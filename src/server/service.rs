@@ -254,8 +254,13 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             size: header.size,
             force: header.force,
         };
-        let upload = Upload::begin(Arc::clone(&self.root), spec, limit).await?;
-        match receive_upload(&mut stream, upload, &shown).await {
+        let mut upload = Upload::begin(Arc::clone(&self.root), spec, limit).await?;
+        let received = receive_upload(&mut stream, &mut upload, &shown).await;
+        if received.is_err() {
+            // The temporary file is gone before the client hears why.
+            upload.abort().await;
+        }
+        match received {
             Ok(stored) => {
                 tracing::info!(path = %shown, bytes = stored.bytes, ?peer, elapsed = ?started.elapsed(), "upload stored");
                 Ok(Response::new(proto::WriteResponse {
@@ -335,7 +340,7 @@ async fn write_header(
 /// end of the stream after it), then finishes it.
 async fn receive_upload(
     stream: &mut Streaming<proto::WriteRequest>,
-    mut upload: Upload,
+    upload: &mut Upload,
     shown: &str,
 ) -> Result<Stored, Status> {
     let invalid = |reason: &str| {

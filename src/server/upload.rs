@@ -85,15 +85,19 @@ enum Piece {
 }
 
 /// An upload in progress. Dropping it before [`finish`](Self::finish)
-/// succeeds removes the temporary file.
+/// succeeds removes the temporary file (the writer thread does, once it
+/// sees the channel closed); [`abort`](Self::abort) does the same and waits
+/// for it.
 #[derive(Debug)]
 pub struct Upload {
     shown: String,
     declared: Option<u64>,
     limit: u64,
     received: u64,
-    to_writer: mpsc::Sender<Piece>,
-    writer: JoinHandle<Result<Stored>>,
+    /// `None` once the writer was told to stop.
+    to_writer: Option<mpsc::Sender<Piece>>,
+    /// `None` once the writer thread was joined.
+    writer: Option<JoinHandle<Result<Stored>>>,
 }
 
 impl Upload {
@@ -127,8 +131,8 @@ impl Upload {
             declared: spec.size,
             limit,
             received: 0,
-            to_writer,
-            writer,
+            to_writer: Some(to_writer),
+            writer: Some(writer),
         })
     }
 
@@ -151,10 +155,7 @@ impl Upload {
                 limit: self.limit,
             });
         }
-        if self.to_writer.send(Piece::Data(data)).await.is_err() {
-            return Err(self.writer_error().await);
-        }
-        Ok(())
+        self.send(Piece::Data(data)).await
     }
 
     /// Bytes received so far.
@@ -163,8 +164,9 @@ impl Upload {
     }
 
     /// Ends the upload with the client's digest: checks size and digest,
-    /// syncs, renames into place and syncs the folder.
-    pub async fn finish(mut self, expected: Digest) -> Result<Stored> {
+    /// syncs, renames into place and syncs the folder. After an error, call
+    /// [`abort`](Self::abort) (or drop the upload).
+    pub async fn finish(&mut self, expected: Digest) -> Result<Stored> {
         if let Some(declared) = self.declared
             && self.received != declared
         {
@@ -174,28 +176,52 @@ impl Upload {
                 received: self.received,
             });
         }
-        if self.to_writer.send(Piece::End(expected)).await.is_err() {
-            return Err(self.writer_error().await);
-        }
-        match (&mut self.writer).await {
-            Ok(result) => result,
-            Err(err) => Err(writer_panicked(&self.shown, err)),
-        }
+        self.send(Piece::End(expected)).await?;
+        self.join_writer().await
     }
 
-    /// Why the writer thread stopped (it returns only on an error before
-    /// the end).
-    async fn writer_error(&mut self) -> Error {
-        match (&mut self.writer).await {
-            Ok(Err(err)) => err,
-            Ok(Ok(_)) => Error::io(&self.shown, io::Error::other("the writer stopped early")),
-            Err(err) => writer_panicked(&self.shown, err),
+    /// Stops the upload and waits until its temporary file is removed, so
+    /// that an error answered to the client describes a finished cleanup.
+    pub async fn abort(mut self) {
+        self.to_writer = None;
+        let _ = self.join_writer().await;
+    }
+
+    /// Hands `piece` to the writer; if it stopped, its error.
+    async fn send(&mut self, piece: Piece) -> Result<()> {
+        let sent = match &self.to_writer {
+            Some(to_writer) => to_writer.send(piece).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        Err(match self.join_writer().await {
+            Err(err) => err,
+            Ok(_) => Error::io(&self.shown, io::Error::other("the writer stopped early")),
+        })
+    }
+
+    /// Waits for the writer thread's result (once; later calls fail).
+    async fn join_writer(&mut self) -> Result<Stored> {
+        let Some(writer) = self.writer.take() else {
+            return Err(Error::io(
+                &self.shown,
+                io::Error::other("the writer already ended"),
+            ));
+        };
+        match writer.await {
+            Ok(result) => result,
+            Err(err) => Err(writer_panicked(&self.shown, err)),
         }
     }
 }
 
 fn writer_panicked(shown: &str, err: tokio::task::JoinError) -> Error {
-    Error::io(shown, io::Error::other(format!("the writer thread failed: {err}")))
+    Error::io(
+        shown,
+        io::Error::other(format!("the writer thread failed: {err}")),
+    )
 }
 
 /// The writer thread: append and hash every chunk; at the end compare,
@@ -520,7 +546,13 @@ mod tests {
     fn names_in(dir: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .expect("read_dir")
-            .map(|entry| entry.expect("entry").file_name().into_string().expect("utf-8"))
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
             .collect();
         names.sort();
         names
@@ -554,7 +586,7 @@ mod tests {
         assert_eq!(names_in(&dir.path().join("a/b")), ["c.txt"]);
     }
 
-    /// A wrong digest, a short upload and a dropped upload all leave
+    /// A wrong digest, a short upload and an aborted upload all leave
     /// nothing behind.
     #[tokio::test]
     async fn failures_leave_nothing() {
@@ -570,6 +602,12 @@ mod tests {
             .await
             .expect_err("mismatch");
         assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+        upload.abort().await;
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{:?}",
+            names_in(dir.path())
+        );
 
         let mut upload = Upload::begin(Arc::clone(&root), spec("x", Some(4), false), 100)
             .await
@@ -577,20 +615,24 @@ mod tests {
         upload.push(Bytes::from_static(b"abc")).await.expect("push");
         let err = upload.finish(digest_of(b"abc")).await.expect_err("short");
         assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        upload.abort().await;
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{:?}",
+            names_in(dir.path())
+        );
 
         let mut upload = Upload::begin(Arc::clone(&root), spec("x", None, false), 100)
             .await
             .expect("begin");
         upload.push(Bytes::from_static(b"abc")).await.expect("push");
-        // What dropping an `Upload` does, in two steps so the test can wait
-        // for the writer thread.
-        let Upload {
-            to_writer, writer, ..
-        } = upload;
-        drop(to_writer);
-        let ended = writer.await.expect("join");
-        assert!(ended.is_err());
-        assert!(names_in(dir.path()).is_empty(), "{:?}", names_in(dir.path()));
+        assert_eq!(names_in(dir.path()).len(), 1, "the temporary file");
+        upload.abort().await;
+        assert!(
+            names_in(dir.path()).is_empty(),
+            "{:?}",
+            names_in(dir.path())
+        );
     }
 
     /// Limits: a declared size over the limit fails before anything is
