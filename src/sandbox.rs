@@ -839,6 +839,49 @@ mod tests {
         }
     }
 
+    /// An upload's destination: missing folders are created inside the
+    /// root; a folder symlink leading out is refused before anything is
+    /// created; the root, `..` endings and folders are not files.
+    #[test]
+    fn destination_creates_folders_inside_only() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let root_dir = base.path().join("root");
+        let outside = base.path().join("outside");
+        fs::create_dir(&root_dir).expect("mkdir");
+        fs::create_dir(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, root_dir.join("out")).expect("symlink");
+        std::os::unix::fs::symlink("a/b", root_dir.join("in")).expect("symlink");
+        let root = Root::open(&root_dir).expect("root");
+        let dest = |raw: &str| root.destination(&RequestPath::parse(raw).expect("parse"));
+
+        let made = dest("a/b/c.txt").expect("created");
+        assert_eq!(made.name, "c.txt");
+        assert!(made.existing.is_none());
+        assert!(root_dir.join("a/b").is_dir());
+        fs::write(root_dir.join("a/b/c.txt"), b"x").expect("write");
+        let found = dest("in/c.txt").expect("through an inside symlink");
+        assert!(found.existing.is_some_and(|meta| meta.len() == 1));
+
+        for raw in ["out/x", "out/new/deeper/x", "../x"] {
+            let err = dest(raw).expect_err(raw);
+            assert!(matches!(err, Error::OutsideRoot { .. }), "{raw}: {err}");
+        }
+        assert_eq!(fs::read_dir(&outside).expect("read").count(), 0);
+
+        for raw in ["/", "a/..", "a/b"] {
+            let err = dest(raw).expect_err(raw);
+            assert!(
+                matches!(err, Error::TargetIsDirectory { .. }),
+                "{raw}: {err}"
+            );
+        }
+        let err = dest("gone/../x").expect_err("missing folder then ..");
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        assert!(!root_dir.join("gone").exists());
+        let err = dest("a/b/c.txt/x").expect_err("a file on the way");
+        assert!(matches!(err, Error::NotDirectory { .. }), "{err}");
+    }
+
     /// Printed paths escape control characters and stay short.
     #[test]
     fn printable_escapes_and_truncates() {

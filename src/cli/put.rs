@@ -66,12 +66,6 @@ pub fn remote_path(local: &str, remote: &str) -> Result<String> {
 pub async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
     let remote = remote_path(&args.local, &args.remote)?;
     let source = Source::from_arg(&args.local);
-    let progress = progress_bar(&args);
-    progress.set_message(remote.clone());
-    let options = UploadOptions {
-        force: args.force,
-        progress,
-    };
     let result = async {
         let opened = {
             let source = source.clone();
@@ -79,6 +73,12 @@ pub async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
             tokio::task::spawn_blocking(move || upload::open(&source))
                 .await
                 .map_err(|err| Error::io("<open>", std::io::Error::other(err)))??
+        };
+        let progress = progress_bar(&args, opened.size().is_some());
+        progress.set_message(remote.clone());
+        let options = UploadOptions {
+            force: args.force,
+            progress,
         };
         let client = client_args.connect().await?;
         upload::upload(&client, opened, &remote, &options).await
@@ -99,17 +99,20 @@ pub async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
     }
 }
 
-/// A progress bar on stderr when it is a terminal and the user wants one.
-fn progress_bar(args: &PutArgs) -> ProgressBar {
+/// A progress bar on stderr when it is a terminal and the user wants one;
+/// without a known size (stdin), a byte count and rate instead of a bar.
+fn progress_bar(args: &PutArgs, size_known: bool) -> ProgressBar {
     if args.quiet || args.json || !stderr_is_terminal() {
         return ProgressBar::hidden();
     }
+    let template = if size_known {
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+    } else {
+        "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
+    };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
