@@ -1,9 +1,10 @@
 //! One local file (or stdin) to the server: `fetchd put`.
 //!
-//! A blocking thread reads the source in [`UPLOAD_CHUNK_BYTES`] chunks,
-//! hashes each as it is read, and hands it to the `Write` call through a
-//! channel of [`UPLOAD_QUEUE_CHUNKS`], so memory stays bounded whatever the
-//! file's size and a slow network stalls the reader. After the last chunk
+//! A blocking thread reads the source in [`UPLOAD_CHUNK_BYTES`] chunks and
+//! hands each to the `Write` call through a channel of
+//! [`UPLOAD_QUEUE_CHUNKS`], and to a hasher thread through another, so
+//! memory stays bounded whatever the file's size, a slow network stalls the
+//! reader, and reading and hashing overlap. After the last chunk
 //! it sends the sha256 of everything it read; the server compares it with
 //! its own before the file is put in place. A regular file declares its
 //! size up front (the server refuses one over its limit before any data
@@ -212,9 +213,10 @@ pub async fn upload(
     })
 }
 
-/// The reader thread: read, hash, send; then the digest. Returns the bytes
-/// read and their digest. `Ok` also when the network side went away (its
-/// error is the one reported then).
+/// The reader thread: read, send, and hand every chunk to a hasher thread
+/// of its own (hashing and reading then overlap on two cores); at the end
+/// the digest. Returns the bytes read and their digest. `Ok` also when the
+/// network side went away (its error is the one reported then).
 fn send_source(
     opened: Opened,
     to_network: &mpsc::Sender<UploadPiece>,
@@ -226,31 +228,53 @@ fn send_source(
         source,
     } = opened;
     let shown = source.shown();
-    let mut hasher = Hasher::new();
+    let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
+    let hasher = std::thread::spawn(move || {
+        let mut hasher = Hasher::new();
+        for chunk in chunks {
+            hasher.update(&chunk);
+        }
+        hasher
+    });
+    let mut read: u64 = 0;
+    let mut gone = false;
     loop {
         let chunk = read_chunk(&mut reader, UPLOAD_CHUNK_BYTES)
             .map_err(|err| Error::io(Path::new(&shown), err))?;
         if chunk.is_empty() {
             break;
         }
-        hasher.update(&chunk);
-        if size.is_some_and(|size| hasher.bytes() > size) {
+        let n = chunk.len() as u64;
+        read += n;
+        if size.is_some_and(|size| read > size) {
             return Err(changed(&shown));
         }
-        let n = chunk.len() as u64;
+        if to_hasher.send(chunk.clone()).is_err() {
+            break;
+        }
         if to_network.blocking_send(UploadPiece::Data(chunk)).is_err() {
-            return Ok((hasher.bytes(), hasher.finalize()));
+            gone = true;
+            break;
         }
         progress.inc(n);
     }
-    if size.is_some_and(|size| hasher.bytes() != size) {
+    drop(to_hasher);
+    let hasher = hasher.join().map_err(|_| {
+        Error::io(
+            Path::new(&shown),
+            io::Error::other("the hasher thread failed"),
+        )
+    })?;
+    if gone {
+        return Ok((hasher.bytes(), hasher.finalize()));
+    }
+    if hasher.bytes() != read || size.is_some_and(|size| read != size) {
         return Err(changed(&shown));
     }
-    let bytes = hasher.bytes();
     let digest = hasher.finalize();
     // A failed send means the call already ended; its answer says why.
     let _ = to_network.blocking_send(UploadPiece::End(digest));
-    Ok((bytes, digest))
+    Ok((read, digest))
 }
 
 /// The local file grew or shrank between opening and its end.
