@@ -36,9 +36,11 @@ What it does:
     U1 upload to tmpfs     fetchd put big.bin (to a second `fetchd serve
                            --allow-upload` whose root is WORK/upload/fetchd)
                            vs fetchd get of the same file (the download it
-                           should match), rsync --whole-file pushing to a
-                           writable rsync module, curl -T (HTTP PUT) to nginx
-                           with dav_methods PUT. Every target is removed before
+                           should match; big.bin gets a new mtime before every
+                           run, so the server's digest cache misses and both
+                           sides hash, as in an upload), rsync --whole-file
+                           pushing to a writable rsync module, curl -T (HTTP
+                           PUT) to nginx with dav_methods PUT. Every target is removed before
                            every run (not timed); every fetchd copy and each
                            peer's warm-up copy is checked by sha256.
   * per run: wall (perf_counter around the client), client CPU (RUSAGE_CHILDREN
@@ -511,7 +513,7 @@ def upload_workload(data, fetchd, nginx, rsyncd, digest, res):
     """U1: the 1 GiB file uploaded to tmpfs, fetchd put vs fetchd get of the
     same file, an rsync push to the daemon and an HTTP PUT to nginx."""
     up = work / "upload"
-    dest = {"fetchd": up / "fetchd/big.bin", "fetchd get": up / "get/big.bin",
+    dest = {"fetchd": up / "fetchd/big.bin", "fetchd get, cold": up / "get/big.bin",
             "rsync": up / "rsync/big.bin", "curl -T": up / "nginx/upload/big.bin"}
     for path in dest.values():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -523,14 +525,19 @@ def upload_workload(data, fetchd, nginx, rsyncd, digest, res):
         for path in dest.values():
             for f in path.parent.iterdir():
                 f.unlink()
+        # A new mtime (a day back, so not "racy") is a new file version: the
+        # server's digest cache misses, and the download hashes on both sides
+        # as the upload must.
+        day_ago = time.time_ns() - 86400 * 10**9
+        os.utime(src, ns=(day_ago, day_ago))
 
     def verify(label, measured):   # every fetchd copy, each peer's warm-up copy
         if (label == "fetchd" or not measured) and sha256_file(dest[label]) != digest:
             die(f"U1: the copy written by {label} differs from the source")
     res["U1"] = paired("U1", "verified upload to a file on tmpfs", [
         ("fetchd", f"{timed('fetchd')} {BIN} --server {fup.url} put {src} big.bin --quiet", fup),
-        ("fetchd get", f"{timed('fetchd')} {BIN} --server {fetchd.url} get big.bin "
-                       f"-o {dest['fetchd get']} --quiet", fetchd),
+        ("fetchd get, cold", f"{timed('fetchd')} {BIN} --server {fetchd.url} get big.bin "
+                             f"-o {dest['fetchd get, cold']} --quiet", fetchd),
         ("rsync", f"{timed('rsync')} rsync --whole-file {src} {rsyncd.base}/upload/big.bin", rsyncd),
         ("curl -T", f"{timed('curl')} curl -sf -T {src} {nginx.url}/upload/big.bin", nginx),
     ], prepare, verify)

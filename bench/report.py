@@ -216,9 +216,10 @@ def upload_section(meta, res, rows):
         out.append(f"| {name} | {run_cell(r)} | {r['wall_s']:.3f} | {(meta['size_bytes'] >> 20) / r['wall_s']:.0f} "
                    f"| {ratio} | {f2(r['client_cpu_s'])} | {f2(r['server_cpu_s_per_gib'])} "
                    f"| {r['client_rss_mib']:.1f} | {srv} |")
-    out += ["", "`fetchd get` is the download of the same file from the same tmpfs: the ratio on its "
-            "row is upload time over download time. For `fetchd get` the server is the one serving "
-            "the source; for the others, the receiving side.", ""]
+    out += ["", "`fetchd get, cold` is the download of the same file from the same tmpfs, with the "
+            "server's digest cache missing (the source gets a new mtime before every run), so both "
+            "sides hash as in an upload: the ratio on its row is upload time over download time. "
+            "For it the server is the one serving the source; for the others, the receiving side.", ""]
     out += failures_md(res) + ["### Commands", "",
                                "Every target (and any temporary or partial file) is removed before every run "
                                "(not timed).", ""]
