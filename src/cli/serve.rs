@@ -33,7 +33,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub grace: u64,
 
-    /// Reads served at once over all clients; more get RESOURCE_EXHAUSTED.
+    /// Transfers (reads and uploads) served at once over all clients; more get
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_TRANSFERS, value_name = "N")]
     pub max_transfers: usize,
 

@@ -54,7 +54,8 @@ pub struct ServerConfig {
     pub root: PathBuf,
     /// How long transfers may run on after shutdown is asked for.
     pub grace: Duration,
-    /// Reads served at once; more get RESOURCE_EXHAUSTED.
+    /// Transfers (reads and uploads) served at once; more get
+    /// RESOURCE_EXHAUSTED.
     pub max_transfers: usize,
     /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
     pub max_tails: usize,
