@@ -32,6 +32,17 @@ What it does:
     tree a tool writes in a warm-up, and every tree fetchd writes, is compared
     with the source (names, folders, sizes, sha256). B1 and B2 run
     BENCH_BULK_PAIRS rounds, B3 (short) BENCH_PAIRS rounds.
+  * upload workload (issue 6), on the same DATA/big.bin, before it is removed:
+    U1 upload to tmpfs     fetchd put big.bin (to a second `fetchd serve
+                           --allow-upload` whose root is WORK/upload/fetchd)
+                           vs fetchd get of the same file (the download it
+                           should match; big.bin gets a new mtime before every
+                           run, so the server's digest cache misses and both
+                           sides hash, as in an upload), rsync --whole-file
+                           pushing to a writable rsync module, curl -T (HTTP
+                           PUT) to nginx with dav_methods PUT. Every target is removed before
+                           every run (not timed); every fetchd copy and each
+                           peer's warm-up copy is checked by sha256.
   * per run: wall (perf_counter around the client), client CPU (RUSAGE_CHILDREN
     delta; covers whole pipelines), client peak RSS (/usr/bin/time %M around
     each pipeline stage, summed), server CPU (utime+stime+cutime+cstime from
@@ -40,8 +51,8 @@ What it does:
     connection that is gone before it can be read, so its peak RSS is the
     maximum over the whole session, from /usr/bin/time wrapped around it;
   * writes BENCH_OUT/results.md, results.json and ratios.png. A run of only
-    W or only B workloads keeps the other group from the results.json that is
-    already there (see bench/report.py).
+    some groups of workloads (W, B, U) keeps the other groups from the
+    results.json that is already there (see bench/report.py).
 Nothing runs in parallel with a measured run. A client that exits non-zero
 is recorded (shown in results.md) and its warm-up or round repeated, at most
 BENCH_MAX_FAILURES times per workload; a wrong output (digest, tree) stops the
@@ -61,7 +72,7 @@ GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
 PAIRS = int(os.environ.get("BENCH_PAIRS", "11"))
 BULK_PAIRS = int(os.environ.get("BENCH_BULK_PAIRS", "7"))
-KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3"]
+KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3", "U1"]
 ONLY = {w.strip().upper() for w in os.environ.get("BENCH_ONLY", ",".join(KNOWN)).split(",") if w.strip()}
 SLOW_RATE = os.environ.get("BENCH_SLOW_RATE", "20m")
 OUT = Path(os.environ.get("BENCH_OUT", REPO / "bench/results"))
@@ -226,9 +237,9 @@ def tail(path, n=15):
         return ""
 
 
-def start_fetchd(data, name="fetchd"):
+def start_fetchd(data, name="fetchd", extra=()):
     out = work / f"{name}.stdout"
-    p = spawn(name, [str(BIN), "serve", "--root", str(data), "--listen", "127.0.0.1:0"],
+    p = spawn(name, [str(BIN), "serve", "--root", str(data), "--listen", "127.0.0.1:0", *extra],
               stdout=open(out, "wb"))
     deadline, addr = time.monotonic() + 15, None
     while addr is None and time.monotonic() < deadline:
@@ -272,6 +283,12 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {data};
+        location /upload/ {{   # U1: HTTP PUT into WORK/upload/nginx/upload/
+            root {work}/upload/nginx;
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+        }}
     }}
 }}
 """)
@@ -298,6 +315,10 @@ gid = {os.getgid()}
 [large]
     path = {data}/bulk-large
     read only = yes
+    use chroot = no
+[upload]
+    path = {work}/upload/rsync
+    read only = no
     use chroot = no
 """)
     # /usr/bin/time around the daemon: the max RSS of it and every child it forked.
@@ -487,6 +508,42 @@ def workloads(fetchd, nginx, rsyncd, digest, res):
                      "runs": {"fetchd": [run(cmd, fetchd)]}}
 
 
+# -------------------------------------------------------------- upload ---
+def upload_workload(data, fetchd, nginx, rsyncd, digest, res):
+    """U1: the 1 GiB file uploaded to tmpfs, fetchd put vs fetchd get of the
+    same file, an rsync push to the daemon and an HTTP PUT to nginx."""
+    up = work / "upload"
+    dest = {"fetchd": up / "fetchd/big.bin", "fetchd get, cold": up / "get/big.bin",
+            "rsync": up / "rsync/big.bin", "curl -T": up / "nginx/upload/big.bin"}
+    for path in dest.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fup = start_fetchd(up / "fetchd", "fetchd-upload", ["--allow-upload"])
+    say(f"U1: fetchd-upload {fup.url} (root {up / 'fetchd'})")
+    src = data / "big.bin"
+
+    def prepare():   # no target (and no temp or partial file) before any run
+        for path in dest.values():
+            for f in path.parent.iterdir():
+                f.unlink()
+        # A new mtime (a day back, so not "racy") is a new file version: the
+        # server's digest cache misses, and the download hashes on both sides
+        # as the upload must.
+        day_ago = time.time_ns() - 86400 * 10**9
+        os.utime(src, ns=(day_ago, day_ago))
+
+    def verify(label, measured):   # every fetchd copy, each peer's warm-up copy
+        if (label == "fetchd" or not measured) and sha256_file(dest[label]) != digest:
+            die(f"U1: the copy written by {label} differs from the source")
+    res["U1"] = paired("U1", "verified upload to a file on tmpfs", [
+        ("fetchd", f"{timed('fetchd')} {BIN} --server {fup.url} put {src} big.bin --quiet", fup),
+        ("fetchd get, cold", f"{timed('fetchd')} {BIN} --server {fetchd.url} get big.bin "
+                             f"-o {dest['fetchd get, cold']} --quiet", fetchd),
+        ("rsync", f"{timed('rsync')} rsync --whole-file {src} {rsyncd.base}/upload/big.bin", rsyncd),
+        ("curl -T", f"{timed('curl')} curl -sf -T {src} {nginx.url}/upload/big.bin", nginx),
+    ], prepare, verify)
+    prepare()
+
+
 # ---------------------------------------------------------------- bulk ---
 def make_tree(root, spec):
     """Writes spec = (files, size, leaf folders) of random files below root,
@@ -655,6 +712,7 @@ def main():
     if not ONLY <= set(KNOWN):
         die(f"BENCH_ONLY={os.environ['BENCH_ONLY']}: known workloads are {', '.join(KNOWN)}")
     files_w, bulk_w = ONLY & {"W1", "W2", "W3"}, ONLY & {"B1", "B2", "B3"}
+    upload_w = ONLY & {"U1"}
     if PAIRS < 11 and (files_w or "B3" in ONLY):
         say(f"warning: BENCH_PAIRS={PAIRS}; the issue asks for at least 11 pairs")
     if not BUILT.exists():
@@ -672,7 +730,7 @@ def main():
     for d in (data, data / "bulk-small", data / "bulk-large"):
         d.mkdir()
     digest = None
-    if files_w:
+    if files_w or upload_w:
         say(f"work dir {work}; writing {SIZE >> 20} MiB of random data")
         h = hashlib.sha256()
         with open("/dev/urandom", "rb") as src, open(data / "big.bin", "wb") as dst:
@@ -686,13 +744,16 @@ def main():
     else:
         say(f"work dir {work}")
     meta = machine_meta(work)
-    fetchd = start_fetchd(data) if files_w else None
+    fetchd = start_fetchd(data) if files_w or upload_w else None
     nginx, rsyncd = start_nginx(data), start_rsyncd(data)
     say(f"servers: fetchd {fetchd.url if fetchd else '(not needed)'}, nginx {nginx.url}, rsync {rsyncd.base}")
     res, failure = {}, None
     try:
         if files_w:
             workloads(fetchd, nginx, rsyncd, digest, res)
+        if upload_w:
+            upload_workload(data, fetchd, nginx, rsyncd, digest, res)
+        if files_w or upload_w:
             (data / "big.bin").unlink()   # room on tmpfs for the bulk trees
         if bulk_w:
             bulk_workloads(data, nginx, rsyncd, res)

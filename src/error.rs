@@ -102,6 +102,72 @@ pub enum Error {
         actual: Digest,
     },
 
+    /// Uploads are switched off on this server.
+    #[error(
+        "{path}: permission denied: this server does not accept uploads; start it with `fetchd serve --allow-upload`"
+    )]
+    UploadsDisabled {
+        /// The path the upload was for.
+        path: String,
+    },
+
+    /// An upload's target exists and replacing it was not asked for.
+    #[error("{path}: already exists on the server; use --force to replace it")]
+    AlreadyExists {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// An upload's target is a directory.
+    #[error("{path}: is a directory on the server; name the file to create inside it")]
+    TargetIsDirectory {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// An upload is larger than the server accepts.
+    #[error(
+        "{path}: the upload is larger than this server's limit of {limit} bytes (serve --max-upload-size); nothing was written"
+    )]
+    TooLarge {
+        /// The path as requested.
+        path: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
+    /// An upload did not carry the number of bytes its header declared.
+    #[error(
+        "{path}: size mismatch: {declared} bytes were declared but {received}{more} arrived; nothing was written",
+        more = if *.received > *.declared { " or more" } else { "" }
+    )]
+    SizeMismatch {
+        /// The path as requested.
+        path: String,
+        /// The size in the header.
+        declared: u64,
+        /// The bytes that arrived (when more than declared: as soon as
+        /// that was seen).
+        received: u64,
+    },
+
+    /// The filesystem is full (or a quota is reached).
+    #[error("{path}: no space left on the server's disk; nothing was written")]
+    NoSpace {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// A request that breaks the protocol's rules (messages out of order,
+    /// a malformed field).
+    #[error("{path}: invalid request: {reason}")]
+    InvalidRequest {
+        /// The path concerned (empty when the request named none yet).
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// A server limit is reached.
     #[error("server busy: the limit of {limit} concurrent {what} is reached; retry later")]
     Limit {
@@ -196,6 +262,9 @@ impl Error {
                 path: path.into(),
                 reason: "a name in it is too long",
             },
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                Error::NoSpace { path: path.into() }
+            }
             _ => Error::io(path, source),
         }
     }
@@ -203,12 +272,20 @@ impl Error {
     /// The gRPC code this error travels as.
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidPath { .. } | Error::Usage(_) => Code::InvalidArgument,
+            Error::InvalidPath { .. } | Error::InvalidRequest { .. } | Error::Usage(_) => {
+                Code::InvalidArgument
+            }
             Error::NotFound { .. } => Code::NotFound,
             Error::OutsideRoot { .. }
             | Error::PermissionDenied { .. }
-            | Error::NotRegular { .. } => Code::PermissionDenied,
-            Error::IsDirectory { .. } | Error::NotDirectory { .. } => Code::FailedPrecondition,
+            | Error::NotRegular { .. }
+            | Error::UploadsDisabled { .. } => Code::PermissionDenied,
+            Error::IsDirectory { .. }
+            | Error::NotDirectory { .. }
+            | Error::TargetIsDirectory { .. } => Code::FailedPrecondition,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::TooLarge { .. } | Error::NoSpace { .. } => Code::ResourceExhausted,
+            Error::SizeMismatch { .. } => Code::DataLoss,
             Error::Changed { .. } => Code::Aborted,
             Error::OffsetPastEnd { .. } => Code::OutOfRange,
             Error::ChecksumMismatch { .. } => Code::DataLoss,
@@ -326,6 +403,40 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (Error::Changed { path: path.clone() }, Code::Aborted),
+            (
+                Error::UploadsDisabled { path: path.clone() },
+                Code::PermissionDenied,
+            ),
+            (
+                Error::AlreadyExists { path: path.clone() },
+                Code::AlreadyExists,
+            ),
+            (
+                Error::TargetIsDirectory { path: path.clone() },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::TooLarge {
+                    path: path.clone(),
+                    limit: 1,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::SizeMismatch {
+                    path: path.clone(),
+                    declared: 1,
+                    received: 2,
+                },
+                Code::DataLoss,
+            ),
+            (
+                Error::InvalidRequest {
+                    path: path.clone(),
+                    reason: "no header".into(),
+                },
+                Code::InvalidArgument,
+            ),
             (
                 Error::Limit {
                     what: "transfers",

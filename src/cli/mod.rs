@@ -4,6 +4,7 @@
 
 pub mod get;
 pub mod ls;
+pub mod put;
 pub mod serve;
 pub mod stat;
 pub mod tail;
@@ -54,6 +55,8 @@ pub enum Command {
     Stat(stat::StatArgs),
     /// Print the last lines of a file, then follow it as it grows (tail -F).
     Tail(tail::TailArgs),
+    /// Upload a file, verified by sha256 and put in place atomically.
+    Put(put::PutArgs),
 }
 
 /// Options shared by every client verb; accepted before or after the verb.
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Ls(args) => client_runtime(|| ls::run(args, cli.client)),
         Command::Stat(args) => client_runtime(|| stat::run(args, cli.client)),
         Command::Tail(args) => client_runtime(|| tail::run(args, cli.client)),
+        Command::Put(args) => client_runtime(|| put::run(args, cli.client)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

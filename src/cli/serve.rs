@@ -15,6 +15,8 @@ use crate::server::{self, DEFAULT_MAX_TAILS, DEFAULT_MAX_TRANSFERS, ServerConfig
 #[derive(Debug, Args)]
 #[command(after_help = "\
 When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout.
+With --allow-upload, temporary files of uploads an earlier run left unfinished
+(.NAME.fetchd-upload-XXXXXXXXXXXXXXXX) are removed before the first call is served.
 SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
 streams end at once, running transfers get --grace seconds to finish, then the
 server exits 0.")]
@@ -31,13 +33,45 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub grace: u64,
 
-    /// Reads served at once over all clients; more get RESOURCE_EXHAUSTED.
+    /// Transfers (reads and uploads) served at once over all clients; more get
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_TRANSFERS, value_name = "N")]
     pub max_transfers: usize,
 
     /// Tail streams open at once over all clients; more get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_TAILS, value_name = "N")]
     pub max_tails: usize,
+
+    /// Accept uploads (`fetchd put`); without it they get PERMISSION_DENIED.
+    #[arg(long)]
+    pub allow_upload: bool,
+
+    /// Largest upload accepted (suffixes K, M, G, T: powers of 1024); larger
+    /// gets RESOURCE_EXHAUSTED as soon as the size is declared or reached.
+    #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_size)]
+    pub max_upload_size: u64,
+}
+
+/// Parses `16G`, `512M`, `100K` or a plain number of bytes.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let scale = match text.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => 1 << 10,
+        Some('M') => 1 << 20,
+        Some('G') => 1 << 30,
+        Some('T') => 1 << 40,
+        _ => 1,
+    };
+    let digits = if scale == 1 {
+        text
+    } else {
+        &text[..text.len() - 1]
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size such as 16G, 512M or 1048576"))
 }
 
 /// Runs `fetchd serve` until SIGINT or SIGTERM.
@@ -67,6 +101,8 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
         config.max_tails = args.max_tails.max(1);
+        config.allow_upload = args.allow_upload;
+        config.max_upload_bytes = args.max_upload_size;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {local}")
             .and_then(|()| stdout.flush())
@@ -90,5 +126,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes take K, M, G and T suffixes (powers of 1024).
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("big").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

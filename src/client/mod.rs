@@ -7,12 +7,15 @@
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
 //! - [`batch`]: small files many to a call, written and synced as a batch.
 //! - [`tail`]: following a file across reconnects, resuming from a cursor.
+//! - [`upload`]: one local file (or stdin) to the server, read and hashed on
+//!   a blocking thread.
 
 pub mod assemble;
 pub mod batch;
 pub mod bulk;
 pub mod download;
 pub mod tail;
+pub mod upload;
 
 use std::time::Duration;
 
@@ -194,6 +197,52 @@ impl Client {
         })
     }
 
+    /// Stores a file: sends the header for `target`, then every piece
+    /// `body` yields, and waits for the server's answer. A body that ends
+    /// without [`UploadPiece::End`] makes the server discard the upload.
+    /// The server may answer (with an error) before the body is done; then
+    /// `body` is dropped, so whoever feeds it sees its sends fail.
+    pub async fn write(
+        &self,
+        target: WriteTarget,
+        body: tokio::sync::mpsc::Receiver<UploadPiece>,
+    ) -> Result<Written> {
+        use proto::{WriteHeader, WriteRequest, WriteTrailer, write_request::Kind};
+        let header = WriteRequest {
+            kind: Some(Kind::Header(WriteHeader {
+                path: target.path.clone(),
+                size: target.size,
+                force: target.force,
+            })),
+        };
+        let pieces = tokio_stream::wrappers::ReceiverStream::new(body).map(|piece| {
+            let kind = match piece {
+                UploadPiece::Data(data) => Kind::Data(data),
+                UploadPiece::End(digest) => Kind::Trailer(WriteTrailer {
+                    sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
+                }),
+            };
+            WriteRequest { kind: Some(kind) }
+        });
+        let requests = tokio_stream::once(header).chain(pieces);
+        let response = self
+            .rpc
+            .clone()
+            .write(requests)
+            .await
+            .map_err(|status| self.status(status))?
+            .into_inner();
+        let sha256 = Digest::from_slice(&response.sha256).ok_or_else(|| Error::Protocol {
+            path: target.path.clone(),
+            reason: "bad sha256 length in the answer".into(),
+        })?;
+        Ok(Written {
+            path: response.path,
+            bytes: response.bytes,
+            sha256,
+        })
+    }
+
     /// Starts reading `path` from `offset`; `length` bytes or to the end.
     pub async fn read(&self, path: &str, offset: u64, length: Option<u64>) -> Result<ReadStream> {
         let stream = self
@@ -304,6 +353,37 @@ impl ManyStream {
         };
         Ok((index, result))
     }
+}
+
+/// What goes into a `Write` call after its header.
+#[derive(Clone, Debug)]
+pub enum UploadPiece {
+    /// The next bytes of the file.
+    Data(bytes::Bytes),
+    /// The end: the sha256 of every byte sent.
+    End(Digest),
+}
+
+/// The server's answer to a finished `Write`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The path written, as the server names it.
+    pub path: String,
+    /// Bytes the server wrote.
+    pub bytes: u64,
+    /// sha256 of the stored file, computed by the server.
+    pub sha256: Digest,
+}
+
+/// The parameters of a `Write` call.
+#[derive(Clone, Debug)]
+pub struct WriteTarget {
+    /// The path on the server.
+    pub path: String,
+    /// Bytes that will follow; `None` when unknown (stdin).
+    pub size: Option<u64>,
+    /// Replace an existing file.
+    pub force: bool,
 }
 
 /// Entries of a `List` call.

@@ -7,6 +7,8 @@
 //! - [`read_route`]: `Read` answered below tonic's codec, so file data is
 //!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
+//! - [`upload`]: the writer behind `Write`: temporary file, hash, verify,
+//!   atomic placement, start-up sweep of leftovers.
 //! - [`tail`]: the tail streams, one task per client.
 //! - [`watches`]: folder watches shared by every tail (one inotify watch per
 //!   folder).
@@ -16,6 +18,7 @@ pub mod read;
 pub mod read_route;
 pub mod service;
 pub mod tail;
+pub mod upload;
 pub mod watches;
 
 use std::future::Future;
@@ -55,10 +58,15 @@ pub struct ServerConfig {
     pub root: PathBuf,
     /// How long transfers may run on after shutdown is asked for.
     pub grace: Duration,
-    /// Reads served at once; more get RESOURCE_EXHAUSTED.
+    /// Transfers (reads and uploads) served at once; more get
+    /// RESOURCE_EXHAUSTED.
     pub max_transfers: usize,
     /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
     pub max_tails: usize,
+    /// Accept uploads (`Write`); without it they get PERMISSION_DENIED.
+    pub allow_upload: bool,
+    /// Largest upload accepted, in bytes; larger gets RESOURCE_EXHAUSTED.
+    pub max_upload_bytes: u64,
 }
 
 impl ServerConfig {
@@ -69,6 +77,8 @@ impl ServerConfig {
             grace: DEFAULT_GRACE,
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_tails: DEFAULT_MAX_TAILS,
+            allow_upload: false,
+            max_upload_bytes: upload::DEFAULT_MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -76,6 +86,10 @@ impl ServerConfig {
 /// Serves `config.root` on `listener` until `shutdown` completes; then
 /// health turns NOT_SERVING, no new connections are accepted, and running
 /// calls get `config.grace` to finish before the server returns.
+///
+/// With `config.allow_upload`, temporary upload files that an earlier run
+/// left behind (a crash, a kill) are removed before the first call is
+/// served ([`upload::sweep_leftovers`]).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -84,6 +98,9 @@ pub async fn run(
     let root = Root::open(&config.root).map_err(|err| Error::io(&config.root, err))?;
     let root = Arc::new(root);
     tracing::info!(root = %root.host_path().display(), "serving");
+    if config.allow_upload {
+        sweep_uploads(Arc::clone(&root)).await;
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -103,7 +120,8 @@ pub async fn run(
     raise_open_file_limit();
     let stopping = CancellationToken::new();
     let service = FetchdService::new(Arc::clone(&root), config.max_transfers)
-        .with_tails(config.max_tails.max(1), stopping.clone());
+        .with_tails(config.max_tails.max(1), stopping.clone())
+        .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
     let fetchd = ReadRoute::new(
         proto::fetchd_server::FetchdServer::new(service.clone()),
         service,
@@ -151,6 +169,26 @@ pub async fn run(
             tracing::warn!(?grace, "grace period over; ending the remaining transfers");
             Ok(())
         }
+    }
+}
+
+/// Removes the temporary files of uploads an earlier run did not finish.
+/// A failure is logged, not fatal: leftovers are hidden files that take
+/// space, nothing worse.
+async fn sweep_uploads(root: Arc<Root>) {
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || upload::sweep_leftovers(&root)).await {
+        Ok(Ok(swept)) => {
+            if swept.truncated {
+                tracing::warn!(
+                    entries = swept.visited,
+                    "the sweep for unfinished uploads stopped at its entry limit"
+                );
+            }
+            tracing::debug!(removed = swept.removed, entries = swept.visited, elapsed = ?started.elapsed(), "swept unfinished uploads");
+        }
+        Ok(Err(err)) => tracing::warn!(%err, "cannot sweep unfinished uploads"),
+        Err(err) => tracing::warn!(%err, "the sweep for unfinished uploads failed"),
     }
 }
 

@@ -4,23 +4,26 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::checksum::Digest;
 use crate::entry::{EntryInfo, EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::proto::{
     self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
-    file_result, read_response,
+    file_result, read_response, write_request,
 };
 use crate::sandbox::{RequestPath, Root};
 use crate::server::digests::DigestCache;
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
 use crate::server::tail::{self, TailSpec};
+use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::server::watches::Watches;
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
@@ -51,6 +54,8 @@ pub struct FetchdService {
     tails: Arc<Semaphore>,
     max_tails: usize,
     stopping: CancellationToken,
+    /// The largest upload accepted; `None`: uploads are refused.
+    max_upload_bytes: Option<u64>,
 }
 
 impl FetchdService {
@@ -65,7 +70,15 @@ impl FetchdService {
             tails: Arc::new(Semaphore::new(crate::server::DEFAULT_MAX_TAILS)),
             max_tails: crate::server::DEFAULT_MAX_TAILS,
             stopping: CancellationToken::new(),
+            max_upload_bytes: None,
         }
+    }
+
+    /// Accepts uploads of at most `max_bytes` bytes; `None` refuses them
+    /// all (PERMISSION_DENIED).
+    pub fn with_uploads(mut self, max_bytes: Option<u64>) -> FetchdService {
+        self.max_upload_bytes = max_bytes;
+        self
     }
 
     /// Allows `max_tails` tail streams at once and ends them all (cleanly,
@@ -267,6 +280,46 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn write(
+        &self,
+        request: Request<Streaming<proto::WriteRequest>>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let peer = request.remote_addr();
+        let mut stream = request.into_inner();
+        let (header, path) = write_header(&mut stream).await?;
+        let shown = path.shown();
+        let Some(limit) = self.max_upload_bytes else {
+            return Err(Error::UploadsDisabled { path: shown }.into());
+        };
+        let _permit = self.acquire_transfer()?;
+        let started = Instant::now();
+        let spec = UploadSpec {
+            path,
+            size: header.size,
+            force: header.force,
+        };
+        let mut upload = Upload::begin(Arc::clone(&self.root), spec, limit).await?;
+        let received = receive_upload(&mut stream, &mut upload, &shown).await;
+        if received.is_err() {
+            // The temporary file is gone before the client hears why.
+            upload.abort().await;
+        }
+        match received {
+            Ok(stored) => {
+                tracing::info!(path = %shown, bytes = stored.bytes, ?peer, elapsed = ?started.elapsed(), "upload stored");
+                Ok(Response::new(proto::WriteResponse {
+                    path: stored.path,
+                    bytes: stored.bytes,
+                    sha256: bytes::Bytes::copy_from_slice(stored.sha256.as_bytes()),
+                }))
+            }
+            Err(status) => {
+                tracing::info!(path = %shown, ?peer, code = ?status.code(), message = status.message(), "upload failed; nothing was written");
+                Err(status)
+            }
+        }
+    }
+
     type TailStream = ResponseStream<proto::TailResponse>;
 
     async fn tail(
@@ -304,6 +357,62 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             Err(err) => Err(Status::from(err)),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The header every `Write` stream starts with, as a domain request.
+async fn write_header(
+    stream: &mut Streaming<proto::WriteRequest>,
+) -> Result<(proto::WriteHeader, RequestPath), Status> {
+    let header = match stream.message().await? {
+        Some(proto::WriteRequest {
+            kind: Some(write_request::Kind::Header(header)),
+        }) => header,
+        _ => {
+            return Err(Error::InvalidRequest {
+                path: String::new(),
+                reason: "the first message of a Write must be its header".into(),
+            }
+            .into());
+        }
+    };
+    let path = RequestPath::parse(&header.path)?;
+    Ok((header, path))
+}
+
+/// Feeds a `Write` stream's data into `upload` until the trailer (and the
+/// end of the stream after it), then finishes it.
+async fn receive_upload(
+    stream: &mut Streaming<proto::WriteRequest>,
+    upload: &mut Upload,
+    shown: &str,
+) -> Result<Stored, Status> {
+    let invalid = |reason: &str| {
+        Status::from(Error::InvalidRequest {
+            path: shown.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    loop {
+        let message = stream.message().await?;
+        match message.and_then(|message| message.kind) {
+            Some(write_request::Kind::Data(data)) => upload.push(data).await?,
+            Some(write_request::Kind::Trailer(trailer)) => {
+                let expected = Digest::from_slice(&trailer.sha256)
+                    .ok_or_else(|| invalid("the trailer's sha256 is not 32 bytes"))?;
+                if stream.message().await?.is_some() {
+                    return Err(invalid("a message came after the trailer"));
+                }
+                return Ok(upload.finish(expected).await?);
+            }
+            Some(write_request::Kind::Header(_)) => return Err(invalid("a second header")),
+            None => {
+                return Err(invalid(&format!(
+                    "the stream ended after {} bytes without the trailer (the sha256); nothing was written",
+                    upload.received()
+                )));
+            }
+        }
     }
 }
 
