@@ -2,6 +2,9 @@
 //! future, and serves until the future completes (then drains within the
 //! grace period).
 //!
+//! - [`calls`]: the layer that observes every call: metrics by method and
+//!   status, the one log event per call.
+//! - [`metrics`]: the Prometheus metrics and their HTTP endpoint.
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
 //! - [`read_route`]: `Read` answered below tonic's codec, so file data is
@@ -11,7 +14,9 @@
 //! - [`watches`]: folder watches shared by every tail (one inotify watch per
 //!   folder).
 
+pub mod calls;
 pub mod digests;
+pub mod metrics;
 pub mod read;
 pub mod read_route;
 pub mod service;
@@ -25,12 +30,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::sandbox::Root;
+use calls::{CallLayer, KnownMethods};
+use metrics::Metrics;
 use read_route::ReadRoute;
 use service::FetchdService;
 
@@ -59,6 +67,9 @@ pub struct ServerConfig {
     pub max_transfers: usize,
     /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
     pub max_tails: usize,
+    /// Where the server counts what it does (served by
+    /// [`metrics::serve_http`] when `--metrics-listen` is given).
+    pub metrics: Metrics,
 }
 
 impl ServerConfig {
@@ -69,6 +80,7 @@ impl ServerConfig {
             grace: DEFAULT_GRACE,
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_tails: DEFAULT_MAX_TAILS,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -105,9 +117,19 @@ pub async fn run(
     let service = FetchdService::new(Arc::clone(&root), config.max_transfers)
         .with_tails(config.max_tails.max(1), stopping.clone());
     let fetchd = ReadRoute::new(
-        proto::fetchd_server::FetchdServer::new(service.clone()),
+        proto::fetchd_server::FetchdServer::new(service.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd),
         service,
     );
+    let methods = KnownMethods::from_descriptor_sets(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
 
     tokio::spawn({
         let stopping = stopping.clone();
@@ -122,6 +144,7 @@ pub async fn run(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .layer(CallLayer::new(config.metrics.clone(), methods))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
