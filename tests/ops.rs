@@ -179,7 +179,9 @@ async fn channel(url: &str) -> tonic::transport::Channel {
 // ----------------------------------------------------------------- health
 
 /// Health says SERVING, then NOT_SERVING as soon as shutdown begins, while a
-/// transfer still keeps the server draining; the transfer then completes.
+/// transfer still keeps the server draining; the Watch stream then ends
+/// (it would otherwise hold the drain), the transfer completes, and the
+/// server exits without waiting out its grace period.
 #[test]
 fn health_turns_not_serving_while_a_transfer_drains() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,6 +238,17 @@ fn health_turns_not_serving_while_a_transfer_drains() {
             .expect("a status")
             .expect("ok");
         assert_eq!(next.status, ServingStatus::NotServing as i32);
+        // The watch then ends (UNAVAILABLE), so it does not hold the drain
+        // for the grace period; the transfer does.
+        let ended = tokio::time::timeout(STEP_TIMEOUT, watch.next())
+            .await
+            .expect("the watch ends within the timeout");
+        match ended {
+            Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+            other => panic!("watch after NOT_SERVING: {other:?}"),
+        }
+        let samples = parse_metrics(&metrics.render());
+        assert_eq!(value(&samples, "fetchd_transfers_active", &[]), 1.0);
 
         // The transfer that was running finishes, verified.
         let mut hasher = fetchd::checksum::Hasher::new();
@@ -250,7 +263,14 @@ fn health_turns_not_serving_while_a_transfer_drains() {
         assert_eq!(hasher.bytes(), data.len() as u64);
         assert_eq!(Some(hasher.finalize()), digest);
     });
+    // Everything is done: the server exits long before its 30 s of grace.
+    let stopping = std::time::Instant::now();
     drop(server);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
     let samples = parse_metrics(&metrics.render());
     assert_eq!(value(&samples, "fetchd_transfers_active", &[]), 0.0);
     assert_eq!(

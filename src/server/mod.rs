@@ -4,6 +4,8 @@
 //!
 //! - [`calls`]: the layer that observes every call: metrics by method and
 //!   status, the one log event per call.
+//! - [`health`]: health `Watch` streams that end at shutdown, so they do
+//!   not hold the drain for the whole grace period.
 //! - [`metrics`]: the Prometheus metrics and their HTTP endpoint.
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
@@ -16,6 +18,7 @@
 
 pub mod calls;
 pub mod digests;
+pub mod health;
 pub mod metrics;
 pub mod read;
 pub mod read_route;
@@ -145,7 +148,7 @@ pub async fn run(
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .layer(CallLayer::new(config.metrics.clone(), methods))
-        .add_service(health_service)
+        .add_service(health::EndWatches::new(health_service, stopping.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(fetchd)
