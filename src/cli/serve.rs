@@ -7,16 +7,22 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::EXIT_OK;
+use crate::cli::{EXIT_OK, LogFormat};
 use crate::error::{Error, Result};
-use crate::server::{self, DEFAULT_MAX_TAILS, DEFAULT_MAX_TRANSFERS, ServerConfig};
+use crate::server::{self, DEFAULT_MAX_TAILS, DEFAULT_MAX_TRANSFERS, ServerConfig, metrics};
 
 /// Arguments of `fetchd serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout.
+When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout,
+and with --metrics-listen a second line `metrics on IP:PORT`.
 With --allow-upload, temporary files of uploads an earlier run left unfinished
 (.NAME.fetchd-upload-XXXXXXXXXXXXXXXX) are removed before the first call is served.
+Serves grpc.health.v1.Health and server reflection (v1 and v1alpha) beside fetchd.v1.
+Compression: an answer is gzip- or zstd-compressed exactly when its request is
+(clients ask by compressing their request: `fetchd get --compress zstd`).
+Logs go to stderr, one event per call at info; filter with RUST_LOG (e.g.
+RUST_LOG=warn, RUST_LOG=fetchd=debug).
 SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
 streams end at once, running transfers get --grace seconds to finish, then the
 server exits 0.")]
@@ -50,6 +56,15 @@ pub struct ServeArgs {
     /// gets RESOURCE_EXHAUSTED as soon as the size is declared or reached.
     #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_size)]
     pub max_upload_size: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free
+    /// port; the real one is printed as `metrics on IP:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format on stderr: text lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 }
 
 /// Parses `16G`, `512M`, `100K` or a plain number of bytes.
@@ -97,14 +112,33 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         let local = listener
             .local_addr()
             .map_err(|err| Error::Serve(err.to_string()))?;
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
         let mut config = ServerConfig::new(args.root);
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
         config.max_tails = args.max_tails.max(1);
         config.allow_upload = args.allow_upload;
         config.max_upload_bytes = args.max_upload_size;
+        let mut ready = format!("listening on {local}\n");
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics_addr = metrics_listener
+                .local_addr()
+                .map_err(|err| Error::Serve(err.to_string()))?;
+            ready.push_str(&format!("metrics on {metrics_addr}\n"));
+            // Serves until the process exits, so that the last scrape can
+            // still see the drain.
+            tokio::spawn(metrics::serve_http(
+                metrics_listener,
+                config.metrics.clone(),
+                std::future::pending(),
+            ));
+        }
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on {local}")
+        stdout
+            .write_all(ready.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|err| Error::io("<stdout>", err))?;
         server::run(listener, config, shutdown_signal()).await?;

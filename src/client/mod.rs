@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tonic::Streaming;
+use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -50,6 +51,31 @@ pub struct ConnectOptions {
     pub server: String,
     /// Bearer token sent with every call.
     pub token: Option<String>,
+    /// Ask for file data (`Read`, `Tail`) compressed this way; `None` for
+    /// plain bytes.
+    pub compression: Option<Compression>,
+}
+
+/// A compression a client can ask the server to apply to file data.
+///
+/// A client asks by compressing its request the same way; the server then
+/// compresses its answer (see [`crate::server::read_route`]). Answers in
+/// either encoding are always accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip (deflate), level 6: what every gRPC implementation speaks.
+    Gzip,
+    /// zstd, level 3: faster and smaller, not in every gRPC implementation.
+    Zstd,
+}
+
+impl Compression {
+    fn encoding(self) -> CompressionEncoding {
+        match self {
+            Compression::Gzip => CompressionEncoding::Gzip,
+            Compression::Zstd => CompressionEncoding::Zstd,
+        }
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -78,6 +104,7 @@ type Rpc = FetchdClient<InterceptedService<Channel, BearerToken>>;
 pub struct Client {
     rpc: Rpc,
     server: String,
+    compression: Option<Compression>,
 }
 
 /// What `Stat` says about a path.
@@ -117,8 +144,23 @@ impl Client {
             )?),
         };
         let rpc = FetchdClient::with_interceptor(channel, BearerToken(token))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Client { rpc, server })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
+        Ok(Client {
+            rpc,
+            server,
+            compression: options.compression,
+        })
+    }
+
+    /// The stub for a call that moves file data: its request compressed
+    /// when the client asks for compression, so the answer is too.
+    pub(crate) fn data_rpc(&self) -> Rpc {
+        match self.compression {
+            Some(compression) => self.rpc.clone().send_compressed(compression.encoding()),
+            None => self.rpc.clone(),
+        }
     }
 
     /// The server's URL.
@@ -246,8 +288,7 @@ impl Client {
     /// Starts reading `path` from `offset`; `length` bytes or to the end.
     pub async fn read(&self, path: &str, offset: u64, length: Option<u64>) -> Result<ReadStream> {
         let stream = self
-            .rpc
-            .clone()
+            .data_rpc()
             .read(proto::ReadRequest {
                 path: path.to_string(),
                 offset,

@@ -2,6 +2,11 @@
 //! future, and serves until the future completes (then drains within the
 //! grace period).
 //!
+//! - [`calls`]: the layer that observes every call: metrics by method and
+//!   status, the one log event per call.
+//! - [`health`]: health `Watch` streams that end at shutdown, so they do
+//!   not hold the drain for the whole grace period.
+//! - [`metrics`]: the Prometheus metrics and their HTTP endpoint.
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
 //! - [`read_route`]: `Read` answered below tonic's codec, so file data is
@@ -13,7 +18,10 @@
 //! - [`watches`]: folder watches shared by every tail (one inotify watch per
 //!   folder).
 
+pub mod calls;
 pub mod digests;
+pub mod health;
+pub mod metrics;
 pub mod read;
 pub mod read_route;
 pub mod service;
@@ -28,12 +36,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::sandbox::Root;
+use calls::{CallLayer, KnownMethods};
+use metrics::Metrics;
 use read_route::ReadRoute;
 use service::FetchdService;
 
@@ -67,6 +78,9 @@ pub struct ServerConfig {
     pub allow_upload: bool,
     /// Largest upload accepted, in bytes; larger gets RESOURCE_EXHAUSTED.
     pub max_upload_bytes: u64,
+    /// Where the server counts what it does (served by
+    /// [`metrics::serve_http`] when `--metrics-listen` is given).
+    pub metrics: Metrics,
 }
 
 impl ServerConfig {
@@ -79,6 +93,7 @@ impl ServerConfig {
             max_tails: DEFAULT_MAX_TAILS,
             allow_upload: false,
             max_upload_bytes: upload::DEFAULT_MAX_UPLOAD_BYTES,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -123,9 +138,19 @@ pub async fn run(
         .with_tails(config.max_tails.max(1), stopping.clone())
         .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
     let fetchd = ReadRoute::new(
-        proto::fetchd_server::FetchdServer::new(service.clone()),
+        proto::fetchd_server::FetchdServer::new(service.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd),
         service,
     );
+    let methods = KnownMethods::from_descriptor_sets(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
 
     tokio::spawn({
         let stopping = stopping.clone();
@@ -140,7 +165,8 @@ pub async fn run(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .add_service(health_service)
+        .layer(CallLayer::new(config.metrics.clone(), methods))
+        .add_service(health::EndWatches::new(health_service, stopping.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(fetchd)

@@ -28,6 +28,7 @@ use crate::checksum::{self, Digest, Hasher};
 use crate::entry::{EntryInfo, EntryKind, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
 use crate::sandbox::{RequestPath, Root};
+use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
 use crate::server::read_route;
 
@@ -53,6 +54,14 @@ pub enum Framing {
 }
 
 impl Framing {
+    /// The file bytes in a data chunk of `len` bytes laid out this way.
+    pub fn payload_len(self, len: usize) -> usize {
+        match self {
+            Framing::Bare => len,
+            Framing::Wire => read_route::data_frame_payload_len(len),
+        }
+    }
+
     /// Fills `buf` (empty) with the frame header this framing puts before
     /// `len` data bytes, and makes room for the bytes.
     fn start_chunk(self, len: usize, buf: &mut Vec<u8>) {
@@ -157,6 +166,8 @@ pub enum WholeRead {
 #[derive(Debug)]
 pub struct ReadEvents {
     source: EventSource,
+    framing: Framing,
+    record: CallRecord,
     path: String,
     started: Instant,
     sent: u64,
@@ -175,13 +186,23 @@ impl ReadEvents {
     /// The events of a prepared read of `path`. A larger file's reader
     /// thread starts now and holds `permit` until it stops; a small file,
     /// read already, lets it go at once.
-    pub fn new(prepared: Prepared, permit: OwnedSemaphorePermit, path: String) -> ReadEvents {
+    /// Data chunks are laid out as `framing` says; the file bytes sent are
+    /// added to `record`.
+    pub fn new(
+        prepared: Prepared,
+        permit: OwnedSemaphorePermit,
+        path: String,
+        framing: Framing,
+        record: CallRecord,
+    ) -> ReadEvents {
         let source = match prepared {
             Prepared::Whole(events) => EventSource::Whole(events.into_iter()),
             Prepared::Streaming(open) => EventSource::Streaming(open.stream(permit)),
         };
         ReadEvents {
             source,
+            framing,
+            record,
             path,
             started: Instant::now(),
             sent: 0,
@@ -200,14 +221,18 @@ impl Stream for ReadEvents {
             EventSource::Streaming(events) => std::task::ready!(events.poll_recv(cx)),
         };
         match &next {
-            Some(Ok(ReadEvent::Data(data))) => this.sent += data.len() as u64,
+            Some(Ok(ReadEvent::Data(data))) => {
+                let bytes = this.framing.payload_len(data.len()) as u64;
+                this.sent += bytes;
+                this.record.add_sent(bytes);
+            }
             Some(Ok(ReadEvent::End(_))) => {
                 this.ended = true;
                 tracing::debug!(path = %this.path, bytes = this.sent, elapsed = ?this.started.elapsed(), "read done");
             }
             Some(Err(err)) => {
                 this.ended = true;
-                tracing::info!(path = %this.path, %err, "read failed");
+                tracing::debug!(path = %this.path, %err, "read failed");
             }
             Some(Ok(ReadEvent::Start(_))) | None => {}
         }

@@ -12,8 +12,10 @@
 //!
 //! [`ReadRoute`] wraps the generated service and takes only `Read` calls
 //! whose request is not compressed; every other call goes to the generated
-//! service unchanged. Layers on the whole server (authentication, limits)
-//! see both alike.
+//! service, whose codec compresses. Before either, it applies fetchd's
+//! compression rule ([`answer_in_request_encoding`]): the answer is
+//! compressed exactly when the request is. Layers on the whole server
+//! (authentication, limits, [`crate::server::calls`]) see both alike.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -32,6 +34,7 @@ use tonic::{Code, Status};
 
 use crate::entry::ReadEvent;
 use crate::proto::{self, ReadRequest, ReadResponse, read_response};
+use crate::server::calls::CallRecord;
 use crate::server::read::{Framing, ReadEvents};
 use crate::server::service::FetchdService;
 
@@ -54,6 +57,17 @@ pub fn put_data_frame_header(len: usize, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&frame_len(message_len).to_be_bytes());
     encode_key(DATA_FIELD, WireType::LengthDelimited, buf);
     encode_varint(len as u64, buf);
+}
+
+/// The file bytes in a whole data frame of `frame_len` bytes made by
+/// [`put_data_frame_header`]: the frame less its header, whose size depends
+/// on the payload's.
+pub fn data_frame_payload_len(frame_len: usize) -> usize {
+    let fixed = 5 + key_len(DATA_FIELD);
+    (1..=10)
+        .filter_map(|varint| frame_len.checked_sub(fixed + varint))
+        .find(|&payload| fixed + encoded_len_varint(payload as u64) + payload == frame_len)
+        .unwrap_or(0)
 }
 
 /// The 4-byte length of a gRPC message frame. Messages here are at most a
@@ -104,11 +118,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let compressed = request
-            .headers()
-            .get("grpc-encoding")
-            .is_some_and(|encoding| encoding != "identity");
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let compressed = answer_in_request_encoding(request.headers_mut());
         if request.uri().path() != READ_PATH || compressed {
             return Box::pin(self.inner.call(request));
         }
@@ -117,13 +128,46 @@ where
     }
 }
 
+/// Applies fetchd's compression rule to a request's headers and says
+/// whether the request is compressed: the answer is compressed exactly when
+/// the request is, with the same encoding.
+///
+/// tonic answers in the first encoding of `grpc-accept-encoding` it can
+/// send; but that header lists what a client *can* decode (grpcio always
+/// lists gzip), not what it wants. So the header is rewritten: to the
+/// request's own `grpc-encoding` when that is gzip or zstd (a client asks for
+/// compression by compressing its request — tonic's `send_compressed`,
+/// grpcio's `compression=`), and removed otherwise, so file data goes out
+/// uncompressed to every client that did not ask.
+pub fn answer_in_request_encoding(headers: &mut http::HeaderMap) -> bool {
+    let encoding = headers
+        .get("grpc-encoding")
+        .filter(|encoding| *encoding != "identity")
+        .cloned();
+    match encoding {
+        Some(encoding) => {
+            headers.insert("grpc-accept-encoding", encoding);
+            true
+        }
+        None => {
+            headers.remove("grpc-accept-encoding");
+            false
+        }
+    }
+}
+
 /// Answers one `Read` call: the request's one message in, the response
 /// frames out as the reader produces them.
 async fn serve_read(service: FetchdService, request: http::Request<Body>) -> http::Response<Body> {
     let (parts, body) = request.into_parts();
+    let record = CallRecord::of(&parts.extensions);
     let peer = tonic::Request::from_http(http::Request::from_parts(parts, ())).remote_addr();
     let read = match read_request(body).await {
-        Ok(request) => service.start_read(request, peer, Framing::Wire).await,
+        Ok(request) => {
+            service
+                .start_read(request, peer, Framing::Wire, record)
+                .await
+        }
         Err(status) => Err(status),
     };
     match read {
@@ -282,6 +326,7 @@ mod tests {
             put_data_frame_header(len, &mut frame);
             assert!(frame.len() <= DATA_FRAME_HEADER_MAX);
             frame.extend_from_slice(&data);
+            assert_eq!(data_frame_payload_len(frame.len()), len);
             let expected = tonic_frame(&ReadResponse {
                 kind: Some(read_response::Kind::Data(Bytes::from(data))),
             });

@@ -20,6 +20,7 @@ use crate::proto::{
     file_result, read_response, write_request,
 };
 use crate::sandbox::{RequestPath, Root};
+use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
 use crate::server::tail::{self, TailSpec};
@@ -95,6 +96,7 @@ impl FetchdService {
 #[tonic::async_trait]
 impl proto::fetchd_server::Fetchd for FetchdService {
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let root = Arc::clone(&self.root);
@@ -140,6 +142,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         &self,
         request: Request<ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let root = Arc::clone(&self.root);
@@ -192,8 +195,9 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let peer = request.remote_addr();
+        let record = CallRecord::of(request.extensions());
         let read = self
-            .start_read(request.into_inner(), peer, Framing::Bare)
+            .start_read(request.into_inner(), peer, Framing::Bare, record)
             .await?;
         let stream = read.map(|event| {
             let kind = match event? {
@@ -327,6 +331,8 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<proto::TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
         let peer = request.remote_addr();
+        let record = CallRecord::of(request.extensions());
+        record.set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let start = match request.start {
@@ -352,8 +358,13 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         )
         .await?;
         tracing::debug!(path = %shown, ?peer, ?start, "tail started");
-        let stream = ReceiverStream::new(events).map(|item| match item {
-            Ok(event) => Ok(tail_response(event)),
+        let stream = ReceiverStream::new(events).map(move |item| match item {
+            Ok(event) => {
+                if let TailEvent::Data { data, .. } = &event {
+                    record.add_sent(data.len() as u64);
+                }
+                Ok(tail_response(event))
+            }
             Err(err) => Err(Status::from(err)),
         });
         Ok(Response::new(Box::pin(stream)))
@@ -452,7 +463,9 @@ impl FetchdService {
         request: ReadRequest,
         peer: Option<SocketAddr>,
         framing: Framing,
+        record: CallRecord,
     ) -> Result<ReadEvents, Status> {
+        record.set_path(&request.path);
         let path = RequestPath::parse(&request.path)?;
         let permit = self.acquire_transfer()?;
         let shown = path.shown();
@@ -466,7 +479,7 @@ impl FetchdService {
         )
         .await?;
         tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
-        Ok(ReadEvents::new(prepared, permit, shown))
+        Ok(ReadEvents::new(prepared, permit, shown, framing, record))
     }
 
     /// A tail slot, or RESOURCE_EXHAUSTED when all are taken.

@@ -36,6 +36,7 @@ pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
     pub url: String,
+    stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -43,7 +44,17 @@ impl ServerProcess {
     /// Starts `fetchd serve --root ROOT --listen 127.0.0.1:0 EXTRA...` and
     /// waits for its `listening on` line.
     pub fn start(root: &Path, extra: &[&str]) -> ServerProcess {
-        let mut child = fetchd()
+        ServerProcess::start_with_env(root, extra, &[])
+    }
+
+    /// Like [`ServerProcess::start`], with extra environment variables (e.g.
+    /// `RUST_LOG`).
+    pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = fetchd();
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args(extra)
@@ -87,8 +98,26 @@ impl ServerProcess {
             child,
             url: format!("http://{addr}"),
             addr,
+            stdout: line_rx,
             stderr: err_rx,
         }
+    }
+
+    /// The next line the server prints on stdout after `listening on`
+    /// (e.g. `metrics on IP:PORT`), waiting at most [`STEP_TIMEOUT`].
+    pub fn next_stdout_line(&self) -> String {
+        self.stdout
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("another line on the server's stdout")
+    }
+
+    /// Every line of stderr, once the server has exited and closed it.
+    pub fn stderr_to_end(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(STEP_TIMEOUT) {
+            lines.push(line);
+        }
+        lines
     }
 
     pub fn pid(&self) -> u32 {
@@ -304,6 +333,14 @@ impl InProcessServer {
         }
     }
 
+    /// Asks the server to shut down (health turns NOT_SERVING, running
+    /// calls drain) without waiting for it; drop waits.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Serves `root` with default settings.
     pub fn serve(root: &Path) -> InProcessServer {
         let mut config = fetchd::server::ServerConfig::new(root);
@@ -314,7 +351,7 @@ impl InProcessServer {
     pub async fn client(&self) -> fetchd::client::Client {
         fetchd::client::Client::connect(&fetchd::client::ConnectOptions {
             server: self.url.clone(),
-            token: None,
+            ..Default::default()
         })
         .await
         .expect("connect")
