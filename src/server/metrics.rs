@@ -33,6 +33,8 @@ pub const TRANSFER_SECONDS_BUCKETS: &[f64] = &[
 ];
 /// How long one metrics request may take before its connection is dropped.
 pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of descriptors) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Every metric the server exports. Cheap to clone (the handles are shared).
 #[derive(Clone, Debug)]
@@ -177,10 +179,10 @@ pub async fn serve_http(
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    // Out of descriptors and the like: the next accept may
+                    // Out of descriptors and the like: a later accept may
                     // succeed; the gRPC server is not affected.
                     tracing::debug!(%err, "metrics listener: accept failed");
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             };
@@ -190,7 +192,10 @@ pub async fn serve_http(
                     let metrics = metrics.clone();
                     async move { Ok::<_, Infallible>(answer(&metrics, &request)) }
                 });
+                // One request per connection, so the timeout bounds one
+                // scrape and never cuts a kept-alive connection mid-answer.
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service);
                 match tokio::time::timeout(METRICS_REQUEST_TIMEOUT, connection).await {
                     Ok(Ok(())) => {}
