@@ -5,11 +5,13 @@
 //!   skip, resume and retry.
 //! - [`assemble`]: the writer thread that appends chunks and hashes them.
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
+//! - [`batch`]: small files many to a call, written and synced as a batch.
 //! - [`tail`]: following a file across reconnects, resuming from a cursor.
 //! - [`upload`]: one local file (or stdin) to the server, read and hashed on
 //!   a blocking thread.
 
 pub mod assemble;
+pub mod batch;
 pub mod bulk;
 pub mod download;
 pub mod tail;
@@ -259,6 +261,97 @@ impl Client {
             client: self.clone(),
             path: path.to_string(),
         })
+    }
+
+    /// Starts reading the files at `paths` whole (see the `ReadMany` RPC);
+    /// files larger than `max_file_bytes` are answered as too large.
+    pub async fn read_many(&self, paths: Vec<String>, max_file_bytes: u64) -> Result<ManyStream> {
+        let stream = self
+            .rpc
+            .clone()
+            .read_many(proto::ReadManyRequest {
+                paths,
+                max_file_bytes,
+            })
+            .await
+            .map_err(|status| self.status(status))?
+            .into_inner();
+        Ok(ManyStream {
+            inner: stream,
+            client: self.clone(),
+        })
+    }
+}
+
+/// One path's answer in a `ReadMany` call.
+#[derive(Debug)]
+pub enum ManyResult {
+    /// The whole file.
+    File {
+        /// The file as the server described it.
+        entry: EntryInfo,
+        /// Its bytes.
+        data: bytes::Bytes,
+        /// The sha256 the server computed over them.
+        sha256: Digest,
+    },
+    /// Larger than the call allows: the file's size.
+    TooLarge(u64),
+    /// What the server said about this path.
+    Failed(Error),
+}
+
+/// The answers of a `ReadMany` call, in request order.
+#[derive(Debug)]
+pub struct ManyStream {
+    inner: Streaming<proto::ReadManyResponse>,
+    client: Client,
+}
+
+impl ManyStream {
+    /// The answers of the next message, each with the index of its path in
+    /// the request, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<(usize, ManyResult)>>> {
+        let message = match self.inner.next().await {
+            None => return Ok(None),
+            Some(Err(status)) => return Err(self.client.status(status)),
+            Some(Ok(message)) => message,
+        };
+        message
+            .files
+            .into_iter()
+            .map(|answer| self.answer(answer))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn answer(&self, answer: proto::FileResult) -> Result<(usize, ManyResult)> {
+        use proto::file_result::Result as Answer;
+        let index = answer.index as usize;
+        let protocol = |reason: &str| Error::Protocol {
+            path: format!("ReadMany path #{index}"),
+            reason: reason.to_string(),
+        };
+        let result = match answer.result {
+            Some(Answer::File(file)) => {
+                let entry = file
+                    .entry
+                    .ok_or_else(|| protocol("file without an entry"))?;
+                ManyResult::File {
+                    entry: EntryInfo::try_from(entry).map_err(|reason| protocol(&reason))?,
+                    data: file.data,
+                    sha256: Digest::from_slice(&file.sha256)
+                        .ok_or_else(|| protocol("bad sha256 length"))?,
+                }
+            }
+            Some(Answer::TooLarge(size)) => ManyResult::TooLarge(size),
+            Some(Answer::Error(error)) => ManyResult::Failed(
+                self.client
+                    .status(tonic::Status::new(error.code.into(), error.message)),
+            ),
+            None => return Err(protocol("an answer without a result")),
+        };
+        Ok((index, result))
     }
 }
 

@@ -4,6 +4,8 @@
 //!
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
+//! - [`read_route`]: `Read` answered below tonic's codec, so file data is
+//!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
 //! - [`upload`]: the writer behind `Write`: temporary file, hash, verify,
 //!   atomic placement, start-up sweep of leftovers.
@@ -13,6 +15,7 @@
 
 pub mod digests;
 pub mod read;
+pub mod read_route;
 pub mod service;
 pub mod tail;
 pub mod upload;
@@ -31,6 +34,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::sandbox::Root;
+use read_route::ReadRoute;
 use service::FetchdService;
 
 /// HTTP/2 receive window per stream.
@@ -115,10 +119,12 @@ pub async fn run(
 
     raise_open_file_limit();
     let stopping = CancellationToken::new();
-    let fetchd = proto::fetchd_server::FetchdServer::new(
-        FetchdService::new(Arc::clone(&root), config.max_transfers)
-            .with_tails(config.max_tails.max(1), stopping.clone())
-            .with_uploads(config.allow_upload.then_some(config.max_upload_bytes)),
+    let service = FetchdService::new(Arc::clone(&root), config.max_transfers)
+        .with_tails(config.max_tails.max(1), stopping.clone())
+        .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
+    let fetchd = ReadRoute::new(
+        proto::fetchd_server::FetchdServer::new(service.clone()),
+        service,
     );
 
     tokio::spawn({

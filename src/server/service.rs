@@ -1,6 +1,7 @@
 //! The `fetchd.v1.Fetchd` gRPC service: the edge where wire messages become
 //! domain calls and [`Error`]s become statuses.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,12 +16,12 @@ use crate::checksum::Digest;
 use crate::entry::{EntryInfo, EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, ListRequest, ListResponse, ReadHeader, ReadRequest, ReadResponse, StatRequest,
-    StatResponse, read_response, write_request,
+    self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
+    file_result, read_response, write_request,
 };
 use crate::sandbox::{RequestPath, Root};
 use crate::server::digests::DigestCache;
-use crate::server::read::{OpenRead, Prepared};
+use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
 use crate::server::tail::{self, TailSpec};
 use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::server::watches::Watches;
@@ -32,6 +33,15 @@ pub const LIST_BATCH_ENTRIES: usize = 512;
 pub const LIST_QUEUE_BATCHES: usize = 2;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Most paths one `ReadMany` call may name.
+pub const READ_MANY_MAX_PATHS: usize = 4096;
+/// A `ReadMany` message is sent once it holds this many bytes of file data...
+pub const READ_MANY_MESSAGE_BYTES: usize = 1024 * 1024;
+/// ... or this many files.
+pub const READ_MANY_MESSAGE_FILES: usize = 256;
+/// `ReadMany` messages queued between the reading thread and the network.
+pub const READ_MANY_QUEUE_MESSAGES: usize = 2;
 
 /// The file service over one root.
 #[derive(Debug, Clone)]
@@ -182,58 +192,92 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let peer = request.remote_addr();
-        let request = request.into_inner();
-        let path = RequestPath::parse(&request.path)?;
-        let permit = self.acquire_transfer()?;
-        let started = Instant::now();
-        let shown = path.shown();
-        let prepared = OpenRead::prepare(
-            Arc::clone(&self.root),
-            Arc::clone(&self.digests),
-            path,
-            request.offset,
-            request.length,
-        )
-        .await?;
-        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
-        let events: Pin<Box<dyn Stream<Item = Result<ReadEvent>> + Send>> = match prepared {
-            Prepared::Whole(events) => {
-                drop(permit);
-                Box::pin(tokio_stream::iter(events))
-            }
-            Prepared::Streaming(open) => Box::pin(ReceiverStream::new(open.stream(permit))),
-        };
-        let mut sent: u64 = 0;
-        let stream = events.map(move |event| {
-            let kind = match event {
-                Ok(ReadEvent::Start(start)) => read_response::Kind::Header(ReadHeader {
-                    entry: Some(start.entry.into()),
-                    version: Some(start.version.into()),
-                    offset: start.offset,
-                    length: start.length,
-                    prefix_sha256: start
-                        .prefix_sha256
-                        .map(|digest| bytes::Bytes::copy_from_slice(digest.as_bytes()))
-                        .unwrap_or_default(),
-                }),
-                Ok(ReadEvent::Data(data)) => {
-                    sent += data.len() as u64;
-                    read_response::Kind::Data(data)
-                }
-                Ok(ReadEvent::End(digest)) => {
-                    tracing::debug!(path = %shown, bytes = sent, elapsed = ?started.elapsed(), "read done");
-                    read_response::Kind::Trailer(proto::ReadTrailer {
-                        sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
-                    })
-                }
-                Err(err) => {
-                    tracing::info!(path = %shown, %err, "read failed");
-                    return Err(Status::from(err));
-                }
+        let read = self
+            .start_read(request.into_inner(), peer, Framing::Bare)
+            .await?;
+        let stream = read.map(|event| {
+            let kind = match event? {
+                ReadEvent::Start(start) => read_response::Kind::Header(start.into()),
+                ReadEvent::Data(data) => read_response::Kind::Data(data),
+                ReadEvent::End(digest) => read_response::Kind::Trailer(digest.into()),
             };
             Ok(ReadResponse { kind: Some(kind) })
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ReadManyStream = ResponseStream<proto::ReadManyResponse>;
+
+    async fn read_many(
+        &self,
+        request: Request<proto::ReadManyRequest>,
+    ) -> Result<Response<Self::ReadManyStream>, Status> {
+        let request = request.into_inner();
+        if request.paths.len() > READ_MANY_MAX_PATHS {
+            return Err(Status::invalid_argument(format!(
+                "ReadMany takes at most {READ_MANY_MAX_PATHS} paths, not {}; split the batch",
+                request.paths.len()
+            )));
+        }
+        let permit = self.acquire_transfer()?;
+        let max = match request.max_file_bytes {
+            0 => SMALL_FILE_BYTES,
+            asked => asked.min(SMALL_FILE_BYTES),
+        };
+        let root = Arc::clone(&self.root);
+        let digests = Arc::clone(&self.digests);
+        let (tx, rx) = mpsc::channel(READ_MANY_QUEUE_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut files = Vec::new();
+            let mut bytes = 0;
+            for (index, path) in request.paths.iter().enumerate() {
+                let read = RequestPath::parse(path).and_then(|path| {
+                    OpenRead::read_whole(Arc::clone(&root), Arc::clone(&digests), path, max)
+                });
+                let result = match read {
+                    Ok(WholeRead::File {
+                        entry,
+                        version,
+                        data,
+                        sha256,
+                    }) => {
+                        bytes += data.len();
+                        file_result::Result::File(proto::WholeFile {
+                            entry: Some(entry.into()),
+                            version: Some(version.into()),
+                            data,
+                            sha256: bytes::Bytes::copy_from_slice(sha256.as_bytes()),
+                        })
+                    }
+                    Ok(WholeRead::TooLarge(size)) => file_result::Result::TooLarge(size),
+                    Err(err) => {
+                        let status = Status::from(err);
+                        file_result::Result::Error(proto::FileError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
+                };
+                files.push(proto::FileResult {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    result: Some(result),
+                });
+                if bytes >= READ_MANY_MESSAGE_BYTES || files.len() >= READ_MANY_MESSAGE_FILES {
+                    bytes = 0;
+                    let message = proto::ReadManyResponse {
+                        files: std::mem::take(&mut files),
+                    };
+                    if tx.blocking_send(Ok(message)).is_err() {
+                        return;
+                    }
+                }
+            }
+            if !files.is_empty() {
+                let _ = tx.blocking_send(Ok(proto::ReadManyResponse { files }));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn write(
@@ -400,6 +444,31 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
 }
 
 impl FetchdService {
+    /// Checks and opens the file a `Read` asks for, and starts reading it:
+    /// the events of the read, with data chunks laid out as `framing` says.
+    /// Shared by the tonic handler and [`crate::server::read_route`].
+    pub(crate) async fn start_read(
+        &self,
+        request: ReadRequest,
+        peer: Option<SocketAddr>,
+        framing: Framing,
+    ) -> Result<ReadEvents, Status> {
+        let path = RequestPath::parse(&request.path)?;
+        let permit = self.acquire_transfer()?;
+        let shown = path.shown();
+        let prepared = OpenRead::prepare(
+            Arc::clone(&self.root),
+            Arc::clone(&self.digests),
+            path,
+            request.offset,
+            request.length,
+            framing,
+        )
+        .await?;
+        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
+        Ok(ReadEvents::new(prepared, permit, shown))
+    }
+
     /// A tail slot, or RESOURCE_EXHAUSTED when all are taken.
     fn acquire_tail(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         Arc::clone(&self.tails).try_acquire_owned().map_err(|_| {
