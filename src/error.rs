@@ -160,7 +160,7 @@ pub enum Error {
 
     /// A request that breaks the protocol's rules (messages out of order,
     /// a malformed field).
-    #[error("{path}: invalid request: {reason}")]
+    #[error("{}invalid request: {reason}", path_prefix(.path))]
     InvalidRequest {
         /// The path concerned (empty when the request named none yet).
         path: String,
@@ -338,6 +338,15 @@ impl From<Error> for Status {
     }
 }
 
+/// `PATH: ` before a message, or nothing when there is no path yet.
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
 /// True when a status describes a broken transport rather than an answer.
 fn is_transport_failure(status: &Status) -> bool {
     use std::error::Error as _;
@@ -449,6 +458,29 @@ mod tests {
             let status = Status::from(err);
             assert_eq!(status.code(), code, "{}", status.message());
         }
+    }
+
+    /// Upload errors read as sentences that say what to do.
+    #[test]
+    fn upload_messages() {
+        let no_path = Error::InvalidRequest {
+            path: String::new(),
+            reason: "no header".into(),
+        };
+        assert_eq!(no_path.to_string(), "invalid request: no header");
+        let more = Error::SizeMismatch {
+            path: "a".into(),
+            declared: 10,
+            received: 11,
+        };
+        assert_eq!(
+            more.to_string(),
+            "a: size mismatch: 10 bytes were declared but 11 or more arrived; nothing was written"
+        );
+        let full = Error::from_server_io("a", io::Error::from_raw_os_error(28));
+        assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+        let disabled = Error::UploadsDisabled { path: "a".into() }.to_string();
+        assert!(disabled.contains("--allow-upload"), "{disabled}");
     }
 
     /// I/O errors read as sentences, without `(os error N)`.
