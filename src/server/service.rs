@@ -216,6 +216,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         &self,
         request: Request<proto::ReadManyRequest>,
     ) -> Result<Response<Self::ReadManyStream>, Status> {
+        let record = CallRecord::of(request.extensions());
         let request = request.into_inner();
         if request.paths.len() > READ_MANY_MAX_PATHS {
             return Err(Status::invalid_argument(format!(
@@ -247,6 +248,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
                         sha256,
                     }) => {
                         bytes += data.len();
+                        record.add_sent(data.len() as u64);
                         file_result::Result::File(proto::WholeFile {
                             entry: Some(entry.into()),
                             version: Some(version.into()),
@@ -289,8 +291,10 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<Streaming<proto::WriteRequest>>,
     ) -> Result<Response<proto::WriteResponse>, Status> {
         let peer = request.remote_addr();
+        let record = CallRecord::of(request.extensions());
         let mut stream = request.into_inner();
         let (header, path) = write_header(&mut stream).await?;
+        record.set_path(&header.path);
         let shown = path.shown();
         let Some(limit) = self.max_upload_bytes else {
             return Err(Error::UploadsDisabled { path: shown }.into());
@@ -303,7 +307,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             force: header.force,
         };
         let mut upload = Upload::begin(Arc::clone(&self.root), spec, limit).await?;
-        let received = receive_upload(&mut stream, &mut upload, &shown).await;
+        let received = receive_upload(&mut stream, &mut upload, &shown, &record).await;
         if received.is_err() {
             // The temporary file is gone before the client hears why.
             upload.abort().await;
@@ -397,6 +401,7 @@ async fn receive_upload(
     stream: &mut Streaming<proto::WriteRequest>,
     upload: &mut Upload,
     shown: &str,
+    record: &CallRecord,
 ) -> Result<Stored, Status> {
     let invalid = |reason: &str| {
         Status::from(Error::InvalidRequest {
@@ -407,7 +412,10 @@ async fn receive_upload(
     loop {
         let message = stream.message().await?;
         match message.and_then(|message| message.kind) {
-            Some(write_request::Kind::Data(data)) => upload.push(data).await?,
+            Some(write_request::Kind::Data(data)) => {
+                record.add_received(data.len() as u64);
+                upload.push(data).await?;
+            }
             Some(write_request::Kind::Trailer(trailer)) => {
                 let expected = Digest::from_slice(&trailer.sha256)
                     .ok_or_else(|| invalid("the trailer's sha256 is not 32 bytes"))?;
