@@ -56,7 +56,7 @@ async fn one_client(
     let opened = async {
         let client = Client::connect(&ConnectOptions {
             server: url,
-            token: None,
+            ..Default::default()
         })
         .await?;
         client.tail(&path, TailStart::LastLines(0), true).await

@@ -12,18 +12,20 @@ pub mod bulk;
 pub mod download;
 pub mod tail;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::checksum::Digest;
 use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
 use crate::proto::{self, fetchd_client::FetchdClient, read_response};
+use crate::tls::ClientTls;
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -37,19 +39,50 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Largest message the client decodes (a data chunk is 256 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How often the client pings a server while calls are open, so that a
+/// server that vanished (rather than closed the connection) is noticed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// An unanswered ping this old ends the connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where and how to connect.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ConnectOptions {
-    /// Server URL: `http://HOST:PORT` (a bare `HOST:PORT` means http).
+    /// Server URL: `http://HOST:PORT` or `https://HOST:PORT` (TLS); a bare
+    /// `HOST:PORT` means http.
     pub server: String,
     /// Bearer token sent with every call.
     pub token: Option<String>,
+    /// CA certificate(s) to trust for `https://` instead of the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .finish()
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.0.as_ref().map(|_| "<redacted>");
+        f.debug_tuple("BearerToken").field(&shown).finish()
+    }
+}
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(
@@ -94,22 +127,57 @@ impl Client {
             server: server.clone(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(server.clone())
+        let mut endpoint = Endpoint::from_shared(server.clone())
             .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|err| unreachable(error_chain(&err)))?;
+        let tls = ClientTls::load(
+            options.ca_cert.as_deref(),
+            options.client_cert.as_deref(),
+            options.client_key.as_deref(),
+        );
+        if server.starts_with("https://") {
+            let tls = tls?;
+            let mut config = match tls.ca {
+                Some(ca) => ClientTlsConfig::new().ca_certificate(ca),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            if let Some(identity) = tls.identity {
+                config = config.identity(identity);
+            }
+            endpoint = endpoint
+                .tls_config(config.timeout(CONNECT_TIMEOUT))
+                .map_err(|err| tls_failure(&server, &err))?;
+        } else if let Err(err @ Error::Usage(_)) = tls {
+            // Half a client identity is a mistake whatever the scheme;
+            // certificate files themselves, like curl's, only matter for
+            // https://.
+            return Err(err);
+        }
+        let channel = endpoint.connect().await.map_err(|err| {
+            match crate::tls::diagnose(&err) {
+                Some(reason) => Error::Tls {
+                    server: server.clone(),
+                    reason,
+                },
+                None => unreachable(error_chain(&err)),
+            }
+        })?;
         let token = match &options.token {
             None => None,
-            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
-                |_| Error::Usage("the token contains characters not allowed in a header".into()),
-            )?),
+            Some(token) => {
+                let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    Error::Usage("the token contains characters not allowed in a header".into())
+                })?;
+                // Never put it in HPACK's table or a debug dump.
+                value.set_sensitive(true);
+                Some(value)
+            }
         };
         let rpc = FetchdClient::with_interceptor(channel, BearerToken(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -297,22 +365,25 @@ impl ReadStream {
     }
 }
 
-/// `host:port` -> `http://host:port`; `https://` is refused until TLS lands.
+/// A TLS setup error (before any connection) as an [`Error::Tls`].
+fn tls_failure(server: &str, err: &(dyn std::error::Error + 'static)) -> Error {
+    Error::Tls {
+        server: server.to_string(),
+        reason: crate::tls::diagnose(err).unwrap_or_else(|| error_chain(err)),
+    }
+}
+
+/// `host:port` -> `http://host:port`; `http://` and `https://` as given.
 fn normalize_server(server: &str) -> Result<String> {
     let server = server.trim().trim_end_matches('/');
     if server.is_empty() {
         return Err(Error::Usage("--server is empty".into()));
     }
-    if server.starts_with("https://") {
-        return Err(Error::Usage(format!(
-            "--server {server}: TLS is not supported by this build yet; use http://"
-        )));
-    }
-    if server.starts_with("http://") {
+    if server.starts_with("http://") || server.starts_with("https://") {
         Ok(server.to_string())
     } else if server.contains("://") {
         Err(Error::Usage(format!(
-            "--server {server}: unknown scheme (use http://HOST:PORT)"
+            "--server {server}: unknown scheme (use http://HOST:PORT or https://HOST:PORT)"
         )))
     } else {
         Ok(format!("http://{server}"))
@@ -345,6 +416,7 @@ mod tests {
             "http://127.0.0.1:9"
         );
         assert_eq!(normalize_server("http://h:1/").expect("ok"), "http://h:1");
+        assert_eq!(normalize_server("https://h:1").expect("ok"), "https://h:1");
         assert!(normalize_server("ftp://h:1").is_err());
         assert!(normalize_server("").is_err());
     }

@@ -298,6 +298,7 @@ impl FetchdService {
             Status::from(Error::Limit {
                 what: "tails",
                 limit: self.max_tails,
+                flag: "--max-tails",
             })
         })
     }
@@ -310,6 +311,7 @@ impl FetchdService {
                 Status::from(Error::Limit {
                     what: "transfers",
                     limit: self.max_transfers,
+                    flag: "--max-transfers",
                 })
             })
     }

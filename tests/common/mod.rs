@@ -43,10 +43,17 @@ impl ServerProcess {
     /// Starts `fetchd serve --root ROOT --listen 127.0.0.1:0 EXTRA...` and
     /// waits for its `listening on` line.
     pub fn start(root: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_with_env(root, extra, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables (e.g.
+    /// `RUST_LOG=info` to see what the server logs).
+    pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let mut child = fetchd()
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -111,6 +118,30 @@ impl ServerProcess {
     /// What the server logged so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`; returns every
+    /// line read up to and including it. Panics with what was seen when the
+    /// line does not come in time.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {needle:?} within {timeout:?}; saw:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
     }
 }
 
@@ -314,7 +345,7 @@ impl InProcessServer {
     pub async fn client(&self) -> fetchd::client::Client {
         fetchd::client::Client::connect(&fetchd::client::ConnectOptions {
             server: self.url.clone(),
-            token: None,
+            ..Default::default()
         })
         .await
         .expect("connect")
