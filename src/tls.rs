@@ -107,55 +107,99 @@ fn check_identity(
     Ok(())
 }
 
-/// The client's TLS material: `--ca-cert` and `--client-cert --client-key`.
-#[derive(Clone, Default)]
+/// The client's TLS setup: the CA to trust (`--ca-cert`, else the system's
+/// roots) and, for mutual TLS, the certificate to present
+/// (`--client-cert --client-key`), as a rustls configuration.
+#[derive(Clone)]
 pub struct ClientTls {
-    /// CA certificates to trust instead of the system's roots.
-    pub ca: Option<Certificate>,
-    /// Certificate and key presented to the server (mutual TLS).
-    pub identity: Option<Identity>,
+    config: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
-            .field("ca", &self.ca.is_some())
-            .field("identity", &self.identity.is_some())
-            .finish()
+            .field("client_certificate", &self.config.client_auth_cert_resolver.has_certs())
+            .finish_non_exhaustive()
     }
 }
 
 impl ClientTls {
-    /// Reads and checks the files the client options name.
+    /// Reads and checks the files the client options name; `server` is
+    /// only for messages.
     pub fn load(
+        server: &str,
         ca: Option<&Path>,
         client_cert: Option<&Path>,
         client_key: Option<&Path>,
     ) -> Result<ClientTls> {
-        let ca = match ca {
-            Some(path) => Some(Certificate::from_pem(read_certificates(path)?.0)),
-            None => None,
-        };
-        let identity = match (client_cert, client_key) {
-            (None, None) => None,
+        check_client_identity_pair(client_cert, client_key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                for cert in read_certificates(path)?.1 {
+                    roots.add(cert).map_err(|err| {
+                        tls_file(path, format!("not a usable CA certificate: {err}"))
+                    })?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    return Err(Error::Tls {
+                        server: server.to_string(),
+                        reason: "no system CA certificates were found to check the server \
+                                 with; pass --ca-cert FILE"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| Error::Tls {
+                server: server.to_string(),
+                reason: err.to_string(),
+            })?
+            .with_root_certificates(roots);
+        let mut config = match (client_cert, client_key) {
             (Some(cert), Some(key)) => {
-                let (cert_pem, _) = read_certificates(cert)?;
-                let (key_pem, _) = read_private_key(key)?;
-                Some(Identity::from_pem(cert_pem, key_pem))
+                let (_, chain) = read_certificates(cert)?;
+                let (_, private_key) = read_private_key(key)?;
+                builder
+                    .with_client_auth_cert(chain, private_key)
+                    .map_err(|err| {
+                        tls_file(
+                            cert,
+                            format!("cannot be used with the key in {}: {err}", key.display()),
+                        )
+                    })?
             }
-            (Some(_), None) => {
-                return Err(Error::Usage(
-                    "--client-cert needs --client-key (the private key of that certificate)"
-                        .into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::Usage(
-                    "--client-key needs --client-cert (the certificate of that key)".into(),
-                ));
-            }
+            _ => builder.with_no_client_auth(),
         };
-        Ok(ClientTls { ca, identity })
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ClientTls {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls configuration.
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.config)
+    }
+}
+
+/// `--client-cert` and `--client-key` come together or not at all.
+pub fn check_client_identity_pair(cert: Option<&Path>, key: Option<&Path>) -> Result<()> {
+    match (cert, key) {
+        (Some(_), None) => Err(Error::Usage(
+            "--client-cert needs --client-key (the private key of that certificate)".into(),
+        )),
+        (None, Some(_)) => Err(Error::Usage(
+            "--client-key needs --client-cert (the certificate of that key)".into(),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod assemble;
 pub mod bulk;
+mod connector;
 pub mod download;
 pub mod tail;
 
@@ -19,13 +20,14 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::checksum::Digest;
 use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
 use crate::proto::{self, fetchd_client::FetchdClient, read_response};
 use crate::tls::ClientTls;
+use connector::{PlainDialer, TlsDialer, TlsFailure};
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -106,6 +108,7 @@ type Rpc = FetchdClient<InterceptedService<Channel, BearerToken>>;
 pub struct Client {
     rpc: Rpc,
     server: String,
+    tls_failure: TlsFailure,
 }
 
 /// What `Stat` says about a path.
@@ -127,7 +130,9 @@ impl Client {
             server: server.clone(),
             reason,
         };
-        let mut endpoint = Endpoint::from_shared(server.clone())
+        // For https:// the dialer does TLS (see `connector`): tonic is
+        // given the address as plain http so that it adds no TLS of its own.
+        let endpoint = Endpoint::from_shared(server.replacen("https://", "http://", 1))
             .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -136,37 +141,32 @@ impl Client {
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES);
-        let tls = ClientTls::load(
-            options.ca_cert.as_deref(),
+        crate::tls::check_client_identity_pair(
             options.client_cert.as_deref(),
             options.client_key.as_deref(),
-        );
-        if server.starts_with("https://") {
-            let tls = tls?;
-            let mut config = match tls.ca {
-                Some(ca) => ClientTlsConfig::new().ca_certificate(ca),
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            if let Some(identity) = tls.identity {
-                config = config.identity(identity);
-            }
-            endpoint = endpoint
-                .tls_config(config.timeout(CONNECT_TIMEOUT))
-                .map_err(|err| tls_failure(&server, &err))?;
-        } else if let Err(err @ Error::Usage(_)) = tls {
-            // Half a client identity is a mistake whatever the scheme;
-            // certificate files themselves, like curl's, only matter for
-            // https://.
-            return Err(err);
-        }
-        let channel = endpoint.connect().await.map_err(|err| {
-            match crate::tls::diagnose(&err) {
-                Some(reason) => Error::Tls {
-                    server: server.clone(),
-                    reason,
-                },
-                None => unreachable(error_chain(&err)),
-            }
+        )?;
+        let tls_failure = TlsFailure::default();
+        let connected = if server.starts_with("https://") {
+            let tls = ClientTls::load(
+                &server,
+                options.ca_cert.as_deref(),
+                options.client_cert.as_deref(),
+                options.client_key.as_deref(),
+            )?;
+            endpoint
+                .connect_with_connector(TlsDialer::new(tls, tls_failure.clone()))
+                .await
+        } else {
+            endpoint
+                .connect_with_connector(PlainDialer::new(tls_failure.clone()))
+                .await
+        };
+        let channel = connected.map_err(|err| match crate::tls::diagnose(&err) {
+            Some(reason) => Error::Tls {
+                server: server.clone(),
+                reason,
+            },
+            None => unreachable(error_chain(&err)),
         })?;
         let token = match &options.token {
             None => None,
@@ -181,7 +181,11 @@ impl Client {
         };
         let rpc = FetchdClient::with_interceptor(channel, BearerToken(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Client { rpc, server })
+        Ok(Client {
+            rpc,
+            server,
+            tls_failure,
+        })
     }
 
     /// The server's URL.
@@ -190,6 +194,23 @@ impl Client {
     }
 
     fn status(&self, status: tonic::Status) -> Error {
+        // A connection ended by a TLS alert (a client certificate missing
+        // or refused) often shows in the call only as "connection closed".
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal
+        ) && let Some(reason) = self.tls_failure.get()
+        {
+            let server = self.server.clone();
+            return if server.starts_with("https://") {
+                Error::Tls { server, reason }
+            } else {
+                Error::Unreachable { server, reason }
+            };
+        }
         Error::from_status(status, &self.server)
     }
 
@@ -362,14 +383,6 @@ impl ReadStream {
             None => return Err(protocol("empty message")),
         };
         Ok(Some(event))
-    }
-}
-
-/// A TLS setup error (before any connection) as an [`Error::Tls`].
-fn tls_failure(server: &str, err: &(dyn std::error::Error + 'static)) -> Error {
-    Error::Tls {
-        server: server.to_string(),
-        reason: crate::tls::diagnose(err).unwrap_or_else(|| error_chain(err)),
     }
 }
 
