@@ -244,7 +244,7 @@ fn tls_scheme_confusion_fails_cleanly() {
         &["--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.server_key)],
     );
     let run = client(&tls.url, cwd.path(), &["get", "blob.bin"]);
-    run.expect_code(1).expect_stderr("answered with TLS; connect to it with https://");
+    run.expect_code(1).expect_stderr("connect to it with https://");
 }
 
 /// Mutual TLS: a client certificate from the CA gets in; none, or one from

@@ -14,9 +14,12 @@
 //! The bytes read are handed on to HTTP/2 untouched, and [`Recorded`] keeps
 //! any later TLS error for the calls it ends.
 //!
-//! Plain `http://` connections go through [`PlainDialer`], which only looks
-//! at the server's first bytes: a TLS record there means the server wants
-//! `https://`, which HTTP/2 alone would report as a frame size error.
+//! Plain `http://` connections go through [`PlainDialer`], which also waits
+//! (briefly, without reading) for the server to speak first: an HTTP/2
+//! server sends its SETTINGS at once, a TLS server waits for a ClientHello.
+//! A server that stays silent is likely the latter, and HTTP/2 alone would
+//! then fail with a broken pipe or a frame size error; the dialer keeps a
+//! hint to use `https://` for the calls that fail that way.
 
 use std::future::Future;
 use std::io;
@@ -120,7 +123,18 @@ impl tower::Service<Uri> for PlainDialer {
             let (host, port) = host_and_port(&uri, 80)?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            failure.set(None);
+            let mut first = [0u8; 8];
+            match tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut first)).await {
+                Ok(Ok(read)) if looks_like_tls(&first[..read]) => failure.set(Some(
+                    "the server answered with TLS; connect to it with https://".into(),
+                )),
+                Ok(_) => failure.set(None),
+                Err(_) => failure.set(Some(
+                    "the server sent nothing after the connection was made, as a TLS \
+                     server does; if it serves TLS, connect to it with https://"
+                        .into(),
+                )),
+            }
             Ok(TokioIo::new(Recorded {
                 inner: tcp,
                 ahead: Bytes::new(),
