@@ -118,7 +118,10 @@ pub struct ClientTls {
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
-            .field("client_certificate", &self.config.client_auth_cert_resolver.has_certs())
+            .field(
+                "client_certificate",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -318,9 +321,7 @@ fn describe_rustls(err: &rustls::Error) -> String {
             "the server did not answer with TLS; is it serving plain http:// at this address?"
                 .into()
         }
-        rustls::Error::NoCertificatesPresented => {
-            "the peer presented no certificate".into()
-        }
+        rustls::Error::NoCertificatesPresented => "the peer presented no certificate".into(),
         other => format!("TLS handshake failed: {other}"),
     }
 }
@@ -336,7 +337,10 @@ fn describe_server_certificate(err: &CertificateError) -> String {
              in --server"
                 .into()
         }
-        CertificateError::NotValidForNameContext { expected, presented } => {
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
             let host = match expected {
                 rustls::pki_types::ServerName::DnsName(name) => name.as_ref().to_string(),
                 rustls::pki_types::ServerName::IpAddress(ip) => {
@@ -361,9 +365,7 @@ fn describe_server_certificate(err: &CertificateError) -> String {
             "the server's certificate is not valid yet (check the clocks)".into()
         }
         CertificateError::Revoked => "the server's certificate has been revoked".into(),
-        CertificateError::BadSignature => {
-            "the server's certificate has a bad signature".into()
-        }
+        CertificateError::BadSignature => "the server's certificate has a bad signature".into(),
         other => format!("the server's certificate is not acceptable: {other}"),
     }
 }
@@ -436,13 +438,21 @@ mod tests {
     fn bad_pem_files_name_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("missing.pem");
-        let text = read_certificates(&missing).expect_err("missing").to_string();
-        assert!(text.contains("missing.pem") && text.contains("cannot read"), "{text}");
+        let text = read_certificates(&missing)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            text.contains("missing.pem") && text.contains("cannot read"),
+            "{text}"
+        );
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
         let text = read_certificates(&empty).expect_err("empty").to_string();
-        assert!(text.contains("empty.pem") && text.contains("no certificate"), "{text}");
+        assert!(
+            text.contains("empty.pem") && text.contains("no certificate"),
+            "{text}"
+        );
         let text = read_private_key(&empty).expect_err("empty").to_string();
         assert!(text.contains("no private key"), "{text}");
     }

@@ -72,7 +72,9 @@ fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
 fn new_leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str], client: bool) -> (String, String) {
     let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     let mut params = CertificateParams::new(names.clone()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0].as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].as_str());
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![if client {
@@ -147,7 +149,12 @@ fn tls_round_trip() {
     let (root, data) = served();
     let server = ServerProcess::start(
         root.path(),
-        &["--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.server_key)],
+        &[
+            "--tls-cert",
+            s(&pki.server_cert),
+            "--tls-key",
+            s(&pki.server_key),
+        ],
     );
     let cwd = tempfile::tempdir().unwrap();
     let url = https_url(&server, "localhost");
@@ -162,7 +169,14 @@ fn tls_round_trip() {
     fetchd_in(
         cwd.path(),
         &[
-            "get", "blob.bin", "-o", "copy.bin", "--server", &url, "--ca-cert", s(&pki.ca),
+            "get",
+            "blob.bin",
+            "-o",
+            "copy.bin",
+            "--server",
+            &url,
+            "--ca-cert",
+            s(&pki.ca),
         ],
     )
     .expect_code(0);
@@ -184,10 +198,19 @@ fn tls_without_ca_cert_is_a_clear_error() {
     let (root, _) = served();
     let server = ServerProcess::start(
         root.path(),
-        &["--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.server_key)],
+        &[
+            "--tls-cert",
+            s(&pki.server_cert),
+            "--tls-key",
+            s(&pki.server_key),
+        ],
     );
     let cwd = tempfile::tempdir().unwrap();
-    let run = client(&https_url(&server, "localhost"), cwd.path(), &["get", "blob.bin"]);
+    let run = client(
+        &https_url(&server, "localhost"),
+        cwd.path(),
+        &["get", "blob.bin"],
+    );
     run.expect_code(1).expect_stderr("--ca-cert");
     assert!(
         run.stderr.contains("not trusted") || run.stderr.contains("no system CA certificates"),
@@ -241,10 +264,16 @@ fn tls_scheme_confusion_fails_cleanly() {
 
     let tls = ServerProcess::start(
         root.path(),
-        &["--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.server_key)],
+        &[
+            "--tls-cert",
+            s(&pki.server_cert),
+            "--tls-key",
+            s(&pki.server_key),
+        ],
     );
     let run = client(&tls.url, cwd.path(), &["get", "blob.bin"]);
-    run.expect_code(1).expect_stderr("connect to it with https://");
+    run.expect_code(1)
+        .expect_stderr("connect to it with https://");
 }
 
 /// Mutual TLS: a client certificate from the CA gets in; none, or one from
@@ -333,14 +362,24 @@ fn bad_certificate_files_are_named() {
     let run = serve(&["--tls-cert", s(&missing), "--tls-key", s(&pki.server_key)]);
     assert_ne!(run.code(), 0, "{}", run.describe());
     run.expect_stderr("nowhere.pem");
-    assert!(!run.stdout_str().contains("listening"), "{}", run.describe());
+    assert!(
+        !run.stdout_str().contains("listening"),
+        "{}",
+        run.describe()
+    );
 
     let run = serve(&["--tls-cert", s(&pki.server_cert), "--tls-key", s(&garbage)]);
     assert_ne!(run.code(), 0, "{}", run.describe());
-    run.expect_stderr("garbage.pem").expect_stderr("no private key");
+    run.expect_stderr("garbage.pem")
+        .expect_stderr("no private key");
 
     // The key of another certificate.
-    let run = serve(&["--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.client_key)]);
+    let run = serve(&[
+        "--tls-cert",
+        s(&pki.server_cert),
+        "--tls-key",
+        s(&pki.client_key),
+    ]);
     assert_ne!(run.code(), 0, "{}", run.describe());
     run.expect_stderr("server.pem");
 
@@ -353,7 +392,8 @@ fn bad_certificate_files_are_named() {
         s(&garbage),
     ]);
     assert_ne!(run.code(), 0, "{}", run.describe());
-    run.expect_stderr("garbage.pem").expect_stderr("no certificate");
+    run.expect_stderr("garbage.pem")
+        .expect_stderr("no certificate");
 
     let cwd = tempfile::tempdir().unwrap();
     client(
@@ -387,8 +427,7 @@ fn token_file(dir: &Path, tokens: &[&str]) -> PathBuf {
         text.push_str(&format!("  {token}\t\n\n"));
     }
     std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
 
@@ -415,7 +454,14 @@ fn tokens_missing_wrong_right() {
     let run = run_in(
         cwd.path(),
         fetchd()
-            .args(["--server", &server.url, "--token", WRONG_TOKEN, "get", "blob.bin"])
+            .args([
+                "--server",
+                &server.url,
+                "--token",
+                WRONG_TOKEN,
+                "get",
+                "blob.bin",
+            ])
             .env("RUST_LOG", "debug"),
     );
     run.expect_code(1).expect_stderr("missing or wrong token");
@@ -455,7 +501,9 @@ fn tokens_missing_wrong_right() {
 /// `fetchd get --help` shows no token value even when FETCHD_TOKEN is set.
 #[test]
 fn help_hides_the_token() {
-    let run = run(fetchd().args(["get", "--help"]).env("FETCHD_TOKEN", GOOD_TOKEN));
+    let run = run(fetchd()
+        .args(["get", "--help"])
+        .env("FETCHD_TOKEN", GOOD_TOKEN));
     run.expect_code(0);
     assert!(!run.stdout_str().contains(GOOD_TOKEN), "{}", run.describe());
 }
@@ -473,9 +521,9 @@ fn serve_with_tokens(root: &Path, tokens: &[&str]) -> InProcessServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_open_reflection_is_not() {
     use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let (root, _) = served();
     let server = serve_with_tokens(root.path(), &[GOOD_TOKEN]);
@@ -530,7 +578,10 @@ async fn health_is_open_reflection_is_not() {
         .expect("reflection with the token")
         .into_inner();
     let answer = answers.message().await.unwrap().expect("one answer");
-    assert!(format!("{answer:?}").contains("fetchd.v1.Fetchd"), "{answer:?}");
+    assert!(
+        format!("{answer:?}").contains("fetchd.v1.Fetchd"),
+        "{answer:?}"
+    );
 
     let unauthenticated = Client::connect(&ConnectOptions {
         server: server.url.clone(),
@@ -563,7 +614,13 @@ fn sighup_rereads_the_token_file() {
         &[("RUST_LOG", "info")],
     );
     let cwd = tempfile::tempdir().unwrap();
-    let stat = |token: &str| client(&server.url, cwd.path(), &["--token", token, "stat", "blob.bin"]);
+    let stat = |token: &str| {
+        client(
+            &server.url,
+            cwd.path(),
+            &["--token", token, "stat", "blob.bin"],
+        )
+    };
     stat("old-token").expect_code(0);
     stat("new-token").expect_code(1);
 
@@ -600,7 +657,11 @@ fn unusable_token_file_refuses_to_start() {
             .arg("--token-file")
             .arg(&file));
         assert_ne!(run.code(), 0, "{}", run.describe());
-        assert!(!run.stdout_str().contains("listening"), "{}", run.describe());
+        assert!(
+            !run.stdout_str().contains("listening"),
+            "{}",
+            run.describe()
+        );
         run.expect_stderr(file.file_name().unwrap().to_str().unwrap());
     }
 }
@@ -664,7 +725,10 @@ async fn max_tails_reached() {
         .tail("app.log", TailStart::LastLines(0), true)
         .await
         .unwrap();
-    assert!(matches!(open.next().await.unwrap(), Some(TailEvent::Notice { .. })));
+    assert!(matches!(
+        open.next().await.unwrap(),
+        Some(TailEvent::Notice { .. })
+    ));
     let err = match client.tail("app.log", TailStart::LastLines(0), true).await {
         Ok(mut stream) => stream.next().await.unwrap_err(),
         Err(err) => err,
@@ -737,7 +801,12 @@ async fn max_request_bytes_reached() {
 
 /// A raw HTTP/2 connection: handshake done, connection task running; the
 /// receiver reports when the server closes it.
-async fn raw_h2(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, tokio::sync::oneshot::Receiver<()>) {
+async fn raw_h2(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
@@ -966,7 +1035,10 @@ impl Proxy {
         thread::spawn(move || {
             let (downstream, _) = listener.accept().unwrap();
             let upstream = TcpStream::connect(server).unwrap();
-            let pump = |mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>, done: Option<mpsc::Sender<()>>| {
+            let pump = |mut from: TcpStream,
+                        mut to: TcpStream,
+                        frozen: Arc<AtomicBool>,
+                        done: Option<mpsc::Sender<()>>| {
                 thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     loop {
@@ -1047,7 +1119,10 @@ async fn keepalive_frees_a_dead_clients_streams() {
             },
             Err(err) => assert_exhausted(err, "--max-tails"),
         }
-        assert!(Instant::now() < deadline, "the dead client's tail slot was never freed");
+        assert!(
+            Instant::now() < deadline,
+            "the dead client's tail slot was never freed"
+        );
         tokio::task::yield_now().await;
     }
     drop(tail);
@@ -1127,7 +1202,9 @@ async fn raw_call(
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     let call = async {
-        grpc.ready().await.map_err(|err| tonic::Status::unknown(err.to_string()))?;
+        grpc.ready()
+            .await
+            .map_err(|err| tonic::Status::unknown(err.to_string()))?;
         let mut request = tonic::Request::new(tokio_stream::iter(vec![message]));
         if let Some(token) = token {
             request
@@ -1163,7 +1240,10 @@ fn watch_for_panics() {
             // own; server threads (tokio's workers and blocking pool, the
             // server's own threads) are not.
             let name = thread::current().name().map(str::to_string);
-            if name.as_deref().is_none_or(|name| name.starts_with("tokio-")) {
+            if name
+                .as_deref()
+                .is_none_or(|name| name.starts_with("tokio-"))
+            {
                 PANICKED.store(true, Ordering::SeqCst);
             }
             previous(info);
@@ -1315,7 +1395,11 @@ fn root_slash_needs_an_explicit_flag() {
     for root in ["/", "/tmp/.."] {
         let run = run(fetchd().args(["serve", "--listen", "127.0.0.1:0", "--root", root]));
         run.expect_code(2).expect_stderr("--allow-root-slash");
-        assert!(!run.stdout_str().contains("listening"), "{}", run.describe());
+        assert!(
+            !run.stdout_str().contains("listening"),
+            "{}",
+            run.describe()
+        );
     }
     let mut server = ServerProcess::start(Path::new("/"), &["--allow-root-slash"]);
     server.kill();
@@ -1338,14 +1422,21 @@ fn exposed_listener_warns() {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     let mut seen = Vec::new();
     let deadline = Instant::now() + WAIT;
-    while !(seen.iter().any(|line: &String| line.contains("without TLS"))
-        && seen.iter().any(|line| line.contains("without --token-file")))
+    while !(seen
+        .iter()
+        .any(|line: &String| line.contains("without TLS"))
+        && seen
+            .iter()
+            .any(|line| line.contains("without --token-file")))
     {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {

@@ -27,10 +27,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use http::Uri;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -177,8 +177,7 @@ impl tower::Service<Uri> for TlsDialer {
                 ));
             }
             let mut ahead = vec![0u8; READ_AHEAD_BYTES];
-            let read = match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut ahead)).await
-            {
+            let read = match tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut ahead)).await {
                 Ok(Ok(0)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

@@ -171,9 +171,10 @@ impl Client {
         let token = match &options.token {
             None => None,
             Some(token) => {
-                let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-                    Error::Usage("the token contains characters not allowed in a header".into())
-                })?;
+                let mut value =
+                    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                        Error::Usage("the token contains characters not allowed in a header".into())
+                    })?;
                 // Never put it in HPACK's table or a debug dump.
                 value.set_sensitive(true);
                 Some(value)

@@ -80,7 +80,10 @@ impl Tokens {
     pub fn reload(&self) -> Result<usize> {
         let digests = read_token_file(&self.file)?;
         let count = digests.len();
-        *self.digests.write().unwrap_or_else(|poison| poison.into_inner()) = digests;
+        *self
+            .digests
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = digests;
         Ok(count)
     }
 
@@ -95,7 +98,12 @@ impl Tokens {
     }
 
     fn current(&self) -> Arc<[TokenDigest]> {
-        Arc::clone(&self.digests.read().unwrap_or_else(|poison| poison.into_inner()))
+        Arc::clone(
+            &self
+                .digests
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
     }
 
     /// True when `presented` is one of the tokens. Compares digests in
@@ -134,7 +142,8 @@ fn digest(bytes: &[u8]) -> TokenDigest {
 /// Parses a token file into digests.
 fn read_token_file(file: &Path) -> Result<Arc<[TokenDigest]>> {
     use std::io::Read;
-    let problem = |reason: String| Error::Usage(format!("--token-file {}: {reason}", file.display()));
+    let problem =
+        |reason: String| Error::Usage(format!("--token-file {}: {reason}", file.display()));
     let opened = std::fs::File::open(file).map_err(|err| Error::io(file, err))?;
     warn_if_readable_by_others(file, &opened);
     let mut text = String::new();
