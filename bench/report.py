@@ -4,6 +4,7 @@ ratios.png (imported by bench.py; matplotlib is needed for the chart only).
 Two groups of workloads, each from the run that last measured it:
   files  W1-W3, one large file (issue 3)
   bulk   B1-B3, many files (issue 5)
+  tls    T1, one large file over TLS (issue 7)
 A run that measured only one group keeps the other from the results.json
 already in the output folder (raw runs and that run's meta), so results.md
 and ratios.png always show both; a run that measures any workload of a group
@@ -20,12 +21,14 @@ import json, re, statistics, sys
 from pathlib import Path
 
 MIB = 1024  # KiB per MiB
-GROUPS = {"files": "One large file (W1–W3, issue 3)", "bulk": "Bulk downloads (B1–B3, issue 5)"}
-PEERS = {"files": ("nginx", "rsync", "curl", "openssl", "pv"), "bulk": ("nginx", "rsync", "curl", "aria2c")}
+GROUPS = {"files": "One large file (W1–W3, issue 3)", "bulk": "Bulk downloads (B1–B3, issue 5)",
+          "tls": "One large file over TLS (T1, issue 7)"}
+PEERS = {"files": ("nginx", "rsync", "curl", "openssl", "pv"), "bulk": ("nginx", "rsync", "curl", "aria2c"),
+         "tls": ("nginx", "curl", "openssl")}
 
 
 def group_of(wid):
-    return "bulk" if wid.startswith("B") else "files"
+    return {"B": "bulk", "T": "tls"}.get(wid[:1], "files")
 
 
 def ratio_stats(a_runs, b_runs):
@@ -129,7 +132,7 @@ def ratio_cell(r):
 
 def meta_table(meta, group):
     v = meta["versions"]
-    if group == "files":
+    if group in ("files", "tls"):
         data = f"{meta['size_bytes'] >> 20} MiB random file on {meta['data_on']}, loopback"
         pairs = f"one warm-up of each, then {meta['pairs']} rounds: fetchd, then each peer"
     else:
@@ -158,9 +161,9 @@ def meta_table(meta, group):
             f"| command | `{meta['command']}` |", ""]
 
 
-def files_section(meta, res, rows):
+def files_section(meta, res, rows, group="files"):
     rsync_peak = meta.get("rsyncd_session_max_rss_kib")
-    out = meta_table(meta, "files") + [
+    out = meta_table(meta, group) + [
         "| workload | run | median wall (s) | fetchd/peer: median of ratios [min–max] "
         "| client CPU (s) | server CPU (s/GiB) | client peak RSS (MiB) | server peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|---|"]
@@ -174,6 +177,12 @@ def files_section(meta, res, rows):
         out.append(f"| {name} | {run_cell(r)} | {r['wall_s']:.3f} | {ratio} "
                    f"| {f2(r['client_cpu_s'])} | {f2(r['server_cpu_s_per_gib'])} "
                    f"| {r['client_rss_mib']:.1f} | {srv} |")
+    if group != "files":   # the targets below are issue 3's
+        out += [""] + failures_md(res) + ["### Commands", ""]
+        for wid, w in res.items():
+            for label, cmd in w["commands"].items():
+                out.append(f"- {wid} {esc(label)}: `{tidy(cmd)}`")
+        return out + [""]
     out += ["", "### Targets (issue 3)", "", "| target | measured | holds |", "|---|---|---|"]
     for r in rows:
         if r.get("target") is not None:
@@ -304,8 +313,10 @@ def markdown(groups, targets):
     for g in GROUPS:
         if g in groups:
             out += [f"## {GROUPS[g]}", ""]
-            section = files_section if g == "files" else bulk_section
-            out += section(groups[g]["meta"], groups[g]["workloads"], summaries[g])
+            if g == "bulk":
+                out += bulk_section(groups[g]["meta"], groups[g]["workloads"], summaries[g])
+            else:
+                out += files_section(groups[g]["meta"], groups[g]["workloads"], summaries[g], g)
     out += ["## How it is measured", "", HOW_FILES, ""]
     if "bulk" in groups:
         out += [HOW_BULK, ""]

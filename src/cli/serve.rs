@@ -22,8 +22,7 @@ use crate::tls::ServerTls;
 When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout.
 SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
 streams end at once, running transfers get --grace seconds to finish, then the
-server exits 0. SIGHUP re-reads --token-file (the old tokens stay if it is bad).
-Read-only: nothing is ever written under the root.")]
+server exits 0. SIGHUP re-reads --token-file (the old tokens stay if it is bad).")]
 pub struct ServeArgs {
     /// The directory tree to serve; nothing outside it is ever read.
     #[arg(long, default_value = ".", value_name = "DIR")]
