@@ -137,12 +137,14 @@ impl ClientTls {
     ) -> Result<ClientTls> {
         check_client_identity_pair(client_cert, client_key)?;
         let mut roots = rustls::RootCertStore::empty();
+        let mut pinned = Vec::new();
         match ca {
             Some(path) => {
                 for cert in read_certificates(path)?.1 {
-                    roots.add(cert).map_err(|err| {
+                    roots.add(cert.clone()).map_err(|err| {
                         tls_file(path, format!("not a usable CA certificate: {err}"))
                     })?;
+                    pinned.push(cert);
                 }
             }
             None => {
@@ -159,13 +161,21 @@ impl ClientTls {
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let setup = |err: String| Error::Tls {
+            server: server.to_string(),
+            reason: err,
+        };
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|err| setup(err.to_string()))?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|err| Error::Tls {
-                server: server.to_string(),
-                reason: err.to_string(),
-            })?
-            .with_root_certificates(roots);
+            .map_err(|err| setup(err.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { webpki, pinned }));
         let mut config = match (client_cert, client_key) {
             (Some(cert), Some(key)) => {
                 let (_, chain) = read_certificates(cert)?;
@@ -190,6 +200,79 @@ impl ClientTls {
     /// The rustls configuration.
     pub fn config(&self) -> Arc<rustls::ClientConfig> {
         Arc::clone(&self.config)
+    }
+}
+
+/// The standard (webpki) check of the server's certificate, plus one case
+/// it refuses and curl accepts: a self-signed certificate that is marked as
+/// a CA (as `openssl req -x509` makes them) presented by the server itself.
+/// It is accepted only when it is byte for byte one of the `--ca-cert`
+/// certificates, and only for a host name it names.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let err = match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(err) => err,
+        };
+        let ca_as_server = matches!(
+            &err,
+            rustls::Error::InvalidCertificate(CertificateError::Other(other))
+                if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity))
+        );
+        if !ca_as_server
+            || !self
+                .pinned
+                .iter()
+                .any(|pin| pin.as_ref() == end_entity.as_ref())
+        {
+            return Err(err);
+        }
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        cert.verify_is_valid_for_subject_name(server_name)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -366,6 +449,19 @@ fn describe_server_certificate(err: &CertificateError) -> String {
         }
         CertificateError::Revoked => "the server's certificate has been revoked".into(),
         CertificateError::BadSignature => "the server's certificate has a bad signature".into(),
+        CertificateError::Other(other)
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            "the server's certificate is not trusted: it is a CA certificate, not a server's \
+             (a self-signed one is trusted only when given itself as --ca-cert)"
+                .into()
+        }
+        CertificateError::Other(other) => {
+            format!("the server's certificate is not acceptable: {}", other.0)
+        }
         other => format!("the server's certificate is not acceptable: {other}"),
     }
 }

@@ -190,6 +190,47 @@ fn tls_round_trip() {
     assert!(run.stdout_str().contains("blob.bin"), "{}", run.describe());
 }
 
+/// A self-signed server certificate given to the client as `--ca-cert`
+/// works, whether or not it is marked as a CA (as `openssl req -x509` does);
+/// another self-signed certificate is not trusted.
+#[test]
+fn self_signed_certificate_as_ca_cert() {
+    let (root, data) = served();
+    let dir = tempfile::tempdir().unwrap();
+    let mut made = Vec::new();
+    for (name, is_ca) in [("plain", false), ("marked-ca", true)] {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        if is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.path().join(format!("{name}.pem"));
+        let key_path = dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        made.push((cert_path, key_path));
+    }
+    for (i, (cert, key)) in made.iter().enumerate() {
+        let server =
+            ServerProcess::start(root.path(), &["--tls-cert", s(cert), "--tls-key", s(key)]);
+        let cwd = tempfile::tempdir().unwrap();
+        let url = https_url(&server, "localhost");
+        client(&url, cwd.path(), &["--ca-cert", s(cert), "get", "blob.bin"]).expect_code(0);
+        assert_eq!(std::fs::read(cwd.path().join("blob.bin")).unwrap(), data);
+        let other = &made[1 - i].0;
+        client(
+            &url,
+            cwd.path(),
+            &["--ca-cert", s(other), "get", "blob.bin", "-o", "x"],
+        )
+        .expect_code(1)
+        .expect_stderr("not trusted");
+    }
+}
+
 /// Without `--ca-cert` the test CA is unknown: exit 1 and a message that
 /// says the certificate is not trusted and what to pass.
 #[test]
