@@ -38,6 +38,21 @@ What it does:
     same data (default TLS settings, no kTLS);
     T1 verified transfer over TLS   fetchd get -o - over https  vs  fetchd
                                     over plain http  vs  curl https | openssl dgst
+  * upload workload (issue 6), on the same DATA/big.bin, before it is removed:
+    U1 upload to tmpfs     fetchd put big.bin (to a second `fetchd serve
+                           --allow-upload` whose root is WORK/upload/fetchd)
+                           vs fetchd get of the same file (the download it
+                           should match; big.bin gets a new mtime before every
+                           run, so the server's digest cache misses and both
+                           sides hash, as in an upload), rsync --whole-file
+                           pushing to a writable rsync module, curl -T (HTTP
+                           PUT) to nginx with dav_methods PUT. Every target is removed before
+                           every run (not timed); every fetchd copy and each
+                           peer's warm-up copy is checked by sha256.
+  * C1 (issue 8), only as BENCH_ONLY=C1: `get -o - --compress none|gzip|zstd`
+    of a generated access log and of random data (BENCH_C1_MIB each), wire
+    bytes from fetchd's /metrics; writes BENCH_OUT/compression.md and .json
+    (see compression_workload);
   * per run: wall (perf_counter around the client), client CPU (RUSAGE_CHILDREN
     delta; covers whole pipelines), client peak RSS (/usr/bin/time %M around
     each pipeline stage, summed), server CPU (utime+stime+cutime+cstime from
@@ -46,8 +61,8 @@ What it does:
     connection that is gone before it can be read, so its peak RSS is the
     maximum over the whole session, from /usr/bin/time wrapped around it;
   * writes BENCH_OUT/results.md, results.json and ratios.png. A run of only
-    W or only B workloads keeps the other group from the results.json that is
-    already there (see bench/report.py).
+    some groups of workloads (W, B, U) keeps the other groups from the
+    results.json that is already there (see bench/report.py).
 Nothing runs in parallel with a measured run. A client that exits non-zero
 is recorded (shown in results.md) and its warm-up or round repeated, at most
 BENCH_MAX_FAILURES times per workload; a wrong output (digest, tree) stops the
@@ -67,7 +82,7 @@ GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
 PAIRS = int(os.environ.get("BENCH_PAIRS", "11"))
 BULK_PAIRS = int(os.environ.get("BENCH_BULK_PAIRS", "7"))
-KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3", "T1"]
+KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3", "U1", "T1"]
 ONLY = {w.strip().upper() for w in os.environ.get("BENCH_ONLY", ",".join(KNOWN)).split(",") if w.strip()}
 SLOW_RATE = os.environ.get("BENCH_SLOW_RATE", "20m")
 OUT = Path(os.environ.get("BENCH_OUT", REPO / "bench/results"))
@@ -278,6 +293,12 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {data};
+        location /upload/ {{   # U1: HTTP PUT into WORK/upload/nginx/upload/
+            root {work}/upload/nginx;
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+        }}
     }}
 }}
 """)
@@ -304,6 +325,10 @@ gid = {os.getgid()}
 [large]
     path = {data}/bulk-large
     read only = yes
+    use chroot = no
+[upload]
+    path = {work}/upload/rsync
+    read only = no
     use chroot = no
 """)
     # /usr/bin/time around the daemon: the max RSS of it and every child it forked.
@@ -575,6 +600,42 @@ def tls_workloads(data, fetchd, digest, res):
     ], prepare=lambda: None, verify=lambda label, measured: None)
 
 
+# -------------------------------------------------------------- upload ---
+def upload_workload(data, fetchd, nginx, rsyncd, digest, res):
+    """U1: the 1 GiB file uploaded to tmpfs, fetchd put vs fetchd get of the
+    same file, an rsync push to the daemon and an HTTP PUT to nginx."""
+    up = work / "upload"
+    dest = {"fetchd": up / "fetchd/big.bin", "fetchd get, cold": up / "get/big.bin",
+            "rsync": up / "rsync/big.bin", "curl -T": up / "nginx/upload/big.bin"}
+    for path in dest.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fup = start_fetchd(up / "fetchd", "fetchd-upload", ["--allow-upload"])
+    say(f"U1: fetchd-upload {fup.url} (root {up / 'fetchd'})")
+    src = data / "big.bin"
+
+    def prepare():   # no target (and no temp or partial file) before any run
+        for path in dest.values():
+            for f in path.parent.iterdir():
+                f.unlink()
+        # A new mtime (a day back, so not "racy") is a new file version: the
+        # server's digest cache misses, and the download hashes on both sides
+        # as the upload must.
+        day_ago = time.time_ns() - 86400 * 10**9
+        os.utime(src, ns=(day_ago, day_ago))
+
+    def verify(label, measured):   # every fetchd copy, each peer's warm-up copy
+        if (label == "fetchd" or not measured) and sha256_file(dest[label]) != digest:
+            die(f"U1: the copy written by {label} differs from the source")
+    res["U1"] = paired("U1", "verified upload to a file on tmpfs", [
+        ("fetchd", f"{timed('fetchd')} {BIN} --server {fup.url} put {src} big.bin --quiet", fup),
+        ("fetchd get, cold", f"{timed('fetchd')} {BIN} --server {fetchd.url} get big.bin "
+                             f"-o {dest['fetchd get, cold']} --quiet", fetchd),
+        ("rsync", f"{timed('rsync')} rsync --whole-file {src} {rsyncd.base}/upload/big.bin", rsyncd),
+        ("curl -T", f"{timed('curl')} curl -sf -T {src} {nginx.url}/upload/big.bin", nginx),
+    ], prepare, verify)
+    prepare()
+
+
 # ---------------------------------------------------------------- bulk ---
 def make_tree(root, spec):
     """Writes spec = (files, size, leaf folders) of random files below root,
@@ -740,9 +801,13 @@ def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     atexit.register(cleanup)
+    if ONLY == {"C1"}:   # the compression workload (issue 8) needs none of the peers
+        return compression_main()
     if not ONLY <= set(KNOWN):
-        die(f"BENCH_ONLY={os.environ['BENCH_ONLY']}: known workloads are {', '.join(KNOWN)}")
+        die(f"BENCH_ONLY={os.environ['BENCH_ONLY']}: known workloads are {', '.join(KNOWN)}"
+            " (and C1, alone)")
     files_w, bulk_w = ONLY & {"W1", "W2", "W3", "T1"}, ONLY & {"B1", "B2", "B3"}
+    upload_w = ONLY & {"U1"}
     if PAIRS < 11 and (files_w or "B3" in ONLY):
         say(f"warning: BENCH_PAIRS={PAIRS}; the issue asks for at least 11 pairs")
     if not BUILT.exists():
@@ -760,7 +825,7 @@ def main():
     for d in (data, data / "bulk-small", data / "bulk-large"):
         d.mkdir()
     digest = None
-    if files_w:
+    if files_w or upload_w:
         say(f"work dir {work}; writing {SIZE >> 20} MiB of random data")
         h = hashlib.sha256()
         with open("/dev/urandom", "rb") as src, open(data / "big.bin", "wb") as dst:
@@ -774,7 +839,7 @@ def main():
     else:
         say(f"work dir {work}")
     meta = machine_meta(work)
-    fetchd = start_fetchd(data) if files_w else None
+    fetchd = start_fetchd(data) if files_w or upload_w else None
     nginx, rsyncd = start_nginx(data), start_rsyncd(data)
     say(f"servers: fetchd {fetchd.url if fetchd else '(not needed)'}, nginx {nginx.url}, rsync {rsyncd.base}")
     res, failure = {}, None
@@ -783,6 +848,9 @@ def main():
             workloads(fetchd, nginx, rsyncd, digest, res)
             if "T1" in ONLY:
                 tls_workloads(data, fetchd, digest, res)
+        if upload_w:
+            upload_workload(data, fetchd, nginx, rsyncd, digest, res)
+        if files_w or upload_w:
             (data / "big.bin").unlink()   # room on tmpfs for the bulk trees
         if bulk_w:
             bulk_workloads(data, nginx, rsyncd, res)
@@ -800,6 +868,174 @@ def main():
         report.write(OUT, meta, res, TARGETS)
     if failure:
         raise SystemExit(failure["error"])
+
+
+# ------------------------------------------------ C1: compression (issue 8) ---
+C1_MIB = int(os.environ.get("BENCH_C1_MIB", "128"))
+C1_ROUNDS = int(os.environ.get("BENCH_C1_ROUNDS", "5"))
+C1_CODECS = ["none", "gzip", "zstd"]
+
+
+def c1_write_log(path, size, seed=8):
+    """A web-server access log of `size` bytes: timestamps, addresses, paths,
+    statuses, sizes and agents drawn from a seeded generator, so it compresses
+    like a real log (far from a repeated line)."""
+    import random
+    rnd = random.Random(seed)
+    paths = [f"/api/v1/{w}" for w in ("items", "users", "orders", "search", "carts", "login")]
+    agents = ["curl/8.5.0", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+              "Go-http-client/2.0", "python-requests/2.32", "kube-probe/1.30"]
+    t = 1_764_000_000.0
+    with open(path, "w") as out:
+        written, lines = 0, []
+        while written < size:
+            t += rnd.expovariate(200.0)
+            stamp = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(t))
+            line = (f'10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)} - - '
+                    f'[{stamp} +0000] "GET {rnd.choice(paths)}/{rnd.randrange(100000)}'
+                    f'?page={rnd.randrange(50)} HTTP/1.1" {rnd.choice((200, 200, 200, 304, 404, 500))} '
+                    f'{rnd.randrange(100, 90000)} "-" "{rnd.choice(agents)}" rt={rnd.random():.3f}\n')
+            lines.append(line)
+            written += len(line)
+            if len(lines) == 10000:
+                out.write("".join(lines))
+                lines = []
+        out.write("".join(lines))
+        out.truncate(size)
+
+
+def c1_scrape(metrics_addr, name):
+    """One counter from fetchd's /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    die(f"{name} missing from /metrics")
+
+
+def c1_start_fetchd(data):
+    """fetchd serve with --metrics-listen, both addresses read from stdout."""
+    out = work / "fetchd.stdout"
+    p = spawn("fetchd", [str(BIN), "serve", "--root", str(data), "--listen", "127.0.0.1:0",
+                         "--metrics-listen", "127.0.0.1:0"], stdout=open(out, "wb"))
+    deadline, addrs = time.monotonic() + 15, {}
+    while len(addrs) < 2 and time.monotonic() < deadline:
+        for line in out.read_text().splitlines():
+            for key in ("listening on ", "metrics on "):
+                if line.startswith(key):
+                    addrs[key] = line.split()[-1]
+        if len(addrs) < 2:
+            if p.poll() is not None:
+                die(f"fetchd serve exited with {p.returncode}:\n{tail(work / 'fetchd.log')}")
+            time.sleep(0.02)
+    if len(addrs) < 2:
+        die("fetchd serve printed no `listening on` / `metrics on` lines within 15 s")
+    return Server("fetchd", p.pid, f"http://{addrs['listening on ']}"), addrs["metrics on "]
+
+
+def compression_workload(data, res):
+    """C1: `fetchd get -o - --compress none|gzip|zstd` of a text log and of
+    random data, C1_MIB MiB each, over loopback. One warm-up of each, then
+    C1_ROUNDS rounds of all six in turn; medians. Wire bytes come from the
+    server's fetchd_wire_sent_bytes_total. Loopback has no bandwidth limit to
+    speak of, so the wall time is the cost of (de)compression; from it
+    follows the link speed below which compression is faster:
+    plain needs SIZE/link, compressed max(wall_compressed, WIRE/link), so
+    compression wins on links slower than SIZE/wall_compressed when it
+    shrinks the data at all."""
+    size = C1_MIB << 20
+    say(f"C1: writing a {C1_MIB} MiB access log and {C1_MIB} MiB of random data")
+    c1_write_log(data / "access.log", size)
+    with open("/dev/urandom", "rb") as src, open(data / "random.bin", "wb") as dst:
+        left = size
+        while left:
+            chunk = src.read(min(left, 1 << 22))
+            dst.write(chunk)
+            left -= len(chunk)
+    digests = {name: sha256_file(data / name) for name in ("access.log", "random.bin")}
+    fetchd, metrics_addr = c1_start_fetchd(data)
+    say(f"C1: fetchd {fetchd.url}, metrics {metrics_addr}")
+    cases = [(name, codec) for name in ("access.log", "random.bin") for codec in C1_CODECS]
+    runs = {case: [] for case in cases}
+    for round_no in range(C1_ROUNDS + 1):   # round 0 is the warm-up
+        for name, codec in cases:
+            cmd = (f"{timed('get')} {BIN} --server {fetchd.url} get {name} -o - "
+                   f"--compress {codec} | sha256sum > {work}/c1.sum")
+            wire0 = c1_scrape(metrics_addr, "fetchd_wire_sent_bytes_total")
+            m = run(cmd, fetchd, size)
+            m["wire_bytes"] = c1_scrape(metrics_addr, "fetchd_wire_sent_bytes_total") - wire0
+            got = (work / "c1.sum").read_text().split()[0]
+            if got != digests[name]:
+                die(f"C1: {name} with --compress {codec}: sha256 {got}, want {digests[name]}")
+            if round_no:
+                runs[(name, codec)].append(m)
+        say(f"C1: {'warm-up' if round_no == 0 else f'round {round_no}/{C1_ROUNDS}'} done")
+    rows = []
+    for name, codec in cases:
+        med = lambda key: statistics.median(r[key] for r in runs[(name, codec)])
+        wall, wire = med("wall_s"), med("wire_bytes")
+        plain_wall = statistics.median(r["wall_s"] for r in runs[(name, "none")])
+        shrinks = wire < size
+        rows.append({"data": name, "compress": codec, "size_bytes": size, "wire_bytes": wire,
+                     "ratio": size / wire, "wall_s": wall, "mib_per_s": (size >> 20) / wall,
+                     "client_cpu_s": med("client_cpu_s"), "server_cpu_s": med("server_cpu_s"),
+                     "vs_plain_loopback": wall / plain_wall,
+                     "pays_below_mib_per_s": ((size >> 20) / wall) if codec != "none" and shrinks
+                     else None,
+                     "rounds": runs[(name, codec)]})
+    res["C1"] = rows
+    stop("fetchd", next(p for n, p in started if n == "fetchd"))
+    return rows
+
+
+def compression_report(meta, rows):
+    """bench/results/compression.md and .json."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "compression.json").write_text(json.dumps({"meta": meta, "C1": rows}, indent=1))
+    md = [f"# C1: compression on `fetchd get` ({meta['date']})", "",
+          f"`{meta['command']}` — {C1_MIB} MiB each, {C1_ROUNDS} rounds after a warm-up, "
+          f"medians; {meta['cpu']}, {meta['nproc']} cores, data on {meta['data_on']}, "
+          f"loopback. Wire bytes: the server's `fetchd_wire_sent_bytes_total`.", "",
+          "| data | --compress | wire MiB | ratio | wall s | MiB/s | client CPU s | server CPU s "
+          "| wall vs none | faster than none on links below |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        pays = (f"{r['pays_below_mib_per_s']:.0f} MiB/s ({r['pays_below_mib_per_s'] * 8.388608:.0f} Mbit/s)"
+                if r["pays_below_mib_per_s"] else ("—" if r["compress"] == "none" else "never (no smaller)"))
+        md.append(f"| {r['data']} | {r['compress']} | {r['wire_bytes'] / (1 << 20):.1f} | "
+                  f"{r['ratio']:.2f} | {r['wall_s']:.2f} | {r['mib_per_s']:.0f} | "
+                  f"{r['client_cpu_s']:.2f} | {r['server_cpu_s']:.2f} | {r['vs_plain_loopback']:.2f}x | {pays} |")
+    md += ["", "Plain needs SIZE/link seconds on a link; compressed needs about "
+           "max(wall on loopback, WIRE/link). So compression is faster on any link slower than "
+           "SIZE / (its loopback wall) when it shrinks the data, and never when it does not."]
+    (OUT / "compression.md").write_text("\n".join(md) + "\n")
+    say(f"C1: wrote {OUT / 'compression.md'}")
+
+
+def compression_main():
+    """BENCH_ONLY=C1: only the compression workload (no peers needed)."""
+    global work, BIN
+    if not BUILT.exists():
+        die(f"{BUILT} missing: run `cargo build --release` (bench/run does)")
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    work = Path(tempfile.mkdtemp(prefix="fetchd-bench.", dir=base))
+    (work / "bin").mkdir()
+    BIN = work / "bin/fetchd"
+    shutil.copy2(BUILT, BIN)
+    data = work / "data"
+    data.mkdir()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "?")
+    env = " ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("BENCH_"))
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": (env + " " if env else "") + "bash bench/run", "cpu": cpu,
+            "nproc": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+            "data_on": "tmpfs (/dev/shm)" if str(work).startswith("/dev/shm") else str(work.parent),
+            "fetchd_sha256": sha256_file(BIN)[:16]}
+    rows = compression_workload(data, {})
+    compression_report(meta, rows)
 
 
 def machine_meta(work):

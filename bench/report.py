@@ -1,11 +1,12 @@
 """Turns the raw runs of bench/bench.py into results.md, results.json and
 ratios.png (imported by bench.py; matplotlib is needed for the chart only).
 
-Two groups of workloads, each from the run that last measured it:
-  files  W1-W3, one large file (issue 3)
-  bulk   B1-B3, many files (issue 5)
-  tls    T1, one large file over TLS (issue 7)
-A run that measured only one group keeps the other from the results.json
+Four groups of workloads, each from the run that last measured it:
+  files   W1-W3, one large file (issue 3)
+  bulk    B1-B3, many files (issue 5)
+  upload  U1, one large file uploaded (issue 6)
+  tls     T1, one large file over TLS (issue 7)
+A run that measured only some groups keeps the others from the results.json
 already in the output folder (raw runs and that run's meta), so results.md
 and ratios.png always show both; a run that measures any workload of a group
 replaces that whole group.
@@ -22,13 +23,14 @@ from pathlib import Path
 
 MIB = 1024  # KiB per MiB
 GROUPS = {"files": "One large file (W1–W3, issue 3)", "bulk": "Bulk downloads (B1–B3, issue 5)",
+          "upload": "Upload (U1, issue 6)",
           "tls": "One large file over TLS (T1, issue 7)"}
 PEERS = {"files": ("nginx", "rsync", "curl", "openssl", "pv"), "bulk": ("nginx", "rsync", "curl", "aria2c"),
-         "tls": ("nginx", "curl", "openssl")}
+         "upload": ("nginx", "rsync", "curl"), "tls": ("nginx", "curl", "openssl")}
 
 
 def group_of(wid):
-    return {"B": "bulk", "T": "tls"}.get(wid[:1], "files")
+    return {"B": "bulk", "U": "upload", "T": "tls"}.get(wid[:1], "files")
 
 
 def ratio_stats(a_runs, b_runs):
@@ -132,7 +134,7 @@ def ratio_cell(r):
 
 def meta_table(meta, group):
     v = meta["versions"]
-    if group in ("files", "tls"):
+    if group in ("files", "upload", "tls"):
         data = f"{meta['size_bytes'] >> 20} MiB random file on {meta['data_on']}, loopback"
         pairs = f"one warm-up of each, then {meta['pairs']} rounds: fetchd, then each peer"
     else:
@@ -199,6 +201,36 @@ def files_section(meta, res, rows, group="files"):
             out.append(f"| {r['workload']} server CPU ≤ 0.45 s/GiB | {r['server_cpu_s_per_gib']:.2f} "
                        f"| {'yes' if r['server_cpu_s_per_gib'] <= 0.45 else 'no'} |")
     out += [""] + failures_md(res) + ["### Commands", ""]
+    for wid, w in res.items():
+        for label, cmd in w["commands"].items():
+            out.append(f"- {wid} {esc(label)}: `{tidy(cmd)}`")
+    return out + [""]
+
+
+def upload_section(meta, res, rows):
+    """U1: fetchd put against fetchd get of the same file and two upload peers."""
+    rsync_peak = meta.get("rsyncd_session_max_rss_kib")
+    out = meta_table(meta, "upload") + [
+        "| workload | run | median wall (s) | MiB/s | fetchd put/this: median of ratios [min–max] "
+        "| client CPU (s) | server CPU (s/GiB) | client peak RSS (MiB) | server peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1]["workload"] != r["workload"]
+        ratio = ratio_cell(r) if "ratios" in r else ""
+        srv = f2(r["server_rss_mib"], "")
+        if r["server_rss_mib"] is None and r["label"] == "rsync" and rsync_peak:
+            srv = f"≤ {rsync_peak / MIB:.1f} ¹"
+        name = f"{r['workload']} {esc(r['title'])}" if first else ""
+        out.append(f"| {name} | {run_cell(r)} | {r['wall_s']:.3f} | {(meta['size_bytes'] >> 20) / r['wall_s']:.0f} "
+                   f"| {ratio} | {f2(r['client_cpu_s'])} | {f2(r['server_cpu_s_per_gib'])} "
+                   f"| {r['client_rss_mib']:.1f} | {srv} |")
+    out += ["", "`fetchd get, cold` is the download of the same file from the same tmpfs, with the "
+            "server's digest cache missing (the source gets a new mtime before every run), so both "
+            "sides hash as in an upload: the ratio on its row is upload time over download time. "
+            "For it the server is the one serving the source; for the others, the receiving side.", ""]
+    out += failures_md(res) + ["### Commands", "",
+                               "Every target (and any temporary or partial file) is removed before every run "
+                               "(not timed).", ""]
     for wid, w in res.items():
         for label, cmd in w["commands"].items():
             out.append(f"- {wid} {esc(label)}: `{tidy(cmd)}`")
@@ -273,6 +305,13 @@ HOW_BULK = (
     "fetchd's `--json` rerun must report every file `skipped` and rsync's `--stats` rerun "
     "0 files transferred, and both trees are compared with the source before and after.")
 
+HOW_UPLOAD = (
+    "Upload (U1): the same instruments as W1–W3; here the server is the receiving side "
+    "(a second `fetchd serve --allow-upload`, the rsync daemon's writable module, nginx with "
+    "`dav_methods PUT`), so server CPU per GiB is the cost of receiving and writing. fetchd "
+    "hashes on both sides and the server checks the sha256 before it renames the file into "
+    "place; rsync checks its own whole-file checksum; curl -T and nginx check nothing.")
+
 
 def failure_note(meta):
     """The error that stopped a run, repeated lines collapsed, for results.md."""
@@ -313,13 +352,16 @@ def markdown(groups, targets):
     for g in GROUPS:
         if g in groups:
             out += [f"## {GROUPS[g]}", ""]
-            if g == "bulk":
-                out += bulk_section(groups[g]["meta"], groups[g]["workloads"], summaries[g])
-            else:
+            if g == "tls":
                 out += files_section(groups[g]["meta"], groups[g]["workloads"], summaries[g], g)
+            else:
+                section = {"files": files_section, "bulk": bulk_section, "upload": upload_section}[g]
+                out += section(groups[g]["meta"], groups[g]["workloads"], summaries[g])
     out += ["## How it is measured", "", HOW_FILES, ""]
     if "bulk" in groups:
         out += [HOW_BULK, ""]
+    if "upload" in groups:
+        out += [HOW_UPLOAD, ""]
     if any(groups[g]["meta"].get("rsyncd_session_max_rss_kib") for g in groups):
         out.append("¹ The rsync daemon forks one child per connection that exits before it can be "
                    "read, so this is the peak of any rsync daemon process over the whole session "
@@ -367,6 +409,13 @@ def chart(path, groups, summaries):
         m = groups["files"]["meta"]
         if items:
             lines.append([("ratios", len(items), (items, f"one large file, {m['size_bytes'] >> 20} MiB, "
+                                                   f"{m['pairs']} pairs, {m['date']}"))])
+    if "upload" in summaries:
+        items = [(f"{r['workload']} put\nvs {r['label']}", r["ratios"], r["ratio_median"], r["target"], False)
+                 for r in summaries["upload"] if "ratios" in r]
+        m = groups["upload"]["meta"]
+        if items:
+            lines.append([("ratios", len(items), (items, f"upload, {m['size_bytes'] >> 20} MiB, "
                                                    f"{m['pairs']} pairs, {m['date']}"))])
     if "bulk" in summaries:
         rows = summaries["bulk"]

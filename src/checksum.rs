@@ -95,7 +95,17 @@ pub fn hash_prefix(reader: impl Read, limit: Option<u64>) -> io::Result<Hasher> 
 /// Feeds `reader` into `hasher` until the hasher has seen `until` bytes in
 /// all (or the reader ends, when `None` or when it is shorter).
 pub fn feed(mut reader: impl Read, hasher: &mut Hasher, until: Option<u64>) -> io::Result<()> {
-    let mut buf = vec![0u8; HASH_BUFFER_BYTES];
+    // No bigger buffer than the bytes wanted: a server checking that a small
+    // file did not grow reads one byte, and must not zero 256 KiB for it.
+    let wanted = until.map_or(u64::MAX, |until| until.saturating_sub(hasher.bytes()));
+    if wanted == 0 {
+        return Ok(());
+    }
+    let mut buf = vec![
+        0u8;
+        usize::try_from(wanted)
+            .map_or(HASH_BUFFER_BYTES, |wanted| wanted.min(HASH_BUFFER_BYTES))
+    ];
     loop {
         let want = match until {
             Some(until) => {

@@ -102,6 +102,72 @@ pub enum Error {
         actual: Digest,
     },
 
+    /// Uploads are switched off on this server.
+    #[error(
+        "{path}: permission denied: this server does not accept uploads; start it with `fetchd serve --allow-upload`"
+    )]
+    UploadsDisabled {
+        /// The path the upload was for.
+        path: String,
+    },
+
+    /// An upload's target exists and replacing it was not asked for.
+    #[error("{path}: already exists on the server; use --force to replace it")]
+    AlreadyExists {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// An upload's target is a directory.
+    #[error("{path}: is a directory on the server; name the file to create inside it")]
+    TargetIsDirectory {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// An upload is larger than the server accepts.
+    #[error(
+        "{path}: the upload is larger than this server's limit of {limit} bytes (serve --max-upload-size); nothing was written"
+    )]
+    TooLarge {
+        /// The path as requested.
+        path: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
+    /// An upload did not carry the number of bytes its header declared.
+    #[error(
+        "{path}: size mismatch: {declared} bytes were declared but {received}{more} arrived; nothing was written",
+        more = if *.received > *.declared { " or more" } else { "" }
+    )]
+    SizeMismatch {
+        /// The path as requested.
+        path: String,
+        /// The size in the header.
+        declared: u64,
+        /// The bytes that arrived (when more than declared: as soon as
+        /// that was seen).
+        received: u64,
+    },
+
+    /// The filesystem is full (or a quota is reached).
+    #[error("{path}: no space left on the server's disk; nothing was written")]
+    NoSpace {
+        /// The path as requested.
+        path: String,
+    },
+
+    /// A request that breaks the protocol's rules (messages out of order,
+    /// a malformed field).
+    #[error("{}invalid request: {reason}", path_prefix(.path))]
+    InvalidRequest {
+        /// The path concerned (empty when the request named none yet).
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// A server limit is reached.
     #[error("server busy: the limit of {limit} concurrent {what} ({flag}) is reached; retry later")]
     Limit {
@@ -232,6 +298,9 @@ impl Error {
                 path: path.into(),
                 reason: "a name in it is too long",
             },
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                Error::NoSpace { path: path.into() }
+            }
             _ => Error::io(path, source),
         }
     }
@@ -239,12 +308,20 @@ impl Error {
     /// The gRPC code this error travels as.
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidPath { .. } | Error::Usage(_) => Code::InvalidArgument,
+            Error::InvalidPath { .. } | Error::InvalidRequest { .. } | Error::Usage(_) => {
+                Code::InvalidArgument
+            }
             Error::NotFound { .. } => Code::NotFound,
             Error::OutsideRoot { .. }
             | Error::PermissionDenied { .. }
-            | Error::NotRegular { .. } => Code::PermissionDenied,
-            Error::IsDirectory { .. } | Error::NotDirectory { .. } => Code::FailedPrecondition,
+            | Error::NotRegular { .. }
+            | Error::UploadsDisabled { .. } => Code::PermissionDenied,
+            Error::IsDirectory { .. }
+            | Error::NotDirectory { .. }
+            | Error::TargetIsDirectory { .. } => Code::FailedPrecondition,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::TooLarge { .. } | Error::NoSpace { .. } => Code::ResourceExhausted,
+            Error::SizeMismatch { .. } => Code::DataLoss,
             Error::Changed { .. } => Code::Aborted,
             Error::OffsetPastEnd { .. } => Code::OutOfRange,
             Error::ChecksumMismatch { .. } => Code::DataLoss,
@@ -307,6 +384,15 @@ impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let message = err.to_string();
         Status::new(err.code(), message)
+    }
+}
+
+/// `PATH: ` before a message, or nothing when there is no path yet.
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
     }
 }
 
@@ -382,6 +468,40 @@ mod tests {
             ),
             (Error::Changed { path: path.clone() }, Code::Aborted),
             (
+                Error::UploadsDisabled { path: path.clone() },
+                Code::PermissionDenied,
+            ),
+            (
+                Error::AlreadyExists { path: path.clone() },
+                Code::AlreadyExists,
+            ),
+            (
+                Error::TargetIsDirectory { path: path.clone() },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::TooLarge {
+                    path: path.clone(),
+                    limit: 1,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::SizeMismatch {
+                    path: path.clone(),
+                    declared: 1,
+                    received: 2,
+                },
+                Code::DataLoss,
+            ),
+            (
+                Error::InvalidRequest {
+                    path: path.clone(),
+                    reason: "no header".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
                 Error::Limit {
                     what: "transfers",
                     limit: 1,
@@ -399,6 +519,29 @@ mod tests {
             let status = Status::from(err);
             assert_eq!(status.code(), code, "{}", status.message());
         }
+    }
+
+    /// Upload errors read as sentences that say what to do.
+    #[test]
+    fn upload_messages() {
+        let no_path = Error::InvalidRequest {
+            path: String::new(),
+            reason: "no header".into(),
+        };
+        assert_eq!(no_path.to_string(), "invalid request: no header");
+        let more = Error::SizeMismatch {
+            path: "a".into(),
+            declared: 10,
+            received: 11,
+        };
+        assert_eq!(
+            more.to_string(),
+            "a: size mismatch: 10 bytes were declared but 11 or more arrived; nothing was written"
+        );
+        let full = Error::from_server_io("a", io::Error::from_raw_os_error(28));
+        assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+        let disabled = Error::UploadsDisabled { path: "a".into() }.to_string();
+        assert!(disabled.contains("--allow-upload"), "{disabled}");
     }
 
     /// I/O errors read as sentences, without `(os error N)`.

@@ -2,15 +2,19 @@
 //!
 //! A server exports one directory tree; clients download files from it as
 //! chunked gRPC server streams and verify a sha256 over the whole file before
-//! a file is put in place, or follow a log as it grows (`tail`). The modules,
-//! in the order a download flows through them:
+//! a file is put in place, follow a log as it grows (`tail`), or upload a
+//! file as a client stream that the server verifies the same way before it
+//! puts it in place (`put`). The modules, in the order a download flows
+//! through them:
 //!
 //! - [`cli`]: the `fetchd` command line, one module per verb.
 //! - [`client`]: connecting to a server, downloading one file (resume, skip,
-//!   retry) and assembling its chunks; following a log with reconnects.
+//!   retry) and assembling its chunks; following a log with reconnects;
+//!   reading and hashing a file to upload.
 //! - [`proto`]: the generated `fetchd.v1` messages and service stubs.
-//! - [`server`]: the gRPC service, the chunk reader, the listing walker and
-//!   the tail streams with their shared folder watches.
+//! - [`server`]: the gRPC service, the chunk reader, the listing walker,
+//!   the tail streams with their shared folder watches, and the upload
+//!   writer (temporary file, verify, atomic placement).
 //! - [`sandbox`]: resolving request paths beneath the root, race-free.
 //! - [`checksum`]: streaming sha256.
 //! - [`partfile`]: `DEST.part` files that become `DEST` only when verified.

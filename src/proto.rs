@@ -12,9 +12,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fetc
 
 /// Conversions between the wire messages and the domain types.
 mod convert {
-    use super::{Entry, EntryType, FileVersion as WireVersion};
+    use super::{Entry, EntryType, FileVersion as WireVersion, ReadHeader, ReadTrailer};
     use crate::checksum::Digest;
-    use crate::entry::{EntryInfo, EntryKind, FileVersion};
+    use crate::entry::{EntryInfo, EntryKind, FileVersion, ReadStart};
     use crate::tail::{FileId, TailCursor};
 
     impl From<EntryKind> for EntryType {
@@ -115,6 +115,29 @@ mod convert {
                 inode: version.inode,
                 size: version.size,
                 mtime_ns: version.mtime_ns,
+            }
+        }
+    }
+
+    impl From<ReadStart> for ReadHeader {
+        fn from(start: ReadStart) -> ReadHeader {
+            ReadHeader {
+                entry: Some(start.entry.into()),
+                version: Some(start.version.into()),
+                offset: start.offset,
+                length: start.length,
+                prefix_sha256: start
+                    .prefix_sha256
+                    .map(|digest| bytes::Bytes::copy_from_slice(digest.as_bytes()))
+                    .unwrap_or_default(),
+            }
+        }
+    }
+
+    impl From<Digest> for ReadTrailer {
+        fn from(digest: Digest) -> ReadTrailer {
+            ReadTrailer {
+                sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
             }
         }
     }

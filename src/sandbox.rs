@@ -175,6 +175,41 @@ pub struct Place {
     pub file: Option<cap_std::fs::Metadata>,
 }
 
+/// Where an upload goes: the folder that will hold the file (after every
+/// symlink on the way was followed) and the file's name in it.
+#[derive(Debug)]
+pub struct Destination {
+    /// The folder, created if it was missing.
+    pub folder: Dir,
+    /// The file's name in `folder`.
+    pub name: String,
+    /// The regular file at that name now; `None` when nothing is there.
+    pub existing: Option<cap_std::fs::Metadata>,
+}
+
+/// What [`Root::resolve`] does with a name that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Missing {
+    /// Fail with NOT_FOUND (reads).
+    Fail,
+    /// Create a missing folder; report a missing last name (uploads).
+    Create,
+}
+
+/// Where a walk ended.
+#[derive(Debug)]
+enum Resolved {
+    /// Something is there.
+    Found(Located),
+    /// The folder exists (or was created) but nothing has the last name.
+    Absent {
+        /// The folder.
+        folder: Dir,
+        /// The missing name.
+        name: String,
+    },
+}
+
 /// Most folder entries [`Root::find_in`] looks at.
 pub const MAX_FIND_ENTRIES: usize = 100_000;
 
@@ -199,6 +234,60 @@ impl Root {
     /// Follows `path` beneath the root, symlinks included, to the object it
     /// names.
     pub fn locate(&self, path: &RequestPath) -> Result<Located> {
+        match self.resolve(path, Missing::Fail)? {
+            Resolved::Found(located) => Ok(located),
+            // `Missing::Fail` reports a missing name as NOT_FOUND instead.
+            Resolved::Absent { .. } => Err(Error::NotFound { path: path.shown() }),
+        }
+    }
+
+    /// Resolves `path` for an upload: the folder that will hold the file and
+    /// its name there, with the object now at that name, if any. Symlinks
+    /// are followed like [`Root::locate`] follows them, also a final one
+    /// (the file is written where the link leads, if that is inside the
+    /// root). Missing folders on the way are created, one at a time, each
+    /// by its name in a folder handle the walk already holds, and opened
+    /// without following symlinks; so they are created inside the root only.
+    /// A path whose last name is `..`, or the root itself, is
+    /// [`Error::TargetIsDirectory`].
+    pub fn destination(&self, path: &RequestPath) -> Result<Destination> {
+        let shown = path.shown();
+        match self.resolve(path, Missing::Create)? {
+            Resolved::Absent { folder, name } => Ok(Destination {
+                folder,
+                name,
+                existing: None,
+            }),
+            Resolved::Found(Located {
+                parent,
+                name: Some(name),
+                meta,
+            }) => {
+                let file_type = meta.file_type();
+                if file_type.is_dir() {
+                    return Err(Error::TargetIsDirectory { path: shown });
+                }
+                if !file_type.is_file() {
+                    return Err(Error::NotRegular {
+                        path: shown,
+                        kind: special_kind(&meta),
+                    });
+                }
+                Ok(Destination {
+                    folder: parent,
+                    name,
+                    existing: Some(meta),
+                })
+            }
+            Resolved::Found(Located { name: None, .. }) => {
+                Err(Error::TargetIsDirectory { path: shown })
+            }
+        }
+    }
+
+    /// The walk behind [`Root::locate`] and [`Root::destination`]: from the
+    /// root, one name at a time, symlinks read and fed back into the walk.
+    fn resolve(&self, path: &RequestPath, missing: Missing) -> Result<Resolved> {
         let shown = path.shown();
         let outside = || Error::OutsideRoot {
             path: shown.clone(),
@@ -214,11 +303,11 @@ impl Root {
         loop {
             let current = stack.last().unwrap_or(&self.dir);
             let Some(part) = queue.pop_front() else {
-                return Ok(Located {
+                return Ok(Resolved::Found(Located {
                     meta: current.dir_metadata().map_err(os_error)?,
                     parent: current.try_clone().map_err(os_error)?,
                     name: None,
-                });
+                }));
             };
             let name = match part {
                 Part::Parent => {
@@ -227,7 +316,26 @@ impl Root {
                 }
                 Part::Name(name) => name,
             };
-            let meta = current.symlink_metadata(&name).map_err(os_error)?;
+            let meta = match current.symlink_metadata(&name) {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound && missing == Missing::Create => {
+                    if queue.is_empty() {
+                        return Ok(Resolved::Absent {
+                            folder: current.try_clone().map_err(os_error)?,
+                            name,
+                        });
+                    }
+                    if queue.contains(&Part::Parent) {
+                        // `missing/../x`: the folder would be created only
+                        // to be left again; as the kernel would, say so.
+                        return Err(os_error(err));
+                    }
+                    let created = create_folder(current, &name, &shown)?;
+                    stack.push(created);
+                    continue;
+                }
+                Err(err) => return Err(os_error(err)),
+            };
             if meta.is_symlink() {
                 hops += 1;
                 if hops > MAX_SYMLINK_HOPS {
@@ -258,11 +366,11 @@ impl Root {
                 continue;
             }
             if queue.is_empty() {
-                return Ok(Located {
+                return Ok(Resolved::Found(Located {
                     parent: current.try_clone().map_err(os_error)?,
                     name: Some(name),
                     meta,
-                });
+                }));
             }
             if !meta.is_dir() {
                 return Err(Error::NotDirectory { path: shown });
@@ -660,6 +768,21 @@ fn parts_of(target: &Path) -> Option<Vec<Part>> {
     Some(parts)
 }
 
+/// Creates the folder `name` in `parent` (another request may have created
+/// it just before: fine) and opens it without following a symlink, so a
+/// symlink swapped in under that name fails the request instead of leading
+/// anywhere.
+fn create_folder(parent: &Dir, name: &str, shown: &str) -> Result<Dir> {
+    match parent.create_dir(name) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(Error::from_server_io(shown, err)),
+    }
+    parent
+        .open_dir_nofollow(name)
+        .map_err(|err| dir_open_error(shown, err))
+}
+
 /// `O_NOFOLLOW` met a symlink: something was swapped in during the request.
 fn is_symlink_race(err: &io::Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
@@ -714,6 +837,49 @@ mod tests {
             let err = RequestPath::parse(raw).expect_err("must be refused");
             assert!(matches!(err, Error::InvalidPath { .. }), "{err}");
         }
+    }
+
+    /// An upload's destination: missing folders are created inside the
+    /// root; a folder symlink leading out is refused before anything is
+    /// created; the root, `..` endings and folders are not files.
+    #[test]
+    fn destination_creates_folders_inside_only() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let root_dir = base.path().join("root");
+        let outside = base.path().join("outside");
+        fs::create_dir(&root_dir).expect("mkdir");
+        fs::create_dir(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, root_dir.join("out")).expect("symlink");
+        std::os::unix::fs::symlink("a/b", root_dir.join("in")).expect("symlink");
+        let root = Root::open(&root_dir).expect("root");
+        let dest = |raw: &str| root.destination(&RequestPath::parse(raw).expect("parse"));
+
+        let made = dest("a/b/c.txt").expect("created");
+        assert_eq!(made.name, "c.txt");
+        assert!(made.existing.is_none());
+        assert!(root_dir.join("a/b").is_dir());
+        fs::write(root_dir.join("a/b/c.txt"), b"x").expect("write");
+        let found = dest("in/c.txt").expect("through an inside symlink");
+        assert!(found.existing.is_some_and(|meta| meta.len() == 1));
+
+        for raw in ["out/x", "out/new/deeper/x", "../x"] {
+            let err = dest(raw).expect_err(raw);
+            assert!(matches!(err, Error::OutsideRoot { .. }), "{raw}: {err}");
+        }
+        assert_eq!(fs::read_dir(&outside).expect("read").count(), 0);
+
+        for raw in ["/", "a/..", "a/b"] {
+            let err = dest(raw).expect_err(raw);
+            assert!(
+                matches!(err, Error::TargetIsDirectory { .. }),
+                "{raw}: {err}"
+            );
+        }
+        let err = dest("gone/../x").expect_err("missing folder then ..");
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        assert!(!root_dir.join("gone").exists());
+        let err = dest("a/b/c.txt/x").expect_err("a file on the way");
+        assert!(matches!(err, Error::NotDirectory { .. }), "{err}");
     }
 
     /// Printed paths escape control characters and stay short.

@@ -242,3 +242,115 @@ fn bulk_usage_errors() {
     run_in(cwd.path(), fetchd().args(["get", "a", "b", "-o", "-"])).expect_code(2);
     run_in(cwd.path(), fetchd().args(["get", "a", "-j", "0"])).expect_code(2);
 }
+
+/// `ReadMany` answers every path once, in request order: whole files with
+/// their digest, per-file errors with the codes `Read` gives (the call goes
+/// on after them), `too_large` above the asked size, and nothing from
+/// outside the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_many_answers_each_path_in_order() {
+    use fetchd::client::ManyResult;
+    use tonic::Code;
+
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("secret"), b"outside").unwrap();
+    fs::create_dir_all(root.path().join("dir")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("escape")).unwrap();
+    let small = random_bytes(5000, 1);
+    let big = random_bytes(300_000, 2);
+    fs::write(root.path().join("dir/small"), &small).unwrap();
+    fs::write(root.path().join("big"), &big).unwrap();
+    fs::write(root.path().join("empty"), b"").unwrap();
+
+    let server = InProcessServer::serve(root.path());
+    let client = server.client().await;
+    let paths = [
+        "dir/small",
+        "missing",
+        "dir",
+        "../x",
+        "escape",
+        "big",
+        "empty",
+        "/dir/small",
+    ];
+    let mut stream = client
+        .read_many(paths.iter().map(|p| p.to_string()).collect(), 100_000)
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    while let Some(batch) = stream.next().await.unwrap() {
+        answers.extend(batch);
+    }
+    let indexes: Vec<usize> = answers.iter().map(|(index, _)| *index).collect();
+    assert_eq!(indexes, (0..paths.len()).collect::<Vec<_>>());
+
+    let file = |index: usize, expected: &[u8]| match &answers[index].1 {
+        ManyResult::File {
+            entry,
+            data,
+            sha256,
+        } => {
+            assert_eq!(data.as_ref(), expected, "{}", paths[index]);
+            assert_eq!(entry.size, expected.len() as u64);
+            assert_eq!(sha256.to_hex(), sha256_hex(expected));
+        }
+        other => panic!("{}: {other:?}", paths[index]),
+    };
+    let failed = |index: usize, code: Code| match &answers[index].1 {
+        ManyResult::Failed(err) => assert_eq!(err.code(), code, "{}: {err}", paths[index]),
+        other => panic!("{}: {other:?}", paths[index]),
+    };
+    file(0, &small);
+    failed(1, Code::NotFound);
+    failed(2, Code::FailedPrecondition);
+    failed(3, Code::PermissionDenied);
+    failed(4, Code::PermissionDenied);
+    assert!(matches!(answers[5].1, ManyResult::TooLarge(300_000)));
+    file(6, b"");
+    file(7, &small);
+}
+
+/// A batch over the binary with the server's small files, a large one and
+/// an existing part file: every file arrives whole, the part file is
+/// resumed by the single-file path, and no part file is left behind.
+#[test]
+fn batched_and_single_paths_mix() {
+    let root = tempfile::tempdir().unwrap();
+    let files = make_tree(root.path(), 300);
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let out = cwd.path().join("out");
+    fs::create_dir_all(out.join("large")).unwrap();
+    let big = &files["large/big0.bin"];
+    fs::write(out.join("large/big0.bin.part"), &big[..1 << 20]).unwrap();
+
+    client(
+        &server.url,
+        cwd.path(),
+        &["get", "-r", "/", "-o", "out", "--quiet"],
+    )
+    .expect_code(0);
+    for (path, data) in &files {
+        assert_eq!(&fs::read(out.join(path)).unwrap(), data, "{path}");
+    }
+    let leftovers: Vec<_> = walk(&out)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "part"))
+        .collect();
+    assert!(leftovers.is_empty(), "part files left: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

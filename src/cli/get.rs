@@ -7,7 +7,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{ClientArgs, EXIT_FAILURE, EXIT_OK, Output, report, stderr_is_terminal};
+use crate::cli::{
+    ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, report, stderr_is_terminal,
+};
 use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item};
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
@@ -62,6 +64,11 @@ pub struct GetArgs {
     /// Receive at most RATE bytes per second (suffixes K, M, G: powers of 1024).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
+
+    /// Ask the server to compress file data on the wire (pays for text on
+    /// slow links; costs CPU for data that does not compress).
+    #[arg(long, value_enum, default_value_t = CompressArg::None, value_name = "ALGO")]
+    pub compress: CompressArg,
 }
 
 /// Where one downloaded file goes.
@@ -144,7 +151,7 @@ pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
     if !single && args.output.as_deref() == Some("-") {
         return Err(Error::Usage("-o - takes a single file, not several".into()));
     }
-    let client = client_args.connect().await?;
+    let client = Client::connect(&client_args.options_with(args.compress)).await?;
     if single {
         let remote = &paths[0];
         if args.recursive {

@@ -7,19 +7,27 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::EXIT_OK;
+use crate::cli::{EXIT_OK, LogFormat};
 use crate::error::{Error, Result};
 use crate::server::auth::Tokens;
 use crate::server::{
     self, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_TAILS,
-    DEFAULT_MAX_TRANSFERS, ServerConfig,
+    DEFAULT_MAX_TRANSFERS, ServerConfig, metrics,
 };
 use crate::tls::ServerTls;
 
 /// Arguments of `fetchd serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout.
+When ready, prints `listening on IP:PORT` (the real port, also for port 0) on stdout,
+and with --metrics-listen a second line `metrics on IP:PORT`.
+With --allow-upload, temporary files of uploads an earlier run left unfinished
+(.NAME.fetchd-upload-XXXXXXXXXXXXXXXX) are removed before the first call is served.
+Serves grpc.health.v1.Health and server reflection (v1 and v1alpha) beside fetchd.v1.
+Compression: an answer is gzip- or zstd-compressed exactly when its request is
+(clients ask by compressing their request: `fetchd get --compress zstd`).
+Logs go to stderr, one event per call at info; filter with RUST_LOG (e.g.
+RUST_LOG=warn, RUST_LOG=fetchd=debug).
 SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
 streams end at once, running transfers get --grace seconds to finish, then the
 server exits 0. SIGHUP re-reads --token-file (the old tokens stay if it is bad).")]
@@ -36,7 +44,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub grace: u64,
 
-    /// Reads served at once over all clients; more get RESOURCE_EXHAUSTED.
+    /// Transfers (reads and uploads) served at once over all clients; more get
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_TRANSFERS, value_name = "N")]
     pub max_transfers: usize,
 
@@ -89,6 +98,46 @@ pub struct ServeArgs {
     /// Serve even when --root is / (the whole filesystem), refused otherwise.
     #[arg(long)]
     pub allow_root_slash: bool,
+
+    /// Accept uploads (`fetchd put`); without it they get PERMISSION_DENIED.
+    #[arg(long)]
+    pub allow_upload: bool,
+
+    /// Largest upload accepted (suffixes K, M, G, T: powers of 1024); larger
+    /// gets RESOURCE_EXHAUSTED as soon as the size is declared or reached.
+    #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_size)]
+    pub max_upload_size: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free
+    /// port; the real one is printed as `metrics on IP:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format on stderr: text lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// Parses `16G`, `512M`, `100K` or a plain number of bytes.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let scale = match text.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => 1 << 10,
+        Some('M') => 1 << 20,
+        Some('G') => 1 << 30,
+        Some('T') => 1 << 40,
+        _ => 1,
+    };
+    let digits = if scale == 1 {
+        text
+    } else {
+        &text[..text.len() - 1]
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size such as 16G, 512M or 1048576"))
 }
 
 /// A positive number of seconds, fractions allowed (`0.5`).
@@ -134,6 +183,10 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         let local = listener
             .local_addr()
             .map_err(|err| Error::Serve(err.to_string()))?;
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
         let mut config = ServerConfig::new(args.root);
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
@@ -150,8 +203,25 @@ pub fn run(args: ServeArgs) -> Result<u8> {
             reload_on_sighup(tokens.clone())?;
         }
         config.tokens = tokens;
+        config.allow_upload = args.allow_upload;
+        config.max_upload_bytes = args.max_upload_size;
+        let mut ready = format!("listening on {local}\n");
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics_addr = metrics_listener
+                .local_addr()
+                .map_err(|err| Error::Serve(err.to_string()))?;
+            ready.push_str(&format!("metrics on {metrics_addr}\n"));
+            // Serves until the process exits, so that the last scrape can
+            // still see the drain.
+            tokio::spawn(metrics::serve_http(
+                metrics_listener,
+                config.metrics.clone(),
+                std::future::pending(),
+            ));
+        }
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on {local}")
+        stdout
+            .write_all(ready.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|err| Error::io("<stdout>", err))?;
         server::run(listener, config, shutdown_signal()).await?;
@@ -197,5 +267,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes take K, M, G and T suffixes (powers of 1024).
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("big").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

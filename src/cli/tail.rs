@@ -14,7 +14,8 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::{ClientArgs, EXIT_OK};
+use crate::cli::{ClientArgs, CompressArg, EXIT_OK};
+use crate::client::Client;
 use crate::client::tail::{Followed, Follower};
 use crate::error::{Error, Result};
 use crate::tail::{TailCursor, TailNotice};
@@ -44,6 +45,11 @@ pub struct TailArgs {
     /// Print the last N lines and exit instead of following.
     #[arg(long)]
     pub no_follow: bool,
+
+    /// Ask the server to compress the log's bytes on the wire (logs are
+    /// text and shrink several times).
+    #[arg(long, value_enum, default_value_t = CompressArg::None, value_name = "ALGO")]
+    pub compress: CompressArg,
 }
 
 /// Runs `fetchd tail` until Ctrl-C / SIGTERM (or, with `--no-follow`, the
@@ -54,8 +60,8 @@ pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
 
-    let options = client_args.options();
-    let client = client_args.connect().await?;
+    let options = client_args.options_with(args.compress);
+    let client = Client::connect(&options).await?;
     let mut follower = Follower::new(client, options, &args.path, args.lines, !args.no_follow);
     let mut stdout = StdoutWriter::start();
     let mut notices = Notices::new(&args.path);

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::partfile::PartFile;
 
 /// Chunks queued between the network loop and the writer thread.
-pub const ASSEMBLE_QUEUE_CHUNKS: usize = 8;
+pub const ASSEMBLE_QUEUE_CHUNKS: usize = 4;
 
 /// Where assembled bytes go.
 pub trait Sink: Send + 'static {

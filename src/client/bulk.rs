@@ -9,10 +9,13 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::client::Client;
 use crate::client::download::{self, DownloadOptions, Known, Report};
+use crate::client::{Client, batch};
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 
@@ -237,43 +240,40 @@ pub async fn fetch_all(
         summary.skipped += 1;
         done(&item, &Ok(report));
     }
-    let mut pending = items.into_iter();
+    // Small fresh files go many to a call; the rest one call each. Every
+    // job holds one of `jobs` slots while it runs.
+    let (batched, single): (Vec<Item>, Vec<Item>) = items
+        .into_iter()
+        .partition(|item| batch::batchable(item, options));
+    let slots = Arc::new(Semaphore::new(jobs.max(1)));
+    let (finished, mut results) = mpsc::unbounded_channel::<batch::Finished>();
     let mut running = JoinSet::new();
-    let jobs = jobs.max(1);
+    let per_call = batch::batch_size(batched.len(), jobs);
+    let mut batched = batched.into_iter();
     loop {
-        while running.len() < jobs {
-            let Some(item) = pending.next() else { break };
-            let client = client.clone();
-            let options = options.clone();
-            let out = out.to_path_buf();
-            running.spawn(async move {
-                let result = match prepare_parent(&out, &item.dest) {
-                    Ok(()) => {
-                        download::download_file(
-                            &client,
-                            &item.remote,
-                            &item.dest,
-                            item.known,
-                            &options,
-                        )
-                        .await
-                    }
-                    Err(err) => Err(err),
-                };
-                (item, result)
-            });
-        }
-        let Some(joined) = running.join_next().await else {
+        let group: Vec<Item> = batched.by_ref().take(per_call).collect();
+        if group.is_empty() {
             break;
-        };
-        let (item, result) = match joined {
-            Ok(finished) => finished,
-            Err(err) => {
-                summary.failed += 1;
-                tracing::error!(%err, "a download task failed");
-                continue;
-            }
-        };
+        }
+        let (client, options, out) = (client.clone(), options.clone(), out.to_path_buf());
+        let (slots, finished) = (Arc::clone(&slots), finished.clone());
+        running.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            batch::fetch_batch(&client, &out, group, &options, &finished).await;
+        });
+    }
+    for item in single {
+        let (client, options, out) = (client.clone(), options.clone(), out.to_path_buf());
+        let (slots, finished) = (Arc::clone(&slots), finished.clone());
+        running.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let result = fetch_one(&client, &out, &item, &options).await;
+            let _ = finished.send((item, result));
+        });
+    }
+    // The jobs hold the only senders left: the loop ends when all are done.
+    drop(finished);
+    while let Some((item, result)) = results.recv().await {
         match &result {
             Ok(report) if report.outcome == download::Outcome::Skipped => summary.skipped += 1,
             Ok(report) => {
@@ -284,8 +284,25 @@ pub async fn fetch_all(
         }
         done(&item, &result);
     }
+    while let Some(joined) = running.join_next().await {
+        if let Err(err) = joined {
+            summary.failed += 1;
+            tracing::error!(%err, "a download task failed");
+        }
+    }
     summary.elapsed = started.elapsed();
     summary
+}
+
+/// One item through the single-file path, its folders made first.
+pub async fn fetch_one(
+    client: &Client,
+    out: &Path,
+    item: &Item,
+    options: &DownloadOptions,
+) -> Result<Report> {
+    prepare_parent(out, &item.dest)?;
+    download::download_file(client, &item.remote, &item.dest, item.known, options).await
 }
 
 /// Threads that hash local copies when sorting out identical files.

@@ -724,7 +724,7 @@ fn protocol(remote: &str, reason: &str) -> Failure {
 }
 
 /// The remote path as messages show it: no leading `/`.
-fn shown(remote: &str) -> String {
+pub(crate) fn shown(remote: &str) -> String {
     let trimmed = remote.trim_start_matches('/');
     if trimmed.is_empty() {
         "/".to_string()

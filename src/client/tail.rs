@@ -32,8 +32,7 @@ impl Client {
             TailStart::Cursor(cursor) => proto::tail_request::Start::Cursor(cursor.into()),
         };
         let stream = self
-            .rpc
-            .clone()
+            .data_rpc()
             .tail(proto::TailRequest {
                 path: path.to_string(),
                 start: Some(start),

@@ -5,19 +5,33 @@
 //! - [`conn`]: accepted connections and their limits (handshake and idle
 //!   timeouts, calls per connection, request message size).
 //! - [`auth`]: the token file and the layer that checks every call's token.
+//! - [`calls`]: the layer that observes every call: metrics by method and
+//!   status, the one log event per call.
+//! - [`health`]: health `Watch` streams that end at shutdown, so they do
+//!   not hold the drain for the whole grace period.
+//! - [`metrics`]: the Prometheus metrics and their HTTP endpoint.
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
+//! - [`read_route`]: `Read` answered below tonic's codec, so file data is
+//!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
+//! - [`upload`]: the writer behind `Write`: temporary file, hash, verify,
+//!   atomic placement, start-up sweep of leftovers.
 //! - [`tail`]: the tail streams, one task per client.
 //! - [`watches`]: folder watches shared by every tail (one inotify watch per
 //!   folder).
 
 pub mod auth;
+pub mod calls;
 pub mod conn;
 pub mod digests;
+pub mod health;
+pub mod metrics;
 pub mod read;
+pub mod read_route;
 pub mod service;
 pub mod tail;
+pub mod upload;
 pub mod watches;
 
 use std::future::Future;
@@ -28,6 +42,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::error::{Error, Result};
@@ -35,7 +50,10 @@ use crate::proto;
 use crate::sandbox::Root;
 use crate::tls::ServerTls;
 use auth::{AuthLayer, Tokens};
+use calls::{CallLayer, KnownMethods};
 use conn::{ConnLayer, ConnLimits, Incoming};
+use metrics::Metrics;
+use read_route::ReadRoute;
 use service::FetchdService;
 
 /// HTTP/2 receive window per stream.
@@ -76,7 +94,8 @@ pub struct ServerConfig {
     pub root: PathBuf,
     /// How long transfers may run on after shutdown is asked for.
     pub grace: Duration,
-    /// Reads served at once; more get RESOURCE_EXHAUSTED.
+    /// Transfers (reads and uploads) served at once; more get
+    /// RESOURCE_EXHAUSTED.
     pub max_transfers: usize,
     /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
     pub max_tails: usize,
@@ -101,6 +120,13 @@ pub struct ServerConfig {
     pub tokens: Option<Tokens>,
     /// Serve even when the root is `/`.
     pub allow_root_slash: bool,
+    /// Accept uploads (`Write`); without it they get PERMISSION_DENIED.
+    pub allow_upload: bool,
+    /// Largest upload accepted, in bytes; larger gets RESOURCE_EXHAUSTED.
+    pub max_upload_bytes: u64,
+    /// Where the server counts what it does (served by
+    /// [`metrics::serve_http`] when `--metrics-listen` is given).
+    pub metrics: Metrics,
 }
 
 impl ServerConfig {
@@ -120,6 +146,9 @@ impl ServerConfig {
             tls: None,
             tokens: None,
             allow_root_slash: false,
+            allow_upload: false,
+            max_upload_bytes: upload::DEFAULT_MAX_UPLOAD_BYTES,
+            metrics: Metrics::new(),
         }
     }
 
@@ -170,6 +199,10 @@ fn warn_if_exposed(addr: SocketAddr, tls: bool, tokens: bool) {
 /// Serves `config.root` on `listener` until `shutdown` completes; then
 /// health turns NOT_SERVING, no new connections are accepted, and running
 /// calls get `config.grace` to finish before the server returns.
+///
+/// With `config.allow_upload`, temporary upload files that an earlier run
+/// left behind (a crash, a kill) are removed before the first call is
+/// served ([`upload::sweep_leftovers`]).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -187,6 +220,9 @@ pub async fn run(
     );
     if let Ok(addr) = listener.local_addr() {
         warn_if_exposed(addr, config.tls.is_some(), config.tokens.is_some());
+    }
+    if config.allow_upload {
+        sweep_uploads(Arc::clone(&root)).await;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -206,13 +242,26 @@ pub async fn run(
 
     raise_open_file_limit();
     let stopping = CancellationToken::new();
-    let fetchd = proto::fetchd_server::FetchdServer::new(
-        FetchdService::new(Arc::clone(&root), config.max_transfers)
-            .with_tails(config.max_tails.max(1), stopping.clone()),
-    )
-    // A backstop: the connection layer refuses larger messages first, with
-    // RESOURCE_EXHAUSTED.
-    .max_decoding_message_size(config.max_request_bytes);
+    let service = FetchdService::new(Arc::clone(&root), config.max_transfers)
+        .with_tails(config.max_tails.max(1), stopping.clone())
+        .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
+    let fetchd = ReadRoute::new(
+        proto::fetchd_server::FetchdServer::new(service.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+            // A backstop: the connection layer refuses larger messages
+            // first, with RESOURCE_EXHAUSTED.
+            .max_decoding_message_size(config.max_request_bytes),
+        service,
+    );
+    let methods = KnownMethods::from_descriptor_sets(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
 
     tokio::spawn({
         let stopping = stopping.clone();
@@ -244,11 +293,13 @@ pub async fn run(
         .max_concurrent_streams(h2_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        // Outermost first: count the call on its connection, then check
-        // its token; every route (reflection too) is behind both.
+        // Outermost first: observe the call (metrics, its log event), count
+        // it on its connection, then check its token; every route
+        // (reflection too) is behind all three.
+        .layer(CallLayer::new(config.metrics.clone(), methods))
         .layer(ConnLayer::new(limits))
         .layer(AuthLayer::new(config.tokens.clone()))
-        .add_service(health_service)
+        .add_service(health::EndWatches::new(health_service, stopping.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(fetchd)
@@ -277,6 +328,26 @@ pub async fn run(
             tracing::warn!(?grace, "grace period over; ending the remaining transfers");
             Ok(())
         }
+    }
+}
+
+/// Removes the temporary files of uploads an earlier run did not finish.
+/// A failure is logged, not fatal: leftovers are hidden files that take
+/// space, nothing worse.
+async fn sweep_uploads(root: Arc<Root>) {
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || upload::sweep_leftovers(&root)).await {
+        Ok(Ok(swept)) => {
+            if swept.truncated {
+                tracing::warn!(
+                    entries = swept.visited,
+                    "the sweep for unfinished uploads stopped at its entry limit"
+                );
+            }
+            tracing::debug!(removed = swept.removed, entries = swept.visited, elapsed = ?started.elapsed(), "swept unfinished uploads");
+        }
+        Ok(Err(err)) => tracing::warn!(%err, "cannot sweep unfinished uploads"),
+        Err(err) => tracing::warn!(%err, "the sweep for unfinished uploads failed"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `fetchd.v1.Fetchd` gRPC service: the edge where wire messages become
 //! domain calls and [`Error`]s become statuses.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,18 +10,21 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::checksum::Digest;
 use crate::entry::{EntryInfo, EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, ListRequest, ListResponse, ReadHeader, ReadRequest, ReadResponse, StatRequest,
-    StatResponse, read_response,
+    self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
+    file_result, read_response, write_request,
 };
 use crate::sandbox::{RequestPath, Root};
+use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
-use crate::server::read::{OpenRead, Prepared};
+use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
 use crate::server::tail::{self, TailSpec};
+use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::server::watches::Watches;
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
@@ -30,6 +34,15 @@ pub const LIST_BATCH_ENTRIES: usize = 512;
 pub const LIST_QUEUE_BATCHES: usize = 2;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Most paths one `ReadMany` call may name.
+pub const READ_MANY_MAX_PATHS: usize = 4096;
+/// A `ReadMany` message is sent once it holds this many bytes of file data...
+pub const READ_MANY_MESSAGE_BYTES: usize = 1024 * 1024;
+/// ... or this many files.
+pub const READ_MANY_MESSAGE_FILES: usize = 256;
+/// `ReadMany` messages queued between the reading thread and the network.
+pub const READ_MANY_QUEUE_MESSAGES: usize = 2;
 
 /// The file service over one root.
 #[derive(Debug, Clone)]
@@ -42,6 +55,8 @@ pub struct FetchdService {
     tails: Arc<Semaphore>,
     max_tails: usize,
     stopping: CancellationToken,
+    /// The largest upload accepted; `None`: uploads are refused.
+    max_upload_bytes: Option<u64>,
 }
 
 impl FetchdService {
@@ -56,7 +71,15 @@ impl FetchdService {
             tails: Arc::new(Semaphore::new(crate::server::DEFAULT_MAX_TAILS)),
             max_tails: crate::server::DEFAULT_MAX_TAILS,
             stopping: CancellationToken::new(),
+            max_upload_bytes: None,
         }
+    }
+
+    /// Accepts uploads of at most `max_bytes` bytes; `None` refuses them
+    /// all (PERMISSION_DENIED).
+    pub fn with_uploads(mut self, max_bytes: Option<u64>) -> FetchdService {
+        self.max_upload_bytes = max_bytes;
+        self
     }
 
     /// Allows `max_tails` tail streams at once and ends them all (cleanly,
@@ -73,6 +96,7 @@ impl FetchdService {
 #[tonic::async_trait]
 impl proto::fetchd_server::Fetchd for FetchdService {
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let root = Arc::clone(&self.root);
@@ -118,6 +142,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         &self,
         request: Request<ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let root = Arc::clone(&self.root);
@@ -170,58 +195,137 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let peer = request.remote_addr();
-        let request = request.into_inner();
-        let path = RequestPath::parse(&request.path)?;
-        let permit = self.acquire_transfer()?;
-        let started = Instant::now();
-        let shown = path.shown();
-        let prepared = OpenRead::prepare(
-            Arc::clone(&self.root),
-            Arc::clone(&self.digests),
-            path,
-            request.offset,
-            request.length,
-        )
-        .await?;
-        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
-        let events: Pin<Box<dyn Stream<Item = Result<ReadEvent>> + Send>> = match prepared {
-            Prepared::Whole(events) => {
-                drop(permit);
-                Box::pin(tokio_stream::iter(events))
-            }
-            Prepared::Streaming(open) => Box::pin(ReceiverStream::new(open.stream(permit))),
-        };
-        let mut sent: u64 = 0;
-        let stream = events.map(move |event| {
-            let kind = match event {
-                Ok(ReadEvent::Start(start)) => read_response::Kind::Header(ReadHeader {
-                    entry: Some(start.entry.into()),
-                    version: Some(start.version.into()),
-                    offset: start.offset,
-                    length: start.length,
-                    prefix_sha256: start
-                        .prefix_sha256
-                        .map(|digest| bytes::Bytes::copy_from_slice(digest.as_bytes()))
-                        .unwrap_or_default(),
-                }),
-                Ok(ReadEvent::Data(data)) => {
-                    sent += data.len() as u64;
-                    read_response::Kind::Data(data)
-                }
-                Ok(ReadEvent::End(digest)) => {
-                    tracing::debug!(path = %shown, bytes = sent, elapsed = ?started.elapsed(), "read done");
-                    read_response::Kind::Trailer(proto::ReadTrailer {
-                        sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
-                    })
-                }
-                Err(err) => {
-                    tracing::info!(path = %shown, %err, "read failed");
-                    return Err(Status::from(err));
-                }
+        let record = CallRecord::of(request.extensions());
+        let read = self
+            .start_read(request.into_inner(), peer, Framing::Bare, record)
+            .await?;
+        let stream = read.map(|event| {
+            let kind = match event? {
+                ReadEvent::Start(start) => read_response::Kind::Header(start.into()),
+                ReadEvent::Data(data) => read_response::Kind::Data(data),
+                ReadEvent::End(digest) => read_response::Kind::Trailer(digest.into()),
             };
             Ok(ReadResponse { kind: Some(kind) })
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ReadManyStream = ResponseStream<proto::ReadManyResponse>;
+
+    async fn read_many(
+        &self,
+        request: Request<proto::ReadManyRequest>,
+    ) -> Result<Response<Self::ReadManyStream>, Status> {
+        let record = CallRecord::of(request.extensions());
+        let request = request.into_inner();
+        if request.paths.len() > READ_MANY_MAX_PATHS {
+            return Err(Status::invalid_argument(format!(
+                "ReadMany takes at most {READ_MANY_MAX_PATHS} paths, not {}; split the batch",
+                request.paths.len()
+            )));
+        }
+        let permit = self.acquire_transfer()?;
+        let max = match request.max_file_bytes {
+            0 => SMALL_FILE_BYTES,
+            asked => asked.min(SMALL_FILE_BYTES),
+        };
+        let root = Arc::clone(&self.root);
+        let digests = Arc::clone(&self.digests);
+        let (tx, rx) = mpsc::channel(READ_MANY_QUEUE_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut files = Vec::new();
+            let mut bytes = 0;
+            for (index, path) in request.paths.iter().enumerate() {
+                let read = RequestPath::parse(path).and_then(|path| {
+                    OpenRead::read_whole(Arc::clone(&root), Arc::clone(&digests), path, max)
+                });
+                let result = match read {
+                    Ok(WholeRead::File {
+                        entry,
+                        version,
+                        data,
+                        sha256,
+                    }) => {
+                        bytes += data.len();
+                        record.add_sent(data.len() as u64);
+                        file_result::Result::File(proto::WholeFile {
+                            entry: Some(entry.into()),
+                            version: Some(version.into()),
+                            data,
+                            sha256: bytes::Bytes::copy_from_slice(sha256.as_bytes()),
+                        })
+                    }
+                    Ok(WholeRead::TooLarge(size)) => file_result::Result::TooLarge(size),
+                    Err(err) => {
+                        let status = Status::from(err);
+                        file_result::Result::Error(proto::FileError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        })
+                    }
+                };
+                files.push(proto::FileResult {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    result: Some(result),
+                });
+                if bytes >= READ_MANY_MESSAGE_BYTES || files.len() >= READ_MANY_MESSAGE_FILES {
+                    bytes = 0;
+                    let message = proto::ReadManyResponse {
+                        files: std::mem::take(&mut files),
+                    };
+                    if tx.blocking_send(Ok(message)).is_err() {
+                        return;
+                    }
+                }
+            }
+            if !files.is_empty() {
+                let _ = tx.blocking_send(Ok(proto::ReadManyResponse { files }));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<proto::WriteRequest>>,
+    ) -> Result<Response<proto::WriteResponse>, Status> {
+        let peer = request.remote_addr();
+        let record = CallRecord::of(request.extensions());
+        let mut stream = request.into_inner();
+        let (header, path) = write_header(&mut stream).await?;
+        record.set_path(&header.path);
+        let shown = path.shown();
+        let Some(limit) = self.max_upload_bytes else {
+            return Err(Error::UploadsDisabled { path: shown }.into());
+        };
+        let _permit = self.acquire_transfer()?;
+        let started = Instant::now();
+        let spec = UploadSpec {
+            path,
+            size: header.size,
+            force: header.force,
+        };
+        let mut upload = Upload::begin(Arc::clone(&self.root), spec, limit).await?;
+        let received = receive_upload(&mut stream, &mut upload, &shown, &record).await;
+        if received.is_err() {
+            // The temporary file is gone before the client hears why.
+            upload.abort().await;
+        }
+        match received {
+            Ok(stored) => {
+                tracing::info!(path = %shown, bytes = stored.bytes, ?peer, elapsed = ?started.elapsed(), "upload stored");
+                Ok(Response::new(proto::WriteResponse {
+                    path: stored.path,
+                    bytes: stored.bytes,
+                    sha256: bytes::Bytes::copy_from_slice(stored.sha256.as_bytes()),
+                }))
+            }
+            Err(status) => {
+                tracing::info!(path = %shown, ?peer, code = ?status.code(), message = status.message(), "upload failed; nothing was written");
+                Err(status)
+            }
+        }
     }
 
     type TailStream = ResponseStream<proto::TailResponse>;
@@ -231,6 +335,8 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         request: Request<proto::TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
         let peer = request.remote_addr();
+        let record = CallRecord::of(request.extensions());
+        record.set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
         let start = match request.start {
@@ -256,11 +362,76 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         )
         .await?;
         tracing::debug!(path = %shown, ?peer, ?start, "tail started");
-        let stream = ReceiverStream::new(events).map(|item| match item {
-            Ok(event) => Ok(tail_response(event)),
+        let stream = ReceiverStream::new(events).map(move |item| match item {
+            Ok(event) => {
+                if let TailEvent::Data { data, .. } = &event {
+                    record.add_sent(data.len() as u64);
+                }
+                Ok(tail_response(event))
+            }
             Err(err) => Err(Status::from(err)),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The header every `Write` stream starts with, as a domain request.
+async fn write_header(
+    stream: &mut Streaming<proto::WriteRequest>,
+) -> Result<(proto::WriteHeader, RequestPath), Status> {
+    let header = match stream.message().await? {
+        Some(proto::WriteRequest {
+            kind: Some(write_request::Kind::Header(header)),
+        }) => header,
+        _ => {
+            return Err(Error::InvalidRequest {
+                path: String::new(),
+                reason: "the first message of a Write must be its header".into(),
+            }
+            .into());
+        }
+    };
+    let path = RequestPath::parse(&header.path)?;
+    Ok((header, path))
+}
+
+/// Feeds a `Write` stream's data into `upload` until the trailer (and the
+/// end of the stream after it), then finishes it.
+async fn receive_upload(
+    stream: &mut Streaming<proto::WriteRequest>,
+    upload: &mut Upload,
+    shown: &str,
+    record: &CallRecord,
+) -> Result<Stored, Status> {
+    let invalid = |reason: &str| {
+        Status::from(Error::InvalidRequest {
+            path: shown.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    loop {
+        let message = stream.message().await?;
+        match message.and_then(|message| message.kind) {
+            Some(write_request::Kind::Data(data)) => {
+                record.add_received(data.len() as u64);
+                upload.push(data).await?;
+            }
+            Some(write_request::Kind::Trailer(trailer)) => {
+                let expected = Digest::from_slice(&trailer.sha256)
+                    .ok_or_else(|| invalid("the trailer's sha256 is not 32 bytes"))?;
+                if stream.message().await?.is_some() {
+                    return Err(invalid("a message came after the trailer"));
+                }
+                return Ok(upload.finish(expected).await?);
+            }
+            Some(write_request::Kind::Header(_)) => return Err(invalid("a second header")),
+            None => {
+                return Err(invalid(&format!(
+                    "the stream ended after {} bytes without the trailer (the sha256); nothing was written",
+                    upload.received()
+                )));
+            }
+        }
     }
 }
 
@@ -292,6 +463,33 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
 }
 
 impl FetchdService {
+    /// Checks and opens the file a `Read` asks for, and starts reading it:
+    /// the events of the read, with data chunks laid out as `framing` says.
+    /// Shared by the tonic handler and [`crate::server::read_route`].
+    pub(crate) async fn start_read(
+        &self,
+        request: ReadRequest,
+        peer: Option<SocketAddr>,
+        framing: Framing,
+        record: CallRecord,
+    ) -> Result<ReadEvents, Status> {
+        record.set_path(&request.path);
+        let path = RequestPath::parse(&request.path)?;
+        let permit = self.acquire_transfer()?;
+        let shown = path.shown();
+        let prepared = OpenRead::prepare(
+            Arc::clone(&self.root),
+            Arc::clone(&self.digests),
+            path,
+            request.offset,
+            request.length,
+            framing,
+        )
+        .await?;
+        tracing::debug!(path = %shown, offset = request.offset, ?peer, "read started");
+        Ok(ReadEvents::new(prepared, permit, shown, framing, record))
+    }
+
     /// A tail slot, or RESOURCE_EXHAUSTED when all are taken.
     fn acquire_tail(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         Arc::clone(&self.tails).try_acquire_owned().map_err(|_| {

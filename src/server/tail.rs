@@ -307,7 +307,7 @@ impl Tailer {
                 }));
             }
             Err(Stop::Failed(err)) => {
-                tracing::info!(path = %self.shown, %err, "tail failed");
+                tracing::debug!(path = %self.shown, %err, "tail failed");
                 tokio::select! {
                     _ = out.tx.send(Err(err)) => {}
                     () = out.stopping.cancelled() => {}

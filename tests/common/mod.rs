@@ -36,6 +36,7 @@ pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
     pub url: String,
+    stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -46,10 +47,14 @@ impl ServerProcess {
         ServerProcess::start_with_env(root, extra, &[])
     }
 
-    /// Like [`start`](Self::start), with extra environment variables (e.g.
-    /// `RUST_LOG=info` to see what the server logs).
+    /// Like [`ServerProcess::start`], with extra environment variables (e.g.
+    /// `RUST_LOG`).
     pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut child = fetchd()
+        let mut command = fetchd();
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args(extra)
@@ -94,8 +99,26 @@ impl ServerProcess {
             child,
             url: format!("http://{addr}"),
             addr,
+            stdout: line_rx,
             stderr: err_rx,
         }
+    }
+
+    /// The next line the server prints on stdout after `listening on`
+    /// (e.g. `metrics on IP:PORT`), waiting at most [`STEP_TIMEOUT`].
+    pub fn next_stdout_line(&self) -> String {
+        self.stdout
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("another line on the server's stdout")
+    }
+
+    /// Every line of stderr, once the server has exited and closed it.
+    pub fn stderr_to_end(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(STEP_TIMEOUT) {
+            lines.push(line);
+        }
+        lines
     }
 
     pub fn pid(&self) -> u32 {
@@ -332,6 +355,14 @@ impl InProcessServer {
             url: format!("http://{addr}"),
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
+        }
+    }
+
+    /// Asks the server to shut down (health turns NOT_SERVING, running
+    /// calls drain) without waiting for it; drop waits.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
         }
     }
 

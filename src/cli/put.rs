@@ -1,0 +1,179 @@
+//! `fetchd put`: upload one file, verified and atomic.
+
+use std::path::Path;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::cli::{ClientArgs, EXIT_FAILURE, EXIT_OK, Output, report, stderr_is_terminal};
+use crate::client::upload::{self, Source, UploadOptions, Uploaded};
+use crate::error::{Error, Result};
+
+/// Arguments of `fetchd put`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Streams LOCAL to REMOTE below the server's root; REMOTE ending in / means
+REMOTE/BASENAME-of-LOCAL. Missing folders on the way are created (inside the root
+only). The server writes a hidden temporary file beside REMOTE, checks the size and
+the sha256 sent at the end, syncs it and renames it into place: a broken or
+mismatched upload leaves nothing at REMOTE. LOCAL - reads stdin (as does a pipe or
+FIFO): the size is then unknown up front and only the server's limit applies.
+Needs `fetchd serve --allow-upload`. Exit status: 0 stored, 1 failed, 2 usage.")]
+pub struct PutArgs {
+    /// The local file to upload; - reads standard input.
+    #[arg(value_name = "LOCAL")]
+    pub local: String,
+
+    /// Where it goes on the server (relative to its root); a trailing /
+    /// keeps LOCAL's file name.
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+
+    /// Replace REMOTE if it exists (otherwise: already exists, exit 1).
+    #[arg(long)]
+    pub force: bool,
+
+    /// No progress display.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// One JSON object on stdout when the upload is done.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The remote path for `local`: `remote` itself, or with a trailing `/`,
+/// `remote` + LOCAL's file name.
+pub fn remote_path(local: &str, remote: &str) -> Result<String> {
+    if !remote.ends_with('/') {
+        return Ok(remote.to_string());
+    }
+    if local == "-" {
+        return Err(Error::Usage(format!(
+            "{remote}: names a folder; with - (stdin) give the file name too, e.g. {remote}upload.bin"
+        )));
+    }
+    match Path::new(local).file_name().and_then(|name| name.to_str()) {
+        Some(name) => Ok(format!("{remote}{name}")),
+        None => Err(Error::Usage(format!(
+            "{local}: has no file name to use below {remote}; name the file in REMOTE"
+        ))),
+    }
+}
+
+/// Runs `fetchd put`.
+pub async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
+    let remote = remote_path(&args.local, &args.remote)?;
+    let source = Source::from_arg(&args.local);
+    let result = async {
+        let opened = {
+            let source = source.clone();
+            // Opening a FIFO waits for its writer: not on the async thread.
+            tokio::task::spawn_blocking(move || upload::open(&source))
+                .await
+                .map_err(|err| Error::io("<open>", std::io::Error::other(err)))??
+        };
+        let progress = progress_bar(&args, opened.size().is_some());
+        progress.set_message(remote.clone());
+        let options = UploadOptions {
+            force: args.force,
+            progress,
+        };
+        let client = client_args.connect().await?;
+        upload::upload(&client, opened, &remote, &options).await
+    }
+    .await;
+    if args.json {
+        let mut out = Output::default();
+        out.line(&json_line(&remote, &source.shown(), &result).to_string())?;
+        out.flush()?;
+    }
+    match result {
+        Ok(_) => Ok(EXIT_OK),
+        Err(err) if matches!(err, Error::Usage(_)) => Err(err),
+        Err(err) => {
+            report(&err);
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal and the user wants one;
+/// without a known size (stdin), a byte count and rate instead of a bar.
+fn progress_bar(args: &PutArgs, size_known: bool) -> ProgressBar {
+    if args.quiet || args.json || !stderr_is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let template = if size_known {
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+    } else {
+        "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
+    };
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The `--json` object: like `get`'s, with `source` (the local path, `-`
+/// for stdin) where `get` has `dest`.
+pub fn json_line(remote: &str, source: &str, result: &Result<Uploaded>) -> serde_json::Value {
+    let path = remote.trim_start_matches('/');
+    match result {
+        Ok(uploaded) => json!({
+            "path": uploaded.path,
+            "source": source,
+            "bytes": uploaded.bytes,
+            "sha256": uploaded.sha256.to_hex(),
+            "status": "ok",
+        }),
+        Err(err) => {
+            let message = err.to_string();
+            let reason = message
+                .strip_prefix(&format!("{path}: "))
+                .or_else(|| message.strip_prefix(&format!("{source}: ")))
+                .unwrap_or(&message)
+                .to_string();
+            json!({
+                "path": path,
+                "source": source,
+                "bytes": null,
+                "sha256": null,
+                "status": "error",
+                "error": reason,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trailing / keeps LOCAL's name; stdin needs a file name.
+    #[test]
+    fn remote_paths() {
+        assert_eq!(remote_path("a/b.txt", "x/y.txt").expect("ok"), "x/y.txt");
+        assert_eq!(remote_path("a/b.txt", "x/").expect("ok"), "x/b.txt");
+        assert_eq!(remote_path("b.txt", "/").expect("ok"), "/b.txt");
+        assert!(remote_path("-", "x/").is_err());
+        assert_eq!(remote_path("-", "x/y").expect("ok"), "x/y");
+    }
+
+    /// Errors in JSON lose the path prefix, like get's.
+    #[test]
+    fn json_errors_drop_the_path() {
+        let err = Error::AlreadyExists { path: "x/y".into() };
+        let line = json_line("/x/y", "local.bin", &Err(err));
+        assert_eq!(line["path"], "x/y");
+        assert_eq!(line["source"], "local.bin");
+        assert_eq!(line["status"], "error");
+        assert_eq!(
+            line["error"],
+            "already exists on the server; use --force to replace it"
+        );
+        assert!(line["bytes"].is_null());
+    }
+}

@@ -1,0 +1,390 @@
+//! Small files many to a call: one `ReadMany` call brings hundreds of whole
+//! files, each with the server's sha256, and they are written as a batch.
+//!
+//! Fetching a 4 KiB file through `Read` costs a stream, a hand-off to a
+//! blocking thread on each side and about twenty system calls on the client
+//! (part file, lock, fsync, rename, folder fsync, stats). For thousands of
+//! small files that per-file cost is the whole run. Here a batch of files
+//! costs one call, and each file costs its bytes and five calls: create the
+//! part file, write it, rename it, close it, plus one `syncfs` and one
+//! folder sync per folder for the whole batch.
+//!
+//! The guarantees are the single-file ones: each file is checked against
+//! the sha256 the server computed while reading it consistently, lands in
+//! `DEST.part` first and becomes `DEST` by a rename only once its data is on
+//! disk (`syncfs` before the renames), and nothing is written outside `OUT`.
+//! Only fresh destinations take this path; a destination or part file that
+//! exists (compare, resume), a file the server calls too large or that
+//! changed while read, and every path of a call that failed take the
+//! single-file path of [`download`](crate::client::download).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+use crate::checksum::{Digest, Hasher};
+use crate::client::bulk::{self, Item, prepare_parent};
+use crate::client::download::{self, DownloadOptions, Outcome, Report};
+use crate::client::{Client, ManyResult};
+use crate::entry::EntryInfo;
+use crate::error::{Error, Result};
+use crate::partfile::part_path;
+
+/// Largest file fetched in a batch (the server's cap for `ReadMany`).
+pub const BATCH_FILE_BYTES: u64 = 1024 * 1024;
+/// Most paths in one `ReadMany` call.
+pub const MAX_BATCH_PATHS: usize = 512;
+/// Fewest paths worth a call of their own when splitting work over `-j`.
+pub const MIN_BATCH_PATHS: usize = 16;
+
+/// A finished item, for the batch's caller.
+pub type Finished = (Item, Result<Report>);
+
+/// True when `item` can be fetched in a batch: small or of unknown size, no
+/// rate limit, and nothing at its destination or part file (those need a
+/// comparison or a resume).
+pub fn batchable(item: &Item, options: &DownloadOptions) -> bool {
+    options.limit_rate.is_none()
+        && item
+            .known
+            .is_none_or(|known| known.size <= BATCH_FILE_BYTES)
+        && std::fs::symlink_metadata(&item.dest).is_err()
+        && std::fs::symlink_metadata(part_path(&item.dest)).is_err()
+}
+
+/// Paths per call for `count` batchable files spread over `jobs` calls at
+/// once.
+pub fn batch_size(count: usize, jobs: usize) -> usize {
+    count
+        .div_ceil(jobs.max(1))
+        .clamp(MIN_BATCH_PATHS, MAX_BATCH_PATHS)
+}
+
+/// Fetches `items` with one `ReadMany` call and sends each item's result on
+/// `finished` as soon as it is known. Items the call does not deliver go
+/// through the single-file path.
+pub async fn fetch_batch(
+    client: &Client,
+    out: &Path,
+    items: Vec<Item>,
+    options: &DownloadOptions,
+    finished: &mpsc::UnboundedSender<Finished>,
+) {
+    let paths = items.iter().map(|item| item.remote.clone()).collect();
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    let mut single = Vec::new();
+    match client.read_many(paths, BATCH_FILE_BYTES).await {
+        Ok(mut stream) => {
+            let mut writing: Option<tokio::task::JoinHandle<Vec<Written>>> = None;
+            loop {
+                let answers = match stream.next().await {
+                    Ok(Some(answers)) => answers,
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(%err, "ReadMany ended early; fetching the rest one by one");
+                        break;
+                    }
+                };
+                let mut received = Vec::new();
+                for (index, answer) in answers {
+                    // An index out of range or answered twice is ignored:
+                    // that item is then fetched on its own.
+                    let Some(item) = slots.get_mut(index).and_then(Option::take) else {
+                        tracing::debug!(index, "ReadMany answered an unknown or repeated index");
+                        continue;
+                    };
+                    match answer {
+                        ManyResult::File {
+                            entry,
+                            data,
+                            sha256,
+                        } => {
+                            options.progress.inc(data.len() as u64);
+                            received.push(Received {
+                                item,
+                                entry,
+                                data,
+                                sha256,
+                            });
+                        }
+                        ManyResult::TooLarge(_) => single.push(item),
+                        ManyResult::Failed(err) if err.code() == Code::Aborted => {
+                            single.push(item);
+                        }
+                        ManyResult::Failed(err) => {
+                            let _ = finished.send((item, Err(err)));
+                        }
+                    }
+                }
+                // Write this message's files while the next one arrives.
+                if let Some(previous) = writing.take() {
+                    report(previous.await, &mut single, finished);
+                }
+                let out = out.to_path_buf();
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    write_files(&out, received)
+                }));
+            }
+            if let Some(previous) = writing.take() {
+                report(previous.await, &mut single, finished);
+            }
+        }
+        Err(err) => tracing::debug!(%err, "ReadMany failed; fetching one by one"),
+    }
+    single.extend(slots.into_iter().flatten());
+    for item in single {
+        let result = bulk::fetch_one(client, out, &item, options).await;
+        let _ = finished.send((item, result));
+    }
+}
+
+/// Passes on what a writer thread did.
+fn report(
+    written: std::result::Result<Vec<Written>, tokio::task::JoinError>,
+    single: &mut Vec<Item>,
+    finished: &mpsc::UnboundedSender<Finished>,
+) {
+    match written {
+        Ok(written) => {
+            for written in written {
+                match written {
+                    Written::Done(item, result) => {
+                        let _ = finished.send((item, result));
+                    }
+                    Written::Elsewhere(item) => single.push(item),
+                }
+            }
+        }
+        Err(err) => tracing::error!(%err, "a batch writer thread failed"),
+    }
+}
+
+/// A whole file from the server, not yet checked.
+struct Received {
+    item: Item,
+    entry: EntryInfo,
+    data: Bytes,
+    sha256: Digest,
+}
+
+/// What became of one received file.
+enum Written {
+    /// Written (or failed for good).
+    Done(Item, Result<Report>),
+    /// Its part file appeared meanwhile: leave it to the single-file path,
+    /// which locks and resumes.
+    Elsewhere(Item),
+}
+
+/// A part file written and waiting for the batch's sync.
+struct Pending {
+    item: Item,
+    part: PathBuf,
+    file: File,
+    report: Report,
+}
+
+/// Checks and writes one message's files: every part file first, then one
+/// `syncfs` for all their data, then the renames, then one sync per folder.
+fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
+    let mut written = Vec::with_capacity(received.len());
+    let mut pending = Vec::with_capacity(received.len());
+    let mut ready_folders: HashSet<PathBuf> = HashSet::new();
+    for file in received {
+        match write_part(out, &file, &mut ready_folders) {
+            Ok(Some((part, handle))) => pending.push(Pending {
+                report: Report {
+                    path: download::shown(&file.item.remote),
+                    dest: file.item.dest.clone(),
+                    bytes: file.data.len() as u64,
+                    transferred: file.data.len() as u64,
+                    sha256: file.sha256,
+                    outcome: Outcome::Downloaded,
+                    resumed_from: 0,
+                },
+                item: file.item,
+                part,
+                file: handle,
+            }),
+            Ok(None) => written.push(Written::Elsewhere(file.item)),
+            Err(err) => written.push(Written::Done(file.item, Err(err))),
+        }
+    }
+    if let Some(first) = pending.first()
+        && let Err(errno) = rustix::fs::syncfs(&first.file)
+    {
+        for pending in pending {
+            let _ = std::fs::remove_file(&pending.part);
+            let failure = Error::io(&pending.part, io::Error::from(errno));
+            written.push(Written::Done(pending.item, Err(failure)));
+        }
+        return written;
+    }
+    let mut renamed_in: HashSet<PathBuf> = HashSet::new();
+    for pending in pending {
+        drop(pending.file);
+        let result = match std::fs::rename(&pending.part, &pending.item.dest) {
+            Ok(()) => {
+                if let Some(folder) = pending.item.dest.parent() {
+                    renamed_in.insert(folder.to_path_buf());
+                }
+                Ok(pending.report)
+            }
+            Err(err) => {
+                let _ = std::fs::remove_file(&pending.part);
+                Err(Error::io(&pending.item.dest, err))
+            }
+        };
+        written.push(Written::Done(pending.item, result));
+    }
+    for folder in renamed_in {
+        let synced = File::open(&folder).and_then(|folder| folder.sync_all());
+        if let Err(err) = synced {
+            tracing::warn!(folder = %folder.display(), %err, "cannot sync the folder after renames");
+        }
+    }
+    written
+}
+
+/// Verifies one file and writes it to a new part file. `None` when the part
+/// file exists (another run, or a leftover to resume).
+fn write_part(
+    out: &Path,
+    file: &Received,
+    ready_folders: &mut HashSet<PathBuf>,
+) -> Result<Option<(PathBuf, File)>> {
+    let mut hasher = Hasher::new();
+    hasher.update(&file.data);
+    let actual = hasher.finalize();
+    if actual != file.sha256 || file.data.len() as u64 != file.entry.size {
+        return Err(Error::ChecksumMismatch {
+            path: download::shown(&file.item.remote),
+            expected: file.sha256,
+            actual,
+        });
+    }
+    let dest = &file.item.dest;
+    let folder = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+    if !ready_folders.contains(&folder) {
+        prepare_parent(out, dest)?;
+        ready_folders.insert(folder);
+    }
+    let part = part_path(dest);
+    let mut handle = match OpenOptions::new().write(true).create_new(true).open(&part) {
+        Ok(handle) => handle,
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+        Err(err) => return Err(Error::io(&part, err)),
+    };
+    if let Err(err) = handle.write_all(&file.data) {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::io(&part, err));
+    }
+    Ok(Some((part, handle)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::hash_prefix;
+    use crate::entry::EntryKind;
+
+    fn received(out: &Path, name: &str, data: &[u8], claimed: Option<&[u8]>) -> Received {
+        let sha256 = hash_prefix(claimed.unwrap_or(data), None)
+            .expect("hash")
+            .finalize();
+        Received {
+            item: Item {
+                remote: format!("/{name}"),
+                dest: out.join(name),
+                known: None,
+            },
+            entry: EntryInfo {
+                path: name.to_string(),
+                kind: EntryKind::File,
+                size: data.len() as u64,
+                mtime_ns: 0,
+                mode: 0o644,
+                sha256: None,
+            },
+            data: Bytes::copy_from_slice(data),
+            sha256,
+        }
+    }
+
+    /// Good files land whole with no part file; a file whose bytes do not
+    /// match the server's digest is a checksum mismatch and leaves nothing;
+    /// a part file already there sends its file to the single-file path
+    /// untouched.
+    #[test]
+    fn writes_verified_files_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path();
+        std::fs::write(out.join("taken.part"), b"resume me").expect("part");
+        let written = write_files(
+            out,
+            vec![
+                received(out, "a/good", b"hello", None),
+                received(out, "a/bad", b"hello", Some(b"other")),
+                received(out, "taken", b"data", None),
+                received(out, "empty", b"", None),
+            ],
+        );
+        let mut outcomes = std::collections::BTreeMap::new();
+        for written in written {
+            match written {
+                Written::Done(item, Ok(report)) => {
+                    assert_eq!(report.dest, item.dest);
+                    outcomes.insert(item.remote, "ok".to_string());
+                }
+                Written::Done(item, Err(err)) => {
+                    outcomes.insert(item.remote, err.to_string());
+                }
+                Written::Elsewhere(item) => {
+                    outcomes.insert(item.remote, "elsewhere".to_string());
+                }
+            }
+        }
+        assert_eq!(outcomes["/a/good"], "ok");
+        assert_eq!(outcomes["/empty"], "ok");
+        assert_eq!(outcomes["/taken"], "elsewhere");
+        assert!(
+            outcomes["/a/bad"].contains("checksum mismatch"),
+            "{outcomes:?}"
+        );
+        assert_eq!(std::fs::read(out.join("a/good")).expect("good"), b"hello");
+        assert_eq!(std::fs::read(out.join("empty")).expect("empty"), b"");
+        assert!(!out.join("a/bad").exists());
+        assert!(!out.join("a/bad.part").exists());
+        assert!(!out.join("a/good.part").exists());
+        assert!(!out.join("taken").exists());
+        assert_eq!(
+            std::fs::read(out.join("taken.part")).expect("part"),
+            b"resume me"
+        );
+    }
+
+    /// A destination below a symlinked folder in OUT is refused.
+    #[test]
+    fn refuses_symlinked_folders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let out = dir.path();
+        std::os::unix::fs::symlink(elsewhere.path(), out.join("link")).expect("symlink");
+        let written = write_files(out, vec![received(out, "link/file", b"x", None)]);
+        assert!(matches!(written.as_slice(), [Written::Done(_, Err(_))]));
+        assert!(!elsewhere.path().join("file").exists());
+        assert!(!elsewhere.path().join("file.part").exists());
+    }
+
+    #[test]
+    fn batch_sizes_spread_over_jobs() {
+        assert_eq!(batch_size(10_000, 8), MAX_BATCH_PATHS);
+        assert_eq!(batch_size(300, 8), 38);
+        assert_eq!(batch_size(3, 8), MIN_BATCH_PATHS);
+    }
+}

@@ -1,0 +1,356 @@
+//! One local file (or stdin) to the server: `fetchd put`.
+//!
+//! A blocking thread reads the source in [`UPLOAD_CHUNK_BYTES`] chunks and
+//! hands each to the `Write` call through a channel of
+//! [`UPLOAD_QUEUE_CHUNKS`], and to a hasher thread through another, so
+//! memory stays bounded whatever the file's size, a slow network stalls the
+//! reader, and reading and hashing overlap. After the last chunk
+//! it sends the sha256 of everything it read; the server compares it with
+//! its own before the file is put in place. A regular file declares its
+//! size up front (the server refuses one over its limit before any data
+//! moves) and must still have that size when read to its end; stdin, a
+//! pipe or a FIFO is sent with its size unknown.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use indicatif::ProgressBar;
+use tokio::sync::mpsc;
+
+use crate::checksum::{Digest, Hasher};
+use crate::client::{Client, UploadPiece, WriteTarget, Written};
+use crate::error::{Error, Result};
+
+/// Bytes per data message.
+pub const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks queued between the reader thread and the network.
+pub const UPLOAD_QUEUE_CHUNKS: usize = 4;
+
+/// Where the bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A local path (a regular file; a pipe or FIFO is read as a stream).
+    File(PathBuf),
+    /// Standard input (`-`).
+    Stdin,
+}
+
+impl Source {
+    /// `-` is stdin, anything else a path.
+    pub fn from_arg(arg: &str) -> Source {
+        if arg == "-" {
+            Source::Stdin
+        } else {
+            Source::File(PathBuf::from(arg))
+        }
+    }
+
+    /// The source as messages show it (`-` for stdin).
+    pub fn shown(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Stdin => "-".to_string(),
+        }
+    }
+}
+
+/// How an upload behaves.
+#[derive(Clone, Debug)]
+pub struct UploadOptions {
+    /// Replace an existing file on the server.
+    pub force: bool,
+    /// Progress display (use [`ProgressBar::hidden`] for none).
+    pub progress: ProgressBar,
+}
+
+impl Default for UploadOptions {
+    fn default() -> UploadOptions {
+        UploadOptions {
+            force: false,
+            progress: ProgressBar::hidden(),
+        }
+    }
+}
+
+/// A source opened for reading.
+pub struct Opened {
+    reader: Box<dyn Read + Send>,
+    /// The size to declare; `None` for a stream.
+    size: Option<u64>,
+    source: Source,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("size", &self.size)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opened {
+    /// The size that will be declared; `None` for a stream.
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+}
+
+/// Opens `source` (on the calling thread: it may block, e.g. on a FIFO
+/// with no writer yet). A directory is refused.
+pub fn open(source: &Source) -> Result<Opened> {
+    match source {
+        Source::Stdin => Ok(Opened {
+            reader: Box::new(io::stdin()),
+            size: None,
+            source: source.clone(),
+        }),
+        Source::File(path) => {
+            let file = File::open(path).map_err(|err| Error::io(path, err))?;
+            let meta = file.metadata().map_err(|err| Error::io(path, err))?;
+            if meta.is_dir() {
+                return Err(Error::io(
+                    path,
+                    io::Error::new(
+                        io::ErrorKind::IsADirectory,
+                        "is a directory; put uploads one file",
+                    ),
+                ));
+            }
+            Ok(Opened {
+                reader: Box::new(file),
+                size: meta.is_file().then_some(meta.len()),
+                source: source.clone(),
+            })
+        }
+    }
+}
+
+/// The result of a finished upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uploaded {
+    /// The path on the server, as the server names it.
+    pub path: String,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// sha256 of the stored file, equal on both sides.
+    pub sha256: Digest,
+}
+
+/// Uploads `opened` to `remote`.
+pub async fn upload(
+    client: &Client,
+    opened: Opened,
+    remote: &str,
+    options: &UploadOptions,
+) -> Result<Uploaded> {
+    let target = WriteTarget {
+        path: remote.to_string(),
+        size: opened.size,
+        force: options.force,
+    };
+    match opened.size {
+        Some(size) => options.progress.set_length(size),
+        None => options.progress.unset_length(),
+    }
+    let (to_network, body) = mpsc::channel(UPLOAD_QUEUE_CHUNKS);
+    // The reader's own failure, kept where the caller can find it even when
+    // the server's answer (to a stream that ended early) comes first.
+    let local_failure = Arc::new(Mutex::new(None));
+    let reader = {
+        let progress = options.progress.clone();
+        let local_failure = Arc::clone(&local_failure);
+        tokio::task::spawn_blocking(move || {
+            let read = send_source(opened, &to_network, &progress);
+            match read {
+                Ok(read) => Some(read),
+                Err(err) => {
+                    if let Ok(mut slot) = local_failure.lock() {
+                        *slot = Some(err);
+                    }
+                    // Dropping `to_network` now ends the body without a
+                    // trailer: the server discards what it received.
+                    None
+                }
+            }
+        })
+    };
+    let written = client.write(target, body).await;
+    let local = || local_failure.lock().ok().and_then(|mut slot| slot.take());
+    let written: Written = match written {
+        Ok(written) => written,
+        Err(err) => {
+            options.progress.abandon();
+            return Err(local().unwrap_or(err));
+        }
+    };
+    let read = reader
+        .await
+        .map_err(|err| Error::io("<reader thread>", io::Error::other(err)))?;
+    let Some((bytes, sha256)) = read else {
+        options.progress.abandon();
+        return Err(local().unwrap_or_else(|| {
+            Error::io("<reader thread>", io::Error::other("the reader failed"))
+        }));
+    };
+    options.progress.finish_and_clear();
+    if written.bytes != bytes || written.sha256 != sha256 {
+        return Err(Error::Protocol {
+            path: remote.to_string(),
+            reason: format!(
+                "the server stored {} bytes with sha256 {}, but {bytes} bytes with sha256 {sha256} were sent",
+                written.bytes, written.sha256
+            ),
+        });
+    }
+    Ok(Uploaded {
+        path: written.path,
+        bytes,
+        sha256,
+    })
+}
+
+/// The reader thread: read, send, and hand every chunk to a hasher thread
+/// of its own (hashing and reading then overlap on two cores); at the end
+/// the digest. Returns the bytes read and their digest. `Ok` also when the
+/// network side went away (its error is the one reported then).
+fn send_source(
+    opened: Opened,
+    to_network: &mpsc::Sender<UploadPiece>,
+    progress: &ProgressBar,
+) -> Result<(u64, Digest)> {
+    let Opened {
+        mut reader,
+        size,
+        source,
+    } = opened;
+    let shown = source.shown();
+    let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
+    let hasher = std::thread::spawn(move || {
+        let mut hasher = Hasher::new();
+        for chunk in chunks {
+            hasher.update(&chunk);
+        }
+        hasher
+    });
+    let mut read: u64 = 0;
+    let mut gone = false;
+    loop {
+        let chunk = read_chunk(&mut reader, UPLOAD_CHUNK_BYTES)
+            .map_err(|err| Error::io(Path::new(&shown), err))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len() as u64;
+        read += n;
+        if size.is_some_and(|size| read > size) {
+            return Err(changed(&shown));
+        }
+        if to_hasher.send(chunk.clone()).is_err() {
+            break;
+        }
+        if to_network.blocking_send(UploadPiece::Data(chunk)).is_err() {
+            gone = true;
+            break;
+        }
+        progress.inc(n);
+    }
+    drop(to_hasher);
+    let hasher = hasher.join().map_err(|_| {
+        Error::io(
+            Path::new(&shown),
+            io::Error::other("the hasher thread failed"),
+        )
+    })?;
+    if gone {
+        return Ok((hasher.bytes(), hasher.finalize()));
+    }
+    if hasher.bytes() != read || size.is_some_and(|size| read != size) {
+        return Err(changed(&shown));
+    }
+    let digest = hasher.finalize();
+    // A failed send means the call already ended; its answer says why.
+    let _ = to_network.blocking_send(UploadPiece::End(digest));
+    Ok((read, digest))
+}
+
+/// The local file grew or shrank between opening and its end.
+fn changed(shown: &str) -> Error {
+    Error::Changed {
+        path: shown.to_string(),
+    }
+}
+
+/// Reads up to `want` bytes (fewer only at the end of the input) into a
+/// fresh buffer, without zeroing it first.
+fn read_chunk(reader: &mut dyn Read, want: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(want);
+    reader.take(want as u64).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source is read in whole chunks, hashed, and ended with its digest.
+    #[test]
+    fn reader_sends_chunks_then_digest() {
+        let data: Vec<u8> = (0..UPLOAD_CHUNK_BYTES * 2 + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let opened = Opened {
+            reader: Box::new(io::Cursor::new(data.clone())),
+            size: Some(data.len() as u64),
+            source: Source::Stdin,
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let (bytes, digest) = send_source(opened, &tx, &ProgressBar::hidden()).expect("read");
+        drop(tx);
+        let mut sizes = Vec::new();
+        let mut end = None;
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                UploadPiece::Data(chunk) => sizes.push(chunk.len()),
+                UploadPiece::End(digest) => end = Some(digest),
+            }
+        }
+        assert_eq!(sizes, [UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_BYTES, 5]);
+        assert_eq!(bytes, data.len() as u64);
+        let mut hasher = Hasher::new();
+        hasher.update(&data);
+        assert_eq!(end, Some(hasher.finalize()));
+        assert_eq!(Some(digest), end);
+    }
+
+    /// A file that is longer or shorter than it was when opened is not
+    /// sent with a digest.
+    #[test]
+    fn size_changes_are_caught() {
+        for (declared, actual) in [(10, 11), (10, 9)] {
+            let opened = Opened {
+                reader: Box::new(io::Cursor::new(vec![7u8; actual])),
+                size: Some(declared),
+                source: Source::File(PathBuf::from("f")),
+            };
+            let (tx, mut rx) = mpsc::channel(8);
+            let err = send_source(opened, &tx, &ProgressBar::hidden()).expect_err("changed");
+            assert!(matches!(err, Error::Changed { .. }), "{err}");
+            drop(tx);
+            while let Some(piece) = rx.blocking_recv() {
+                assert!(matches!(piece, UploadPiece::Data(_)), "no digest sent");
+            }
+        }
+    }
+
+    /// A directory is refused as a source.
+    #[test]
+    fn directories_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = open(&Source::File(dir.path().to_path_buf())).expect_err("a directory");
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+}
