@@ -32,6 +32,12 @@ What it does:
     tree a tool writes in a warm-up, and every tree fetchd writes, is compared
     with the source (names, folders, sizes, sha256). B1 and B2 run
     BENCH_BULK_PAIRS rounds, B3 (short) BENCH_PAIRS rounds.
+  * T1 (issue 7), one large file over TLS, with big.bin still there: a
+    second `fetchd serve` with a certificate (CA and server certificate for
+    127.0.0.1 made by openssl in WORK/tls) and a second nginx with TLS on the
+    same data (default TLS settings, no kTLS);
+    T1 verified transfer over TLS   fetchd get -o - over https  vs  fetchd
+                                    over plain http  vs  curl https | openssl dgst
   * upload workload (issue 6), on the same DATA/big.bin, before it is removed:
     U1 upload to tmpfs     fetchd put big.bin (to a second `fetchd serve
                            --allow-upload` whose root is WORK/upload/fetchd)
@@ -76,7 +82,7 @@ GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
 PAIRS = int(os.environ.get("BENCH_PAIRS", "11"))
 BULK_PAIRS = int(os.environ.get("BENCH_BULK_PAIRS", "7"))
-KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3", "U1"]
+KNOWN = ["W1", "W2", "W3", "B1", "B2", "B3", "U1", "T1"]
 ONLY = {w.strip().upper() for w in os.environ.get("BENCH_ONLY", ",".join(KNOWN)).split(",") if w.strip()}
 SLOW_RATE = os.environ.get("BENCH_SLOW_RATE", "20m")
 OUT = Path(os.environ.get("BENCH_OUT", REPO / "bench/results"))
@@ -241,7 +247,7 @@ def tail(path, n=15):
         return ""
 
 
-def start_fetchd(data, name="fetchd", extra=()):
+def start_fetchd(data, name="fetchd", extra=(), scheme="http"):
     out = work / f"{name}.stdout"
     p = spawn(name, [str(BIN), "serve", "--root", str(data), "--listen", "127.0.0.1:0", *extra],
               stdout=open(out, "wb"))
@@ -257,7 +263,7 @@ def start_fetchd(data, name="fetchd", extra=()):
     if addr is None:
         die(f"{name} serve printed no `listening on` line within 15 s")
     wait_ready(name, p, int(addr.rsplit(":", 1)[1]))
-    return Server(name, p.pid, f"http://{addr}")
+    return Server(name, p.pid, f"{scheme}://{addr}")
 
 
 def start_nginx(data):
@@ -512,6 +518,88 @@ def workloads(fetchd, nginx, rsyncd, digest, res):
                      "runs": {"fetchd": [run(cmd, fetchd)]}}
 
 
+# ----------------------------------------------------------------- TLS ---
+def make_certs():
+    """A CA and a server certificate for 127.0.0.1 and localhost signed by
+    it (ECDSA P-256, as a typical deployment would use), in WORK/tls."""
+    d = work / "tls"
+    d.mkdir()
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    shell_out(f"cd {d} && openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 "
+              f"-subj /CN=fetchd-bench-ca 2>&1 && "
+              f"openssl req {ec} -keyout server.key -out server.csr -subj /CN=localhost 2>&1 && "
+              f"openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+              f"-days 2 -extfile ext -out server.pem 2>&1")
+    return d
+
+
+def start_nginx_tls(data, certs):
+    """nginx serving DATA over TLS (its own config, like start_nginx's)."""
+    port, tmp = free_port(), work / "nginx-tls-tmp"
+    tmp.mkdir()
+    user = ""
+    if os.geteuid() == 0:
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};"
+    conf = work / "nginx-tls.conf"
+    conf.write_text(f"""{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {work}/nginx-tls.pid;
+error_log {work}/nginx-tls-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/client;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {certs}/server.pem;
+        ssl_certificate_key {certs}/server.key;
+        ssl_protocols TLSv1.3;
+        root {data};
+    }}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    p = spawn("nginx-tls", [nginx, "-p", str(work), "-e", f"{work}/nginx-tls-error.log", "-c", str(conf)])
+    wait_ready("nginx-tls", p, port)
+    return Server("nginx-tls", p.pid, f"https://127.0.0.1:{port}")
+
+
+def tls_workloads(data, fetchd, digest, res):
+    """T1: the W1 transfer over TLS, beside fetchd in plain text and beside
+    nginx with TLS. Both TLS sides negotiate TLS 1.3 (fetchd: rustls with
+    ring; nginx and curl: OpenSSL)."""
+    certs = make_certs()
+    ca = certs / "ca.pem"
+    fetchd_tls = start_fetchd(data, "fetchd-tls", ["--tls-cert", str(certs / "server.pem"),
+                                                   "--tls-key", str(certs / "server.key")], "https")
+    nginx_tls = start_nginx_tls(data, certs)
+    say(f"T1 servers: fetchd {fetchd_tls.url}, nginx {nginx_tls.url}")
+    fget_tls = f"{BIN} --server {fetchd_tls.url} --ca-cert {ca} get big.bin"
+    fget = f"{BIN} --server {fetchd.url} get big.bin"
+    url = f"{nginx_tls.url}/big.bin"
+    for cmd, field in ((f"{fget_tls} -o - --quiet | sha256sum", 0),
+                       (f"curl -sf --cacert {ca} {url} | openssl dgst -sha256", -1)):
+        if shell_out(cmd).split()[field] != digest:
+            die(f"wrong digest from: {cmd}")
+    res["T1"] = paired("T1", "verified transfer over TLS to a discard (fetchd: https)", [
+        # "fetchd" (the row the ratios are taken from) is fetchd over https.
+        ("fetchd", f"{timed('fetchd')} {fget_tls} -o - --quiet > /dev/null", fetchd_tls),
+        ("fetchd plain http", f"{timed('fetchd')} {fget} -o - --quiet > /dev/null", fetchd),
+        ("curl https | openssl", f"{timed('curl')} curl -sf --cacert {ca} {url} | "
+                                 f"{timed('openssl')} openssl dgst -sha256 > /dev/null", nginx_tls),
+    ], prepare=lambda: None, verify=lambda label, measured: None)
+
+
 # -------------------------------------------------------------- upload ---
 def upload_workload(data, fetchd, nginx, rsyncd, digest, res):
     """U1: the 1 GiB file uploaded to tmpfs, fetchd put vs fetchd get of the
@@ -718,7 +806,7 @@ def main():
     if not ONLY <= set(KNOWN):
         die(f"BENCH_ONLY={os.environ['BENCH_ONLY']}: known workloads are {', '.join(KNOWN)}"
             " (and C1, alone)")
-    files_w, bulk_w = ONLY & {"W1", "W2", "W3"}, ONLY & {"B1", "B2", "B3"}
+    files_w, bulk_w = ONLY & {"W1", "W2", "W3", "T1"}, ONLY & {"B1", "B2", "B3"}
     upload_w = ONLY & {"U1"}
     if PAIRS < 11 and (files_w or "B3" in ONLY):
         say(f"warning: BENCH_PAIRS={PAIRS}; the issue asks for at least 11 pairs")
@@ -758,6 +846,8 @@ def main():
     try:
         if files_w:
             workloads(fetchd, nginx, rsyncd, digest, res)
+            if "T1" in ONLY:
+                tls_workloads(data, fetchd, digest, res)
         if upload_w:
             upload_workload(data, fetchd, nginx, rsyncd, digest, res)
         if files_w or upload_w:

@@ -1,10 +1,11 @@
 """Turns the raw runs of bench/bench.py into results.md, results.json and
 ratios.png (imported by bench.py; matplotlib is needed for the chart only).
 
-Three groups of workloads, each from the run that last measured it:
+Four groups of workloads, each from the run that last measured it:
   files   W1-W3, one large file (issue 3)
   bulk    B1-B3, many files (issue 5)
   upload  U1, one large file uploaded (issue 6)
+  tls     T1, one large file over TLS (issue 7)
 A run that measured only some groups keeps the others from the results.json
 already in the output folder (raw runs and that run's meta), so results.md
 and ratios.png always show both; a run that measures any workload of a group
@@ -22,13 +23,14 @@ from pathlib import Path
 
 MIB = 1024  # KiB per MiB
 GROUPS = {"files": "One large file (W1–W3, issue 3)", "bulk": "Bulk downloads (B1–B3, issue 5)",
-          "upload": "Upload (U1, issue 6)"}
+          "upload": "Upload (U1, issue 6)",
+          "tls": "One large file over TLS (T1, issue 7)"}
 PEERS = {"files": ("nginx", "rsync", "curl", "openssl", "pv"), "bulk": ("nginx", "rsync", "curl", "aria2c"),
-         "upload": ("nginx", "rsync", "curl")}
+         "upload": ("nginx", "rsync", "curl"), "tls": ("nginx", "curl", "openssl")}
 
 
 def group_of(wid):
-    return {"B": "bulk", "U": "upload"}.get(wid[:1], "files")
+    return {"B": "bulk", "U": "upload", "T": "tls"}.get(wid[:1], "files")
 
 
 def ratio_stats(a_runs, b_runs):
@@ -132,7 +134,7 @@ def ratio_cell(r):
 
 def meta_table(meta, group):
     v = meta["versions"]
-    if group in ("files", "upload"):
+    if group in ("files", "upload", "tls"):
         data = f"{meta['size_bytes'] >> 20} MiB random file on {meta['data_on']}, loopback"
         pairs = f"one warm-up of each, then {meta['pairs']} rounds: fetchd, then each peer"
     else:
@@ -161,9 +163,9 @@ def meta_table(meta, group):
             f"| command | `{meta['command']}` |", ""]
 
 
-def files_section(meta, res, rows):
+def files_section(meta, res, rows, group="files"):
     rsync_peak = meta.get("rsyncd_session_max_rss_kib")
-    out = meta_table(meta, "files") + [
+    out = meta_table(meta, group) + [
         "| workload | run | median wall (s) | fetchd/peer: median of ratios [min–max] "
         "| client CPU (s) | server CPU (s/GiB) | client peak RSS (MiB) | server peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|---|"]
@@ -177,6 +179,12 @@ def files_section(meta, res, rows):
         out.append(f"| {name} | {run_cell(r)} | {r['wall_s']:.3f} | {ratio} "
                    f"| {f2(r['client_cpu_s'])} | {f2(r['server_cpu_s_per_gib'])} "
                    f"| {r['client_rss_mib']:.1f} | {srv} |")
+    if group != "files":   # the targets below are issue 3's
+        out += [""] + failures_md(res) + ["### Commands", ""]
+        for wid, w in res.items():
+            for label, cmd in w["commands"].items():
+                out.append(f"- {wid} {esc(label)}: `{tidy(cmd)}`")
+        return out + [""]
     out += ["", "### Targets (issue 3)", "", "| target | measured | holds |", "|---|---|---|"]
     for r in rows:
         if r.get("target") is not None:
@@ -344,8 +352,11 @@ def markdown(groups, targets):
     for g in GROUPS:
         if g in groups:
             out += [f"## {GROUPS[g]}", ""]
-            section = {"files": files_section, "bulk": bulk_section, "upload": upload_section}[g]
-            out += section(groups[g]["meta"], groups[g]["workloads"], summaries[g])
+            if g == "tls":
+                out += files_section(groups[g]["meta"], groups[g]["workloads"], summaries[g], g)
+            else:
+                section = {"files": files_section, "bulk": bulk_section, "upload": upload_section}[g]
+                out += section(groups[g]["meta"], groups[g]["workloads"], summaries[g])
     out += ["## How it is measured", "", HOW_FILES, ""]
     if "bulk" in groups:
         out += [HOW_BULK, ""]

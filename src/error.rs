@@ -169,12 +169,48 @@ pub enum Error {
     },
 
     /// A server limit is reached.
-    #[error("server busy: the limit of {limit} concurrent {what} is reached; retry later")]
+    #[error("server busy: the limit of {limit} concurrent {what} ({flag}) is reached; retry later")]
     Limit {
         /// What is limited (e.g. `transfers`).
         what: &'static str,
         /// The configured limit.
         limit: usize,
+        /// The `serve` option that sets it (e.g. `--max-transfers`).
+        flag: &'static str,
+    },
+
+    /// A request message is larger than the server accepts.
+    #[error(
+        "request message of {size} bytes is over the server's limit of {limit} bytes (--max-request-bytes)"
+    )]
+    MessageTooLarge {
+        /// The size the message announced.
+        size: u64,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A call without a token the server accepts.
+    #[error("missing or wrong token; pass --token or FETCHD_TOKEN")]
+    Unauthenticated,
+
+    /// A TLS connection could not be made (client side): an untrusted or
+    /// mismatched certificate, a missing client certificate, ...
+    #[error("TLS with {server} failed: {reason}")]
+    Tls {
+        /// The server URL.
+        server: String,
+        /// What is wrong, and what to pass instead.
+        reason: String,
+    },
+
+    /// A certificate or key file that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    TlsFile {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
 
     /// The peer broke the protocol (a bug or a hostile peer).
@@ -289,7 +325,10 @@ impl Error {
             Error::Changed { .. } => Code::Aborted,
             Error::OffsetPastEnd { .. } => Code::OutOfRange,
             Error::ChecksumMismatch { .. } => Code::DataLoss,
-            Error::Limit { .. } => Code::ResourceExhausted,
+            Error::Limit { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::Tls { .. } => Code::Unavailable,
+            Error::TlsFile { .. } => Code::InvalidArgument,
             Error::Protocol { .. } => Code::Internal,
             Error::Unreachable { .. } => Code::Unavailable,
             Error::Remote { code, .. } => *code,
@@ -304,6 +343,12 @@ impl Error {
     /// server's message, which already names the path.
     pub fn from_status(status: Status, server: &str) -> Error {
         let message = status.message().to_string();
+        if let Some(reason) = tls_reason(&status) {
+            return Error::Tls {
+                server: server.to_string(),
+                reason,
+            };
+        }
         match status.code() {
             Code::Unavailable | Code::Unknown if is_transport_failure(&status) => {
                 Error::Unreachable {
@@ -311,6 +356,10 @@ impl Error {
                     reason: transport_reason(&status),
                 }
             }
+            Code::Unauthenticated if message.contains("--token") => Error::Remote {
+                code: Code::Unauthenticated,
+                message,
+            },
             Code::Unauthenticated => Error::Remote {
                 code: Code::Unauthenticated,
                 message: format!("{message} (check --token or FETCHD_TOKEN)"),
@@ -356,6 +405,12 @@ fn is_transport_failure(status: &Status) -> bool {
             .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
         || status.message().contains("transport")
         || status.message().contains("h2 protocol error")
+}
+
+/// What went wrong with TLS, when the status carries a TLS failure.
+fn tls_reason(status: &Status) -> Option<String> {
+    use std::error::Error as _;
+    status.source().and_then(crate::tls::diagnose)
 }
 
 /// The most specific reason a transport failure gives.
@@ -450,9 +505,15 @@ mod tests {
                 Error::Limit {
                     what: "transfers",
                     limit: 1,
+                    flag: "--max-transfers",
                 },
                 Code::ResourceExhausted,
             ),
+            (
+                Error::MessageTooLarge { size: 9, limit: 1 },
+                Code::ResourceExhausted,
+            ),
+            (Error::Unauthenticated, Code::Unauthenticated),
         ];
         for (err, code) in cases {
             let status = Status::from(err);

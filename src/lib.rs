@@ -18,6 +18,8 @@
 //! - [`sandbox`]: resolving request paths beneath the root, race-free.
 //! - [`checksum`]: streaming sha256.
 //! - [`partfile`]: `DEST.part` files that become `DEST` only when verified.
+//! - [`tls`]: certificate and key files, and what a failed TLS handshake
+//!   means (both sides).
 //! - [`error`]: the one error type and its mapping to gRPC status codes.
 //! - [`entry`]: plain domain types shared by server and client.
 //! - [`tail`]: the domain types of a tail stream (cursor, file identity,
@@ -33,5 +35,6 @@ pub mod proto;
 pub mod sandbox;
 pub mod server;
 pub mod tail;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -140,7 +140,7 @@ fn from_file_with_missing_paths() {
     let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 300);
     let errors: Vec<_> = lines.iter().filter(|l| l["status"] == "error").collect();
-    assert_eq!(errors.len(), 3);
+    assert_eq!(errors.len(), 3, "{}", run.describe());
     for error in &errors {
         assert!(error["path"].as_str().unwrap().starts_with("missing/"));
         assert_eq!(error["error"], "not found");

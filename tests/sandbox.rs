@@ -1,7 +1,7 @@
 //! The root is a sandbox: every refusal the contract's sandbox section lists,
 //! through the library client (exact status codes) and through the `fetchd`
 //! binary (exit code, one-line message, nothing written), plus races that
-//! swap symlinks in while requests resolve.
+//! swap symlinks in while requests (stat, read, list, tail) resolve.
 
 mod common;
 
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use fetchd::client::Client;
 use fetchd::entry::{EntryInfo, EntryKind, ReadEvent};
+use fetchd::tail::{TailEvent, TailStart};
 use tonic::Code;
 
 /// Content of the file outside the root that every escape aims at.
@@ -876,8 +877,42 @@ impl RaceTally {
     }
 }
 
-/// Reads, stats and lists `path` (whose parent folder is being swapped)
-/// while another thread swaps; fails on anything from outside.
+/// Reads a tail of `path` until it ends or `deadline`; returns the bytes
+/// it delivered and how it ended.
+async fn tail_until(
+    client: &Client,
+    path: &str,
+    follow: bool,
+    deadline: Instant,
+) -> (Vec<u8>, fetchd::Result<()>) {
+    let mut data = Vec::new();
+    let mut stream = match client.tail(path, TailStart::LastLines(10), follow).await {
+        Ok(stream) => stream,
+        Err(err) => return (data, Err(err)),
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.next()).await {
+            Err(_) | Ok(Ok(None)) => return (data, Ok(())),
+            Ok(Ok(Some(TailEvent::Data { data: bytes, .. }))) => data.extend_from_slice(&bytes),
+            Ok(Ok(Some(TailEvent::Notice { .. }))) => {}
+            Ok(Err(err)) => return (data, Err(err)),
+        }
+    }
+}
+
+/// Asserts that tail output holds nothing from outside the root.
+fn assert_tail_inside(path: &str, data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    assert!(
+        !text.contains("OUTSIDE") && !text.contains("secret"),
+        "tail {path} delivered bytes from outside: {text:?}"
+    );
+}
+
+/// Reads, stats, lists and tails `path` (whose parent folder is being
+/// swapped) while another thread swaps, with a following tail open on it
+/// all along; fails on anything from outside.
 async fn hammer(
     client: &Client,
     path: &str,
@@ -890,6 +925,13 @@ async fn hammer(
         .ino();
     let mut tally = RaceTally::default();
     let deadline = Instant::now() + RACE_DURATION;
+    // A follow tail re-resolves the path on every event in its folder; the
+    // swaps make plenty.
+    let follower = {
+        let client = client.clone();
+        let path = path.to_string();
+        tokio::spawn(async move { tail_until(&client, &path, true, deadline).await })
+    };
     let refused = |err: fetchd::Error, what: &str| {
         assert!(
             allowed.contains(&err.code()),
@@ -902,7 +944,7 @@ async fn hammer(
         if Instant::now() >= deadline {
             break;
         }
-        match round % 3 {
+        match round % 4 {
             0 => {
                 let (data, end) = bounded(path, read_all(client, path)).await;
                 assert!(
@@ -924,6 +966,23 @@ async fn hammer(
                 }
                 Err(err) => tally.count_refusal(refused(err, "stat")),
             },
+            3 => {
+                let (data, end) = bounded(
+                    path,
+                    tail_until(client, path, false, Instant::now() + REFUSAL_TIMEOUT),
+                )
+                .await;
+                assert_tail_inside(path, &data);
+                assert!(
+                    data.is_empty() || data == INSIDE_FILE,
+                    "tail {path} returned {:?}",
+                    String::from_utf8_lossy(&data)
+                );
+                match end {
+                    Ok(()) => tally.served_inside += 1,
+                    Err(err) => tally.count_refusal(refused(err, "tail")),
+                }
+            }
             _ => match bounded(folder, list_all(client, folder, true)).await {
                 Ok(entries) => {
                     for entry in &entries {
@@ -938,6 +997,8 @@ async fn hammer(
             },
         }
     }
+    let (followed, _) = follower.await.expect("the follow tail task");
+    assert_tail_inside(path, &followed);
     tally
 }
 

@@ -11,6 +11,7 @@ pub mod stat;
 pub mod tail;
 
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -65,9 +66,10 @@ pub enum Command {
 }
 
 /// Options shared by every client verb; accepted before or after the verb.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ClientArgs {
-    /// Server to talk to (client verbs) [default: http://127.0.0.1:50051].
+    /// Server to talk to; https:// means TLS (client verbs)
+    /// [default: http://127.0.0.1:50051].
     #[arg(long, global = true, env = "FETCHD_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
@@ -80,6 +82,33 @@ pub struct ClientArgs {
         value_name = "T"
     )]
     pub token: Option<String>,
+
+    /// CA certificate (PEM) to trust for https:// servers, instead of the
+    /// system's roots (client verbs).
+    #[arg(long, global = true, value_name = "F")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs --client-key (client
+    /// verbs).
+    #[arg(long, global = true, value_name = "F")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --client-cert (client verbs).
+    #[arg(long, global = true, value_name = "F")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never printed, not even in debug output.
+        f.debug_struct("ClientArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .finish()
+    }
 }
 
 impl ClientArgs {
@@ -96,6 +125,9 @@ impl ClientArgs {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             token: self.token.clone(),
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
             compression: None,
         }
     }

@@ -9,7 +9,12 @@ use clap::Args;
 
 use crate::cli::{EXIT_OK, LogFormat};
 use crate::error::{Error, Result};
-use crate::server::{self, DEFAULT_MAX_TAILS, DEFAULT_MAX_TRANSFERS, ServerConfig, metrics};
+use crate::server::auth::Tokens;
+use crate::server::{
+    self, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_TAILS,
+    DEFAULT_MAX_TRANSFERS, ServerConfig, metrics,
+};
+use crate::tls::ServerTls;
 
 /// Arguments of `fetchd serve`.
 #[derive(Debug, Args)]
@@ -25,7 +30,7 @@ Logs go to stderr, one event per call at info; filter with RUST_LOG (e.g.
 RUST_LOG=warn, RUST_LOG=fetchd=debug).
 SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
 streams end at once, running transfers get --grace seconds to finish, then the
-server exits 0.")]
+server exits 0. SIGHUP re-reads --token-file (the old tokens stay if it is bad).")]
 pub struct ServeArgs {
     /// The directory tree to serve; nothing outside it is ever read.
     #[arg(long, default_value = ".", value_name = "DIR")]
@@ -47,6 +52,52 @@ pub struct ServeArgs {
     /// Tail streams open at once over all clients; more get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_TAILS, value_name = "N")]
     pub max_tails: usize,
+
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "F", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "F", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "F", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Require `authorization: Bearer <token>` on every call but health, with
+    /// a token from this file (one a line); re-read on SIGHUP.
+    #[arg(long, value_name = "F")]
+    pub token_file: Option<PathBuf>,
+
+    /// Calls open at once on one connection; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION, value_name = "N")]
+    pub max_streams_per_connection: usize,
+
+    /// Largest request message in bytes; larger get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+
+    /// Close a connection that has had no call for this long.
+    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Close a connection that has not made its first call (TLS handshake
+    /// included) within this time.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub handshake_timeout: Duration,
+
+    /// Ping each client over HTTP/2 this often to find dead peers.
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_seconds)]
+    pub keepalive_interval: Duration,
+
+    /// A ping unanswered this long closes the connection and ends its calls.
+    #[arg(long, default_value = "20", value_name = "SECS", value_parser = parse_seconds)]
+    pub keepalive_timeout: Duration,
+
+    /// Serve even when --root is / (the whole filesystem), refused otherwise.
+    #[arg(long)]
+    pub allow_root_slash: bool,
 
     /// Accept uploads (`fetchd put`); without it they get PERMISSION_DENIED.
     #[arg(long)]
@@ -89,6 +140,18 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size such as 16G, 512M or 1048576"))
 }
 
+/// A positive number of seconds, fractions allowed (`0.5`).
+fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 1e9) {
+        return Err(format!("{text}: must be more than 0 seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// Runs `fetchd serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<u8> {
     match std::fs::metadata(&args.root) {
@@ -101,6 +164,14 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         }
         Err(err) => return Err(Error::io(&args.root, err)),
     }
+    // Everything that can be wrong with the arguments is found before the
+    // port is bound and `listening on` is printed.
+    server::check_root(&args.root, args.allow_root_slash)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key, args.client_ca.as_deref())?),
+        _ => None,
+    };
+    let tokens = args.token_file.as_ref().map(Tokens::load).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,6 +191,18 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
         config.max_tails = args.max_tails.max(1);
+        config.max_streams_per_connection = args.max_streams_per_connection.max(1);
+        config.max_request_bytes = args.max_request_bytes;
+        config.idle_timeout = args.idle_timeout;
+        config.handshake_timeout = args.handshake_timeout;
+        config.keepalive_interval = args.keepalive_interval;
+        config.keepalive_timeout = args.keepalive_timeout;
+        config.allow_root_slash = args.allow_root_slash;
+        config.tls = tls;
+        if let Some(tokens) = &tokens {
+            reload_on_sighup(tokens.clone())?;
+        }
+        config.tokens = tokens;
         config.allow_upload = args.allow_upload;
         config.max_upload_bytes = args.max_upload_size;
         let mut ready = format!("listening on {local}\n");
@@ -144,6 +227,30 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         server::run(listener, config, shutdown_signal()).await?;
         Ok(EXIT_OK)
     })
+}
+
+/// Re-reads the token file on every SIGHUP; a file that cannot be used is
+/// reported and the tokens in force stay.
+fn reload_on_sighup(tokens: Tokens) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|err| Error::Serve(format!("cannot watch SIGHUP: {err}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match tokens.reload() {
+                Ok(count) => tracing::info!(
+                    file = %tokens.file().display(),
+                    tokens = count,
+                    "SIGHUP: re-read the token file"
+                ),
+                Err(err) => tracing::error!(
+                    %err,
+                    "SIGHUP: cannot re-read the token file; the previous tokens stay in force"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

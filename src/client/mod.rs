@@ -13,10 +13,12 @@
 pub mod assemble;
 pub mod batch;
 pub mod bulk;
+mod connector;
 pub mod download;
 pub mod tail;
 pub mod upload;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
@@ -30,6 +32,8 @@ use crate::checksum::Digest;
 use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
 use crate::proto::{self, fetchd_client::FetchdClient, read_response};
+use crate::tls::ClientTls;
+use connector::{PlainDialer, TlsDialer, TlsFailure};
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -43,17 +47,42 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Largest message the client decodes (a data chunk is 256 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How often the client pings a server while calls are open, so that a
+/// server that vanished (rather than closed the connection) is noticed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// An unanswered ping this old ends the connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where and how to connect.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ConnectOptions {
-    /// Server URL: `http://HOST:PORT` (a bare `HOST:PORT` means http).
+    /// Server URL: `http://HOST:PORT` or `https://HOST:PORT` (TLS); a bare
+    /// `HOST:PORT` means http.
     pub server: String,
     /// Bearer token sent with every call.
     pub token: Option<String>,
+    /// CA certificate(s) to trust for `https://` instead of the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Ask for file data (`Read`, `Tail`) compressed this way; `None` for
     /// plain bytes.
     pub compression: Option<Compression>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("compression", &self.compression)
+            .finish()
+    }
 }
 
 /// A compression a client can ask the server to apply to file data.
@@ -80,8 +109,15 @@ impl Compression {
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.0.as_ref().map(|_| "<redacted>");
+        f.debug_tuple("BearerToken").field(&shown).finish()
+    }
+}
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(
@@ -105,6 +141,7 @@ type Rpc = FetchdClient<InterceptedService<Channel, BearerToken>>;
 pub struct Client {
     rpc: Rpc,
     server: String,
+    tls_failure: TlsFailure,
     compression: Option<Compression>,
 }
 
@@ -127,22 +164,55 @@ impl Client {
             server: server.clone(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(server.clone())
+        // For https:// the dialer does TLS (see `connector`): tonic is
+        // given the address as plain http so that it adds no TLS of its own.
+        let endpoint = Endpoint::from_shared(server.replacen("https://", "http://", 1))
             .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|err| unreachable(error_chain(&err)))?;
+        crate::tls::check_client_identity_pair(
+            options.client_cert.as_deref(),
+            options.client_key.as_deref(),
+        )?;
+        let tls_failure = TlsFailure::default();
+        let connected = if server.starts_with("https://") {
+            let tls = ClientTls::load(
+                &server,
+                options.ca_cert.as_deref(),
+                options.client_cert.as_deref(),
+                options.client_key.as_deref(),
+            )?;
+            endpoint
+                .connect_with_connector(TlsDialer::new(tls, tls_failure.clone()))
+                .await
+        } else {
+            endpoint
+                .connect_with_connector(PlainDialer::new(tls_failure.clone()))
+                .await
+        };
+        let channel = connected.map_err(|err| match crate::tls::diagnose(&err) {
+            Some(reason) => Error::Tls {
+                server: server.clone(),
+                reason,
+            },
+            None => unreachable(error_chain(&err)),
+        })?;
         let token = match &options.token {
             None => None,
-            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
-                |_| Error::Usage("the token contains characters not allowed in a header".into()),
-            )?),
+            Some(token) => {
+                let mut value =
+                    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                        Error::Usage("the token contains characters not allowed in a header".into())
+                    })?;
+                // Never put it in HPACK's table or a debug dump.
+                value.set_sensitive(true);
+                Some(value)
+            }
         };
         let rpc = FetchdClient::with_interceptor(channel, BearerToken(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -152,6 +222,7 @@ impl Client {
             rpc,
             server,
             compression: options.compression,
+            tls_failure,
         })
     }
 
@@ -170,6 +241,23 @@ impl Client {
     }
 
     fn status(&self, status: tonic::Status) -> Error {
+        // A connection ended by a TLS alert (a client certificate missing
+        // or refused) often shows in the call only as "connection closed".
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal
+        ) && let Some(reason) = self.tls_failure.get()
+        {
+            let server = self.server.clone();
+            return if server.starts_with("https://") {
+                Error::Tls { server, reason }
+            } else {
+                Error::Unreachable { server, reason }
+            };
+        }
         Error::from_status(status, &self.server)
     }
 
@@ -512,22 +600,17 @@ impl ReadStream {
     }
 }
 
-/// `host:port` -> `http://host:port`; `https://` is refused until TLS lands.
+/// `host:port` -> `http://host:port`; `http://` and `https://` as given.
 fn normalize_server(server: &str) -> Result<String> {
     let server = server.trim().trim_end_matches('/');
     if server.is_empty() {
         return Err(Error::Usage("--server is empty".into()));
     }
-    if server.starts_with("https://") {
-        return Err(Error::Usage(format!(
-            "--server {server}: TLS is not supported by this build yet; use http://"
-        )));
-    }
-    if server.starts_with("http://") {
+    if server.starts_with("http://") || server.starts_with("https://") {
         Ok(server.to_string())
     } else if server.contains("://") {
         Err(Error::Usage(format!(
-            "--server {server}: unknown scheme (use http://HOST:PORT)"
+            "--server {server}: unknown scheme (use http://HOST:PORT or https://HOST:PORT)"
         )))
     } else {
         Ok(format!("http://{server}"))
@@ -560,6 +643,7 @@ mod tests {
             "http://127.0.0.1:9"
         );
         assert_eq!(normalize_server("http://h:1/").expect("ok"), "http://h:1");
+        assert_eq!(normalize_server("https://h:1").expect("ok"), "https://h:1");
         assert!(normalize_server("ftp://h:1").is_err());
         assert!(normalize_server("").is_err());
     }

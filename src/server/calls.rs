@@ -27,7 +27,6 @@ use http_body::Frame;
 use prost::Message;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
-use tonic::transport::server::TcpConnectInfo;
 use tonic::{Code, Status};
 
 use crate::server::metrics::Metrics;
@@ -282,10 +281,9 @@ impl CallState {
             CallKind::Tail => metrics.tails_active.inc(),
             CallKind::Other => {}
         }
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
+        // The outermost layer: the connection layer has not yet put a
+        // `TcpConnectInfo` on the request, so ask it directly.
+        let peer = crate::server::conn::peer_of(request);
         CallState {
             metrics: metrics.clone(),
             service,

@@ -2,6 +2,9 @@
 //! future, and serves until the future completes (then drains within the
 //! grace period).
 //!
+//! - [`conn`]: accepted connections and their limits (handshake and idle
+//!   timeouts, calls per connection, request message size).
+//! - [`auth`]: the token file and the layer that checks every call's token.
 //! - [`calls`]: the layer that observes every call: metrics by method and
 //!   status, the one log event per call.
 //! - [`health`]: health `Watch` streams that end at shutdown, so they do
@@ -18,7 +21,9 @@
 //! - [`watches`]: folder watches shared by every tail (one inotify watch per
 //!   folder).
 
+pub mod auth;
 pub mod calls;
+pub mod conn;
 pub mod digests;
 pub mod health;
 pub mod metrics;
@@ -30,20 +35,23 @@ pub mod upload;
 pub mod watches;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::sandbox::Root;
+use crate::tls::ServerTls;
+use auth::{AuthLayer, Tokens};
 use calls::{CallLayer, KnownMethods};
+use conn::{ConnLayer, ConnLimits, Incoming};
 use metrics::Metrics;
 use read_route::ReadRoute;
 use service::FetchdService;
@@ -61,6 +69,23 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_TRANSFERS: usize = 256;
 /// Default for [`ServerConfig::max_tails`]: tail streams open at once.
 pub const DEFAULT_MAX_TAILS: usize = 4096;
+/// Default for `--max-streams-per-connection`: calls open at once on one
+/// connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 256;
+/// Default for `--max-request-bytes`: the largest request message.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Default for `--idle-timeout`: a connection without calls for this long
+/// is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for `--handshake-timeout`: a connection must make its first call
+/// (TCP, TLS and HTTP/2 handshakes included) within this time.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `--keepalive-interval`: how often an HTTP/2 ping checks that
+/// the peer is still there.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default for `--keepalive-timeout`: a ping unanswered for this long
+/// closes the connection, ending its calls.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a server serves and how.
 #[derive(Clone, Debug)]
@@ -74,6 +99,27 @@ pub struct ServerConfig {
     pub max_transfers: usize,
     /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
     pub max_tails: usize,
+    /// Calls open at once on one connection; more get RESOURCE_EXHAUSTED.
+    /// HTTP/2 advertises twice this as its stream limit, so a flood of
+    /// streams beyond that is refused by the protocol itself.
+    pub max_streams_per_connection: usize,
+    /// Largest request message in bytes; larger get RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// A connection without calls for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection that has not made its first call within this time
+    /// (handshakes included) is closed.
+    pub handshake_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings.
+    pub keepalive_interval: Duration,
+    /// A keepalive ping unanswered for this long closes the connection.
+    pub keepalive_timeout: Duration,
+    /// Serve TLS (and, with a client CA, require client certificates).
+    pub tls: Option<ServerTls>,
+    /// Require one of these bearer tokens on every call but health.
+    pub tokens: Option<Tokens>,
+    /// Serve even when the root is `/`.
+    pub allow_root_slash: bool,
     /// Accept uploads (`Write`); without it they get PERMISSION_DENIED.
     pub allow_upload: bool,
     /// Largest upload accepted, in bytes; larger gets RESOURCE_EXHAUSTED.
@@ -91,10 +137,62 @@ impl ServerConfig {
             grace: DEFAULT_GRACE,
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_tails: DEFAULT_MAX_TAILS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            tls: None,
+            tokens: None,
+            allow_root_slash: false,
             allow_upload: false,
             max_upload_bytes: upload::DEFAULT_MAX_UPLOAD_BYTES,
             metrics: Metrics::new(),
         }
+    }
+
+    fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            max_calls: self.max_streams_per_connection.max(1),
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+}
+
+/// Refuses a root that is the whole filesystem unless `allow_root_slash`.
+pub fn check_root(root: &Path, allow_root_slash: bool) -> Result<()> {
+    let canonical = std::fs::canonicalize(root).map_err(|err| Error::io(root, err))?;
+    if canonical == Path::new("/") && !allow_root_slash {
+        return Err(Error::Usage(format!(
+            "--root {}: that is the whole filesystem (/); refusing to serve it \
+             (pass --allow-root-slash if that is really meant)",
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Warns when a server others can reach runs without TLS or tokens.
+fn warn_if_exposed(addr: SocketAddr, tls: bool, tokens: bool) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if !tls {
+        tracing::warn!(
+            %addr,
+            "listening on a non-loopback address without TLS: file contents and tokens \
+             cross the network in clear text (use --tls-cert and --tls-key)"
+        );
+    }
+    if !tokens {
+        tracing::warn!(
+            %addr,
+            "listening on a non-loopback address without --token-file: anyone who can \
+             reach this port can read every file under the root"
+        );
     }
 }
 
@@ -110,9 +208,19 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    check_root(&config.root, config.allow_root_slash)?;
     let root = Root::open(&config.root).map_err(|err| Error::io(&config.root, err))?;
     let root = Arc::new(root);
-    tracing::info!(root = %root.host_path().display(), "serving");
+    tracing::info!(
+        root = %root.host_path().display(),
+        tls = config.tls.is_some(),
+        client_certificates = config.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        tokens = config.tokens.as_ref().map_or(0, Tokens::len),
+        "serving"
+    );
+    if let Ok(addr) = listener.local_addr() {
+        warn_if_exposed(addr, config.tls.is_some(), config.tokens.is_some());
+    }
     if config.allow_upload {
         sweep_uploads(Arc::clone(&root)).await;
     }
@@ -142,7 +250,10 @@ pub async fn run(
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Zstd),
+            .send_compressed(CompressionEncoding::Zstd)
+            // A backstop: the connection layer refuses larger messages
+            // first, with RESOURCE_EXHAUSTED.
+            .max_decoding_message_size(config.max_request_bytes),
         service,
     );
     let methods = KnownMethods::from_descriptor_sets(&[
@@ -160,12 +271,34 @@ pub async fn run(
         }
     });
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = Server::builder()
+    let limits = config.conn_limits();
+    let incoming = Incoming::new(listener, limits);
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut tls_config = ServerTlsConfig::new()
+            .identity(tls.identity.clone())
+            .timeout(config.handshake_timeout);
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(ca.clone());
+        }
+        builder = builder
+            .tls_config(tls_config)
+            .map_err(|err| Error::Serve(format!("TLS: {err}")))?;
+    }
+    let h2_streams = u32::try_from(limits.max_calls.saturating_mul(2)).unwrap_or(u32::MAX);
+    let serve = builder
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .max_concurrent_streams(h2_streams)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        // Outermost first: observe the call (metrics, its log event), count
+        // it on its connection, then check its token; every route
+        // (reflection too) is behind all three.
         .layer(CallLayer::new(config.metrics.clone(), methods))
+        .layer(ConnLayer::new(limits))
+        .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(health::EndWatches::new(health_service, stopping.clone()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -201,7 +201,12 @@ async fn read_request(body: Body) -> Result<ReadRequest, Status> {
                     "request message larger than {MAX_REQUEST_BYTES} bytes"
                 ))
             } else {
-                Status::cancelled(format!("request body: {err}"))
+                // A layer below (the connection limits) may have ended the
+                // body with a status of its own: pass it on as it is.
+                match err.downcast::<Status>() {
+                    Ok(status) => *status,
+                    Err(err) => Status::cancelled(format!("request body: {err}")),
+                }
             }
         })?
         .to_bytes();

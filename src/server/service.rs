@@ -496,6 +496,7 @@ impl FetchdService {
             Status::from(Error::Limit {
                 what: "tails",
                 limit: self.max_tails,
+                flag: "--max-tails",
             })
         })
     }
@@ -508,6 +509,7 @@ impl FetchdService {
                 Status::from(Error::Limit {
                     what: "transfers",
                     limit: self.max_transfers,
+                    flag: "--max-transfers",
                 })
             })
     }

@@ -58,6 +58,7 @@ impl ServerProcess {
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -140,6 +141,30 @@ impl ServerProcess {
     /// What the server logged so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`; returns every
+    /// line read up to and including it. Panics with what was seen when the
+    /// line does not come in time.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {needle:?} within {timeout:?}; saw:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
     }
 }
 

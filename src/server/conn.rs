@@ -1,0 +1,577 @@
+//! Connections and their limits: the accept loop, the socket wrapper that
+//! closes connections that never get going or sit idle, and the tower
+//! layer that counts calls per connection and bounds request messages.
+//!
+//! Each accepted socket is wrapped in a [`Guarded`] that shares a
+//! [`ConnState`] with the calls made on it (tonic hands it to every request
+//! as connect info). The layer counts calls in and out; the socket checks,
+//! whenever the connection task reads, whether the connection is still
+//! wanted:
+//!
+//! - before its first call: for at most the handshake timeout (a peer that
+//!   connects and sends nothing, or stalls in the TLS handshake, is closed);
+//! - with no call open: for at most the idle timeout;
+//! - with calls open: for as long as they run (HTTP/2 keepalive pings find
+//!   peers that went away).
+//!
+//! Closing happens by failing the read, which ends hyper's connection task;
+//! only that connection is affected.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::Stream;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
+
+use crate::error::Error;
+
+/// How long the accept loop pauses after an error such as "too many open
+/// files", instead of spinning on it.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The per-connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Longest time from accept to the first call.
+    pub handshake_timeout: Duration,
+    /// Longest time a connection may stay open without a call.
+    pub idle_timeout: Duration,
+    /// Calls open at once on one connection; more get RESOURCE_EXHAUSTED.
+    pub max_calls: usize,
+    /// Largest request message, in bytes; larger get RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+}
+
+/// Accepted sockets, wrapped and ready for tonic.
+#[derive(Debug)]
+pub struct Incoming {
+    listener: TcpListener,
+    limits: ConnLimits,
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    /// Accepts on `listener`, giving each connection `limits`.
+    pub fn new(listener: TcpListener, limits: ConnLimits) -> Incoming {
+        Incoming {
+            listener,
+            limits,
+            pause: None,
+        }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Guarded>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = &mut this.pause {
+                std::task::ready!(pause.as_mut().poll(cx));
+                this.pause = None;
+            }
+            match std::task::ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, remote)) => {
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(%err, %remote, "cannot set TCP_NODELAY");
+                    }
+                    return Poll::Ready(Some(Ok(Guarded::new(stream, remote, this.limits))));
+                }
+                // The peer gave up before we got to it: not our problem.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "cannot accept a connection; pausing");
+                    this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_PAUSE)));
+                }
+            }
+        }
+    }
+}
+
+/// What one connection's socket and its calls share.
+#[derive(Debug)]
+pub struct ConnState {
+    limits: ConnLimits,
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
+    accepted: Instant,
+    calls: AtomicUsize,
+    called: AtomicBool,
+    idle_since: Mutex<Instant>,
+}
+
+impl ConnState {
+    /// When the connection should be closed if nothing changes; `None`
+    /// while calls are open.
+    fn deadline(&self) -> Option<Instant> {
+        if !self.called.load(Ordering::Acquire) {
+            return Some(self.accepted + self.limits.handshake_timeout);
+        }
+        if self.calls.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        Some(idle_since + self.limits.idle_timeout)
+    }
+
+    /// Counts a call in; the guard counts it out.
+    fn start_call(self: &Arc<ConnState>) -> CallGuard {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        self.called.store(true, Ordering::Release);
+        CallGuard {
+            conn: Some(Arc::clone(self)),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::Acquire)
+    }
+}
+
+/// One open call; counts it out when the response ends or is dropped.
+#[derive(Debug)]
+struct CallGuard {
+    conn: Option<Arc<ConnState>>,
+}
+
+impl CallGuard {
+    fn end(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Idle time starts now; written before the count drops so that
+            // whoever sees no calls also sees this time.
+            *conn.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            conn.calls.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// What every request on a connection carries (as tonic connect info).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    state: Arc<ConnState>,
+}
+
+/// An accepted socket that closes itself when its connection is no longer
+/// wanted (see the module documentation).
+#[derive(Debug)]
+pub struct Guarded {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Guarded {
+    fn new(stream: TcpStream, remote: SocketAddr, limits: ConnLimits) -> Guarded {
+        let now = Instant::now();
+        let local = stream.local_addr().ok();
+        Guarded {
+            stream,
+            state: Arc::new(ConnState {
+                limits,
+                remote,
+                local,
+                accepted: now,
+                calls: AtomicUsize::new(0),
+                called: AtomicBool::new(false),
+                idle_since: Mutex::new(now),
+            }),
+            timer: Box::pin(tokio::time::sleep_until(now + limits.handshake_timeout)),
+        }
+    }
+
+    /// `Ready(error)` once the connection should be closed; otherwise
+    /// arranges to be woken when that may be the case.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            let now = Instant::now();
+            let deadline = match self.state.deadline() {
+                // Calls are open: look again one idle period after the
+                // timer last went off (not on every read: resetting a
+                // timer costs more than checking one).
+                None if self.timer.deadline() > now => self.timer.deadline(),
+                None => now + self.state.limits.idle_timeout,
+                Some(deadline) if now >= deadline => {
+                    let called = self.state.called.load(Ordering::Acquire);
+                    let reason = if called {
+                        "idle timeout: no call for too long"
+                    } else {
+                        "handshake timeout: no call made in time"
+                    };
+                    tracing::debug!(peer = %self.state.remote, reason, "closing connection");
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, reason));
+                }
+                Some(deadline) => deadline,
+            };
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Poll::Ready(read) = Pin::new(&mut this.stream).poll_read(cx, buf) {
+            return Poll::Ready(read);
+        }
+        match this.poll_expired(cx) {
+            Poll::Ready(err) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Guarded {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// The connection a request came on, plain or TLS.
+fn conn_of<B>(request: &http::Request<B>) -> Option<Arc<ConnState>> {
+    let extensions = request.extensions();
+    extensions
+        .get::<ConnInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<ConnInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .map(|info| Arc::clone(&info.state))
+}
+
+/// The peer address of a request's connection, if known.
+pub fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    conn_of(request).map(|conn| conn.remote).or_else(|| {
+        request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+    })
+}
+
+/// Tower layer: counts calls per connection (refusing those over the
+/// limit), bounds request messages, and gives requests the usual
+/// [`TcpConnectInfo`] so `Request::remote_addr` works.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLayer {
+    limits: ConnLimits,
+}
+
+impl ConnLayer {
+    /// A layer enforcing `limits`.
+    pub fn new(limits: ConnLimits) -> ConnLayer {
+        ConnLayer { limits }
+    }
+}
+
+impl<S> Layer<S> for ConnLayer {
+    type Service = ConnService<S>;
+
+    fn layer(&self, inner: S) -> ConnService<S> {
+        ConnService {
+            inner,
+            limits: self.limits,
+        }
+    }
+}
+
+/// The service [`ConnLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct ConnService<S> {
+    inner: S,
+    limits: ConnLimits,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S> Service<http::Request<Body>> for ConnService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let conn = conn_of(&request);
+        let guard = conn.as_ref().map(ConnState::start_call);
+        if let Some(conn) = &conn
+            && conn.calls() > self.limits.max_calls
+        {
+            drop(guard);
+            tracing::info!(peer = %conn.remote, limit = self.limits.max_calls, "refused a call over the per-connection limit");
+            let status = Status::from(Error::Limit {
+                what: "calls on one connection",
+                limit: self.limits.max_calls,
+                flag: "--max-streams-per-connection",
+            });
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let (mut parts, body) = request.into_parts();
+        if let Some(conn) = &conn {
+            parts.extensions.insert(TcpConnectInfo {
+                local_addr: conn.local,
+                remote_addr: Some(conn.remote),
+            });
+        }
+        let body = Body::new(LimitedBody::new(body, self.limits.max_request_bytes));
+        let request = http::Request::from_parts(parts, body);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            Ok(match guard {
+                None => response,
+                Some(guard) => response.map(|body| Body::new(GuardedBody { inner: body, guard })),
+            })
+        })
+    }
+}
+
+/// A response body that counts its call out when it ends.
+struct GuardedBody {
+    inner: Body,
+    guard: CallGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        // The call is over when the trailers (or an error, or the end)
+        // come: count it out before they are sent, so a client that starts
+        // its next call on seeing them never finds this one still counted.
+        let done = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(frame)) => frame.is_trailers(),
+        };
+        if done {
+            this.guard.end();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED as soon as a gRPC
+/// message header announces more than the limit, before the message is
+/// buffered.
+struct LimitedBody {
+    inner: Body,
+    scan: FrameScan,
+}
+
+impl LimitedBody {
+    fn new(inner: Body, limit: usize) -> LimitedBody {
+        LimitedBody {
+            inner,
+            scan: FrameScan::new(limit),
+        }
+    }
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && let Err(size) = this.scan.feed(data)
+        {
+            return Poll::Ready(Some(Err(Status::from(Error::MessageTooLarge {
+                size,
+                limit: this.scan.limit,
+            }))));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Follows the gRPC length-prefixed framing (1 flag byte, 4 length bytes,
+/// the message) across arbitrary chunk boundaries.
+#[derive(Debug)]
+pub struct FrameScan {
+    limit: usize,
+    header: [u8; 5],
+    header_len: usize,
+    body_left: u64,
+}
+
+impl FrameScan {
+    /// A scanner refusing messages over `limit` bytes.
+    pub fn new(limit: usize) -> FrameScan {
+        FrameScan {
+            limit,
+            header: [0; 5],
+            header_len: 0,
+            body_left: 0,
+        }
+    }
+
+    /// Takes the next bytes of the stream; `Err(size)` when a message
+    /// header announces `size` bytes, more than the limit.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), u64> {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let skip = self.body_left.min(data.len() as u64);
+                self.body_left -= skip;
+                data = &data[skip as usize..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
+            self.header_len += take;
+            data = &data[take..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let size = u64::from(u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]));
+                if size > self.limit as u64 {
+                    return Err(size);
+                }
+                self.body_left = size;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend(std::iter::repeat_n(7u8, len as usize));
+        out
+    }
+
+    /// Messages up to the limit pass, however the bytes are chunked; the
+    /// first one over it is caught from its header alone.
+    #[test]
+    fn frame_scan_finds_oversized_messages_across_chunks() {
+        let mut stream = message(10);
+        stream.extend(message(0));
+        stream.extend(message(16));
+        for chunk in 1..=stream.len() {
+            let mut scan = FrameScan::new(16);
+            for piece in stream.chunks(chunk) {
+                scan.feed(piece).expect("within the limit");
+            }
+        }
+        let mut over = message(3);
+        over.extend_from_slice(&[0, 0, 0, 0, 17]);
+        for chunk in 1..=over.len() {
+            let mut scan = FrameScan::new(16);
+            let result: Result<(), u64> = over.chunks(chunk).try_for_each(|piece| scan.feed(piece));
+            assert_eq!(result, Err(17), "chunk size {chunk}");
+        }
+    }
+}
