@@ -141,7 +141,16 @@ pub fn prepare_parent(out: &Path, dest: &Path) -> Result<()> {
                 });
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&current).map_err(|err| Error::io(&current, err))?;
+                match std::fs::create_dir(&current) {
+                    Ok(()) => {}
+                    // Another job made it between the look and the mkdir:
+                    // fine if it is a real folder, checked like any other.
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::AlreadyExists
+                            && std::fs::symlink_metadata(&current)
+                                .is_ok_and(|meta| meta.is_dir()) => {}
+                    Err(err) => return Err(Error::io(&current, err)),
+                }
             }
             Err(err) => return Err(Error::io(&current, err)),
         }
@@ -389,6 +398,28 @@ mod tests {
                 confine(out, hostile).is_err(),
                 "{hostile:?} must be refused"
             );
+        }
+    }
+
+    /// Jobs preparing the same new folders at once all succeed: a folder
+    /// another job made between the look and the mkdir is fine.
+    #[test]
+    fn concurrent_jobs_share_new_folders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().to_path_buf();
+        for round in 0..20 {
+            let threads: Vec<_> = (0..8)
+                .map(|job| {
+                    let out = out.clone();
+                    std::thread::spawn(move || {
+                        prepare_parent(&out, &out.join(format!("r{round}/a/b/f{job}")))
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().expect("join").expect("prepare_parent");
+            }
+            assert!(out.join(format!("r{round}/a/b")).is_dir());
         }
     }
 
