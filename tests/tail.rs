@@ -610,6 +610,64 @@ fn ctrl_c_and_sigterm_exit_zero() {
     assert_eq!(status.code(), Some(0), "{}", tail.describe());
 }
 
+/// SIGINT and SIGTERM also end a tail whose stdout is blocked: the reader
+/// stopped reading, the pipe is full and the client sits in `write(2)`.
+#[test]
+fn signals_exit_zero_while_stdout_is_blocked() {
+    let logs = Logs::new(b"start\n");
+    let server = ServerProcess::start(&logs.root(), &[]);
+    for signal in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
+        fs::write(logs.log(), "start\n").unwrap();
+        let mut child = fetchd()
+            .args(["--server", &server.url, "tail", "logs/app.log", "-n", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Held, never read: the pipe fills up.
+        let mut stdout: ChildStdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 6];
+        stdout.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"start\n");
+        let pid = child.id();
+        // More than a pipe holds, in writes until the client is stuck in one.
+        let block = vec![b'x'; 256 * 1024];
+        let deadline = Instant::now() + OUTPUT_TIMEOUT;
+        while !blocked_in_pipe_write(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the client never blocked on stdout"
+            );
+            append(&logs.log(), &block);
+            thread::sleep(Duration::from_millis(20));
+        }
+        let raw = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(raw, signal).unwrap();
+        let status = wait_with_timeout(&mut child, OUTPUT_TIMEOUT);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            status.and_then(|status| status.code()),
+            Some(0),
+            "exit after {signal:?} while blocked on stdout"
+        );
+        drop(stdout);
+    }
+}
+
+/// True when some thread of `pid` sleeps in a pipe write (`pipe_write`, or
+/// `anon_pipe_write` on newer kernels).
+fn blocked_in_pipe_write(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        fs::read_to_string(task.path().join("wchan"))
+            .is_ok_and(|wchan| wchan.contains("pipe_write"))
+    })
+}
+
 /// Tail is confined like every verb: a symlink leading out is refused with
 /// PERMISSION_DENIED (nothing read, nothing watched), `..` past the root
 /// too, and a FIFO is refused without being opened.

@@ -1,27 +1,26 @@
 //! `fetchd tail`: print the last lines of a file on the server, then follow
 //! it like `tail -F`.
 //!
-//! Bytes go to stdout exactly as the server sends them, through a writer
-//! thread that flushes every chunk (so a blocked stdout never stops Ctrl-C
-//! from working); notices go to stderr. SIGINT and SIGTERM end it with
-//! status 0, and so does a reader that closes the pipe.
+//! Bytes go to stdout exactly as the server sends them, one `write(2)` per
+//! message as it arrives (unbuffered, on the runtime's only thread: no hop
+//! between the socket and the pipe); notices go to stderr. SIGINT and
+//! SIGTERM end it with status 0, also while a write is blocked on a reader
+//! that stopped reading; so does a reader that closes the pipe.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::thread;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::{ClientArgs, CompressArg, EXIT_OK};
 use crate::client::Client;
 use crate::client::tail::{Followed, Follower};
 use crate::error::{Error, Result};
 use crate::tail::{TailCursor, TailNotice};
-
-/// Chunks queued for the stdout writer thread.
-pub const STDOUT_QUEUE_CHUNKS: usize = 16;
 
 /// Arguments of `fetchd tail`.
 #[derive(Debug, Args)]
@@ -63,7 +62,7 @@ pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let options = client_args.options_with(args.compress);
     let client = Client::connect(&options).await?;
     let mut follower = Follower::new(client, options, &args.path, args.lines, !args.no_follow);
-    let mut stdout = StdoutWriter::start();
+    let mut stdout = StdoutSink::open()?;
     let mut notices = Notices::new(&args.path);
 
     loop {
@@ -73,25 +72,14 @@ pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
             followed = follower.next() => followed?,
         };
         match followed {
-            Some(Followed::Data(data)) => {
-                let sent = tokio::select! {
-                    _ = interrupt.recv() => return Ok(EXIT_OK),
-                    _ = terminate.recv() => return Ok(EXIT_OK),
-                    sent = stdout.write(data) => sent,
-                };
-                if !sent {
-                    // The reader went away (`| head`): done, as tail does.
-                    return stdout.finish().await;
-                }
-            }
+            Some(Followed::Data(data)) => match stdout.write(&data) {
+                Ok(()) => {}
+                // The reader went away (`| head`): done, as tail does.
+                Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(EXIT_OK),
+                Err(err) => return Err(Error::io("<stdout>", err)),
+            },
             Some(other) => notices.show(&other),
-            None => {
-                return tokio::select! {
-                    _ = interrupt.recv() => Ok(EXIT_OK),
-                    _ = terminate.recv() => Ok(EXIT_OK),
-                    done = stdout.finish() => done,
-                };
-            }
+            None => return Ok(EXIT_OK),
         }
     }
 }
@@ -153,53 +141,43 @@ fn resumed(path: &str, cursor: &TailCursor) -> String {
     format!("reconnected; {path} resumes at byte {}", cursor.offset)
 }
 
-/// Writes chunks to stdout on a thread of its own, flushing each.
+/// Stdout without a buffer: each chunk is written whole as it comes.
+///
+/// The write blocks the (single-threaded) runtime while the pipe is full;
+/// nothing else needs it then, and flow control holds the server back. A
+/// SIGINT or SIGTERM that arrives during a write ends the process at once
+/// with status 0 (tokio's handlers only run between writes).
 #[derive(Debug)]
-struct StdoutWriter {
-    chunks: Option<mpsc::Sender<Bytes>>,
-    done: Option<oneshot::Receiver<io::Result<()>>>,
+struct StdoutSink {
+    out: File,
+    writing: Arc<AtomicBool>,
 }
 
-impl StdoutWriter {
-    fn start() -> StdoutWriter {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(STDOUT_QUEUE_CHUNKS);
-        let (done_tx, done) = oneshot::channel();
-        thread::spawn(move || {
-            let mut out = io::stdout().lock();
-            let mut result = Ok(());
-            while let Some(chunk) = queue.blocking_recv() {
-                if let Err(err) = out.write_all(&chunk).and_then(|()| out.flush()) {
-                    result = Err(err);
-                    break;
-                }
-            }
-            let _ = done_tx.send(result);
-        });
-        StdoutWriter {
-            chunks: Some(chunks),
-            done: Some(done),
+impl StdoutSink {
+    fn open() -> Result<StdoutSink> {
+        let out = io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| Error::io("<stdout>", err))?;
+        let writing = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                i32::from(EXIT_OK),
+                Arc::clone(&writing),
+            )
+            .map_err(|err| Error::io("<signals>", err))?;
         }
+        Ok(StdoutSink {
+            out: File::from(out),
+            writing,
+        })
     }
 
-    /// Queues `data`; `false` once the writer has stopped.
-    async fn write(&mut self, data: Bytes) -> bool {
-        match &self.chunks {
-            Some(chunks) => chunks.send(data).await.is_ok(),
-            None => false,
-        }
-    }
-
-    /// Waits until everything queued is written. A closed pipe is success.
-    async fn finish(&mut self) -> Result<u8> {
-        self.chunks = None;
-        let outcome = match self.done.take() {
-            Some(done) => done.await.unwrap_or(Ok(())),
-            None => Ok(()),
-        };
-        match outcome {
-            Ok(()) => Ok(EXIT_OK),
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
-            Err(err) => Err(Error::io("<stdout>", err)),
-        }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.writing.store(true, Ordering::SeqCst);
+        let written = self.out.write_all(data);
+        self.writing.store(false, Ordering::SeqCst);
+        written
     }
 }

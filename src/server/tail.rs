@@ -1,14 +1,18 @@
-//! `Tail`: one task per stream follows one file by name, like `tail -F`.
+//! `Tail`: each stream follows one file by name, like `tail -F`.
 //!
 //! Each stream has its own descriptor and its own offset, so a slow client
 //! never holds back another; what they share is the folder watch
-//! ([`super::watches`]) that wakes them. A wake-up reads what was appended
-//! with `pread` in [`TAIL_CHUNK_BYTES`] pieces into a channel of
-//! [`TAIL_QUEUE_MESSAGES`]: a client that stops reading stalls its own task
-//! (memory per stream: the queue plus HTTP/2's send buffer), never the
-//! server. Backlogs are read on the blocking pool; bytes appended since a
-//! read that reached the end are read in place (they were just written, so
-//! they come from the page cache in microseconds).
+//! ([`super::watches`]) that wakes them. The stream is the follower itself
+//! (an `async-fn-stream` generator), polled by the HTTP/2 stream's task: a
+//! wake-up reads what was appended with `pread` in [`TAIL_CHUNK_BYTES`]
+//! pieces and hands each to HTTP/2 directly, with no task or channel in
+//! between (one hop less on the way from the write to the socket). HTTP/2
+//! polls it only when the client's flow-control window has room, so a
+//! client that stops reading stops its own follower (memory per stream: one
+//! message plus HTTP/2's send buffer), never the server. Backlogs are read
+//! on the blocking pool; bytes appended since a read that reached the end
+//! are read in place (they were just written, so they come from the page
+//! cache in microseconds).
 //!
 //! What the task notices, and says with a notice of its own:
 //! - **Truncation** (`truncate`, copytruncate): the file is shorter than the
@@ -28,16 +32,19 @@
 //! path names another file by then, the cursor's file is looked for by inode
 //! in the same folder (where rotation leaves it) and finished first.
 //!
-//! The stream ends when the client leaves, on an error, or when the server
-//! stops (`stopping`): a last `Stopping` notice, then a clean end.
+//! The stream ends when the client leaves (HTTP/2 drops it), on an error,
+//! or when the server stops (`stopping`): a last `Stopping` notice with the
+//! cursor of the last message handed out, then a clean end.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use async_fn_stream::{StreamEmitter, fn_stream};
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -47,8 +54,6 @@ use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Most bytes in one data message.
 pub const TAIL_CHUNK_BYTES: usize = 16 * 1024;
-/// Messages queued between a stream's task and the network.
-pub const TAIL_QUEUE_MESSAGES: usize = 2;
 /// How many of the last bytes sent are compared again before reading on,
 /// to notice a file that was truncated and rewritten past the offset.
 pub const TAIL_FINGERPRINT_BYTES: usize = 32;
@@ -75,32 +80,34 @@ pub struct TailSpec {
 
 /// Starts a tail. Resolving, opening and finding the start happen before
 /// this returns, so a refused or (without follow) missing file is the
-/// call's error rather than a message; then a task streams the rest. The
-/// task ends when the receiver is dropped, on `stopping`, or (without
-/// follow) at the end of the data; `permit` is held until then.
+/// call's error rather than a message; the returned stream does the rest
+/// as it is polled. It ends on `stopping`, on an error, or (without follow)
+/// at the end of the data; dropping it (the client left) stops following.
+/// `permit` is held until then.
 pub async fn start(
     root: Arc<Root>,
     watches: Watches,
     spec: TailSpec,
     stopping: CancellationToken,
     permit: OwnedSemaphorePermit,
-) -> Result<mpsc::Receiver<TailItem>> {
+) -> Result<impl Stream<Item = TailItem> + Send + 'static> {
     let shown = spec.path.shown();
     let (tailer, first) = tokio::task::spawn_blocking(move || Tailer::open(root, watches, spec))
         .await
         .map_err(|err| join_error(&shown, err))??;
-    let (tx, rx) = mpsc::channel(TAIL_QUEUE_MESSAGES);
-    tokio::spawn(async move {
+    Ok(fn_stream(move |emitter| async move {
         let _permit = permit;
-        tailer.run(first, Out { tx, stopping }).await;
-    });
-    Ok(rx)
+        let out = Out {
+            emitter,
+            stopping,
+            delivered: tailer.cursor(),
+        };
+        tailer.run(first, out).await;
+    }))
 }
 
-/// Why a stream's task stops.
+/// Why a stream stops before its end.
 enum Stop {
-    /// The client went away.
-    Left,
     /// The server is shutting down.
     Stopping,
     /// Something failed; the client gets it as the stream's status.
@@ -115,20 +122,28 @@ impl From<Error> for Stop {
 
 /// The sending side of a stream.
 struct Out {
-    tx: mpsc::Sender<TailItem>,
+    emitter: StreamEmitter<TailItem>,
     stopping: CancellationToken,
+    /// The cursor of the last message handed out: where a client that
+    /// reconnects after `Stopping` continues.
+    delivered: TailCursor,
 }
 
 impl Out {
-    async fn send(&self, event: TailEvent) -> Result<(), Stop> {
-        tokio::select! {
-            biased;
-            () = self.stopping.cancelled() => Err(Stop::Stopping),
-            sent = self.tx.send(Ok(event)) => sent.map_err(|_| Stop::Left),
+    /// Hands `event` to HTTP/2; returns once it was taken (the stream is
+    /// polled again only when the client's window has room). Refused once
+    /// the server is stopping, so nothing is handed out after the cursor
+    /// the `Stopping` notice carries.
+    async fn send(&mut self, event: TailEvent) -> Result<(), Stop> {
+        if self.stopping.is_cancelled() {
+            return Err(Stop::Stopping);
         }
+        self.delivered = event.cursor();
+        self.emitter.emit(Ok(event)).await;
+        Ok(())
     }
 
-    async fn notice(&self, notice: TailNotice, cursor: TailCursor) -> Result<(), Stop> {
+    async fn notice(&mut self, notice: TailNotice, cursor: TailCursor) -> Result<(), Stop> {
         self.send(TailEvent::Notice { notice, cursor }).await
     }
 }
@@ -295,37 +310,38 @@ impl Tailer {
             .unwrap_or_default()
     }
 
-    async fn run(mut self, first: Vec<TailEvent>, out: Out) {
-        let stopped = self.follow_file(first, &out).await;
+    async fn run(mut self, first: Vec<TailEvent>, mut out: Out) {
+        let stopped = self.follow_file(first, &mut out).await;
         match stopped {
-            Err(Stop::Left) | Ok(()) => {}
+            Ok(()) => {}
             Err(Stop::Stopping) => {
-                // Best effort: a client that does not read just reconnects.
-                let _ = out.tx.try_send(Ok(TailEvent::Notice {
+                // A client that does not read any more never gets it, and
+                // the server's drain deadline ends the call.
+                let notice = TailEvent::Notice {
                     notice: TailNotice::Stopping,
-                    cursor: self.cursor(),
-                }));
+                    cursor: out.delivered,
+                };
+                out.emitter.emit(Ok(notice)).await;
             }
             Err(Stop::Failed(err)) => {
                 tracing::debug!(path = %self.shown, %err, "tail failed");
-                tokio::select! {
-                    _ = out.tx.send(Err(err)) => {}
-                    () = out.stopping.cancelled() => {}
-                }
+                out.emitter.emit(Err(err)).await;
             }
         }
-        self.release_watch();
     }
 
     /// Drops the subscription off the async threads: removing the last
     /// watch of a folder talks to the watcher thread.
     fn release_watch(&mut self) {
         if let Some(subscription) = self.subscription.take() {
-            tokio::task::spawn_blocking(move || drop(subscription));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(subscription))),
+                Err(_) => drop(subscription),
+            }
         }
     }
 
-    async fn follow_file(&mut self, first: Vec<TailEvent>, out: &Out) -> Result<(), Stop> {
+    async fn follow_file(&mut self, first: Vec<TailEvent>, out: &mut Out) -> Result<(), Stop> {
         for event in first {
             out.send(event).await?;
         }
@@ -364,14 +380,13 @@ impl Tailer {
         };
         tokio::select! {
             () = out.stopping.cancelled() => Err(Stop::Stopping),
-            () = out.tx.closed() => Err(Stop::Left),
             renamed = woken => Ok(renamed),
         }
     }
 
     /// Sends what the current file has past the offset (up to its end as
     /// seen now), noticing truncation on the way.
-    async fn drain(&mut self, out: &Out) -> Result<(), Stop> {
+    async fn drain(&mut self, out: &mut Out) -> Result<(), Stop> {
         loop {
             let Some(current) = self.current.as_mut() else {
                 return Ok(());
@@ -434,7 +449,7 @@ impl Tailer {
 
     /// Resolves the path again and acts on what it names now; true when
     /// the stream switched to another file.
-    async fn check_path(&mut self, out: &Out) -> Result<bool, Stop> {
+    async fn check_path(&mut self, out: &mut Out) -> Result<bool, Stop> {
         let root = Arc::clone(&self.root);
         let path = self.path.clone();
         let placed = tokio::task::spawn_blocking(move || root.place(&path))
@@ -513,7 +528,7 @@ impl Tailer {
 
     /// Nothing at the path: say so once, and wake for anything in the
     /// folder (the old file may still be written to under another name).
-    async fn went_missing(&mut self, out: &Out) -> Result<(), Stop> {
+    async fn went_missing(&mut self, out: &mut Out) -> Result<(), Stop> {
         self.pending = false;
         self.widen();
         if !self.gone {
@@ -560,6 +575,14 @@ impl Tailer {
         if let Some(subscription) = self.subscription.as_mut() {
             subscription.narrow();
         }
+    }
+}
+
+impl Drop for Tailer {
+    /// However the stream ends (its end, an error, the client leaving), the
+    /// folder watch is given back.
+    fn drop(&mut self) {
+        self.release_watch();
     }
 }
 
