@@ -730,3 +730,35 @@ fn every_flag_has_help() {
         );
     }
 }
+
+/// Network threads of `serve`: `--workers N` runs exactly N, the default
+/// is half the CPUs (at least one), and 0 is a usage error. Counted right
+/// after start, before any call: the blocking pool's threads, which carry
+/// the same name, only exist once a call needed one.
+#[test]
+fn serve_runs_the_workers_it_is_told() {
+    fn workers(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == "tokio-rt-worker")
+            })
+            .count()
+    }
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("f"), b"served by three").unwrap();
+    let server = ServerProcess::start(root.path(), &["--workers", "3"]);
+    assert_eq!(workers(server.pid()), 3);
+    let cwd = tempfile::tempdir().unwrap();
+    let run = client(&server.url, cwd.path(), &["get", "f", "-o", "-"]);
+    run.expect_code(0);
+    assert_eq!(run.stdout_str(), "served by three");
+
+    let server = ServerProcess::start(root.path(), &[]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(workers(server.pid()), cpus.div_ceil(2));
+
+    common::run_in(cwd.path(), fetchd().args(["serve", "--workers", "0"])).expect_code(2);
+}
