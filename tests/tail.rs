@@ -538,6 +538,23 @@ fn server_restart_resumes_without_loss_or_duplicates() {
     tail.expect_stderr("reconnected");
 }
 
+/// `fetchd tail logs/app.log -n 1` with its stdout left to the test, once
+/// it printed the file's one line, `start`.
+fn tail_read_by_hand(url: &str) -> (Child, ChildStdout) {
+    let mut child = fetchd()
+        .args(["--server", url, "tail", "logs/app.log", "-n", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"start\n");
+    (child, stdout)
+}
+
 /// A client that stops reading while the file grows by 64 MiB does not
 /// make the server buffer it: the server's peak RSS stays small, and the
 /// client still gets every byte once it reads again.
@@ -547,17 +564,7 @@ fn stalled_client_does_not_grow_server_memory() {
     const RSS_BOUND_KIB: u64 = 64 * 1024;
     let logs = Logs::new(b"start\n");
     let server = ServerProcess::start(&logs.root(), &[]);
-    let mut child = fetchd()
-        .args(["--server", &server.url, "tail", "logs/app.log", "-n", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout: ChildStdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 6];
-    stdout.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"start\n");
+    let (mut child, mut stdout) = tail_read_by_hand(&server.url);
 
     // 64 MiB of lines while nobody reads.
     let block: Vec<u8> = (0..16 * 1024)
@@ -618,18 +625,8 @@ fn signals_exit_zero_while_stdout_is_blocked() {
     let server = ServerProcess::start(&logs.root(), &[]);
     for signal in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
         fs::write(logs.log(), "start\n").unwrap();
-        let mut child = fetchd()
-            .args(["--server", &server.url, "tail", "logs/app.log", "-n", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Held, never read: the pipe fills up.
-        let mut stdout: ChildStdout = child.stdout.take().unwrap();
-        let mut first = [0u8; 6];
-        stdout.read_exact(&mut first).unwrap();
-        assert_eq!(&first, b"start\n");
+        // Held, never read again: the pipe fills up.
+        let (mut child, stdout) = tail_read_by_hand(&server.url);
         let pid = child.id();
         // More than a pipe holds, in writes until the client is stuck in one.
         let block = vec![b'x'; 256 * 1024];
