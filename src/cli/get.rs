@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{
-    ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, report, stderr_is_terminal,
+    ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal,
 };
 use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item};
@@ -405,21 +405,7 @@ pub fn json_line(remote: &str, dest: &str, result: &Result<Report>) -> serde_jso
                 Outcome::Skipped => "skipped",
             },
         }),
-        Err(err) => {
-            let message = err.to_string();
-            let reason = message
-                .strip_prefix(&format!("{path}: "))
-                .unwrap_or(&message)
-                .to_string();
-            json!({
-                "path": path,
-                "dest": dest,
-                "bytes": null,
-                "sha256": null,
-                "status": "error",
-                "error": reason,
-            })
-        }
+        Err(err) => json_error(path, ("dest", dest), err),
     }
 }
 

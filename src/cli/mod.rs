@@ -250,6 +250,27 @@ where
     runtime.block_on(verb())
 }
 
+/// The `--json` object of a file that failed (`get`, `put`): the remote
+/// `path`, the local side under its key (`dest` or `source`), null bytes and
+/// sha256, status `error`, and the error without the path it starts with
+/// (the object names the paths already).
+pub fn json_error(path: &str, (key, local): (&str, &str), err: &Error) -> serde_json::Value {
+    let message = err.to_string();
+    let reason = message
+        .strip_prefix(&format!("{path}: "))
+        .or_else(|| message.strip_prefix(&format!("{local}: ")))
+        .unwrap_or(&message);
+    let mut object = serde_json::json!({
+        "path": path,
+        "bytes": null,
+        "sha256": null,
+        "status": "error",
+        "error": reason,
+    });
+    object[key] = serde_json::Value::from(local);
+    object
+}
+
 /// True when progress may be drawn on stderr.
 pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()

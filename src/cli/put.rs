@@ -6,7 +6,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{ClientArgs, EXIT_FAILURE, EXIT_OK, Output, report, stderr_is_terminal};
+use crate::cli::{
+    ClientArgs, EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal,
+};
 use crate::client::upload::{self, Source, UploadOptions, Uploaded};
 use crate::error::{Error, Result};
 
@@ -129,22 +131,7 @@ pub fn json_line(remote: &str, source: &str, result: &Result<Uploaded>) -> serde
             "sha256": uploaded.sha256.to_hex(),
             "status": "ok",
         }),
-        Err(err) => {
-            let message = err.to_string();
-            let reason = message
-                .strip_prefix(&format!("{path}: "))
-                .or_else(|| message.strip_prefix(&format!("{source}: ")))
-                .unwrap_or(&message)
-                .to_string();
-            json!({
-                "path": path,
-                "source": source,
-                "bytes": null,
-                "sha256": null,
-                "status": "error",
-                "error": reason,
-            })
-        }
+        Err(err) => json_error(path, ("source", source), err),
     }
 }
 
