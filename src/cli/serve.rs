@@ -277,6 +277,16 @@ async fn shutdown_signal() {
     }
 }
 
+/// Network threads when `--workers` is not given: half the CPUs (rounded
+/// up). A download's server CPU is split about evenly between writing to
+/// the socket (on these threads) and reading the file (on the reader
+/// threads), and every extra worker costs wake-ups on each event: on 2 CPUs
+/// one worker served one client as fast as two and cut tail latency (see
+/// README, Performance).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cpus| cpus.get().div_ceil(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,14 +303,4 @@ mod tests {
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
     }
-}
-
-/// Network threads when `--workers` is not given: half the CPUs (rounded
-/// up). A download's server CPU is split about evenly between writing to
-/// the socket (on these threads) and reading the file (on the reader
-/// threads), and every extra worker costs wake-ups on each event: on 2 CPUs
-/// one worker served one client as fast as two and cut tail latency (see
-/// README, Performance).
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |cpus| cpus.get().div_ceil(2))
 }
