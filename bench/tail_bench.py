@@ -5,9 +5,10 @@ Three measurements, on loopback, in one run:
 
 1. Append-to-stdout latency: a writer appends one line (sequence number and
    timestamp) to a log and waits until that line shows on the follower's
-   stdout (read non-blocking with poll). Followers: `fetchd tail LOG -n 0`,
-   local `tail -F -n 0 LOG` and `ssh 127.0.0.1 tail -F -n 0 LOG` through a
-   private sshd. All three run at once, each on its own log, and the samples
+   stdout (read non-blocking with poll). Followers: `fetchd tail LOG -n 0`
+   (against the default server, and against one with `--workers 2`), local
+   `tail -F -n 0 LOG` and `ssh 127.0.0.1 tail -F -n 0 LOG` through a
+   private sshd. All run at once, each on its own log, and the samples
    are interleaved in rounds (the order rotating each round) so they see the
    same machine conditions. p50, p99 and max in ms.
 2. Lines per second for one client: the writer appends BENCH_TAIL_LINES short
@@ -55,6 +56,9 @@ FAN_CLIENTS = int(os.environ.get("BENCH_TAIL_CLIENTS", "1000"))
 FAN_LINES = int(os.environ.get("BENCH_TAIL_FAN_LINES", "10000"))
 OUT = Path(os.environ.get("BENCH_OUT", REPO / "bench/results"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Latency followers: fetchd against the default server and against one with
+# `--workers 2` (the default is half the CPUs), local tail -F, ssh tail -F.
+LAT_FOLLOWERS = ("fetchd", "fetchd-w2", "tail", "ssh")
 
 
 def log(msg: str) -> None:
@@ -254,9 +258,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_fetchd(root: Path, work: Path, tag: str) -> tuple[subprocess.Popen, str]:
+def start_fetchd(root: Path, work: Path, tag: str,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     out = open(work / f"serve-{tag}.out", "wb")
-    p = spawn([str(FETCHD), "serve", "--root", str(root), "--listen", "127.0.0.1:0"],
+    p = spawn([str(FETCHD), "serve", "--root", str(root), "--listen", "127.0.0.1:0", *extra],
               stdout=subprocess.PIPE, stderr=open(work / f"serve-{tag}.err", "wb"))
     line = p.stdout.readline().decode()
     out.write(line.encode())
@@ -304,12 +309,13 @@ LogLevel ERROR
     raise RuntimeError("cannot ssh to the private sshd: " + r.stderr.decode())
 
 
-def latency(work: Path, root: Path, url: str, ssh: list[str]) -> dict:
-    logs = {name: root / f"lat-{name}.log" for name in ("fetchd", "tail", "ssh")}
+def latency(work: Path, root: Path, url: str, url_w2: str, ssh: list[str]) -> dict:
+    logs = {name: root / f"lat-{name}.log" for name in LAT_FOLLOWERS}
     for p in logs.values():
         p.write_bytes(b"")
     cmds = {
         "fetchd": [str(FETCHD), "--server", url, "tail", logs["fetchd"].name, "-n", "0"],
+        "fetchd-w2": [str(FETCHD), "--server", url_w2, "tail", logs["fetchd-w2"].name, "-n", "0"],
         "tail": ["tail", "-F", "-n", "0", str(logs["tail"])],
         "ssh": ssh + ["tail", "-F", "-n", "0", str(logs["ssh"])],
     }
@@ -320,7 +326,8 @@ def latency(work: Path, root: Path, url: str, ssh: list[str]) -> dict:
         samples: dict[str, list[float]] = {f.name: [] for f in followers}
         warmup = 20
         for i in range(warmup + SAMPLES):
-            order = followers[i % 3:] + followers[:i % 3]
+            k = i % len(followers)
+            order = followers[k:] + followers[:k]
             for f in order:
                 t0 = time.perf_counter_ns()
                 line = b"%d %d\n" % (i, t0)
@@ -463,14 +470,15 @@ def machine() -> dict:
 def render(res: dict) -> str:
     m = res["machine"]
     lat, tput, fan = res["latency"], res["throughput"], res["fanout"]
-    label = {"fetchd": "fetchd tail", "tail": "tail -F (local)", "ssh": "ssh 127.0.0.1 tail -F"}
+    label = {"fetchd": "fetchd tail", "fetchd-w2": "fetchd tail (`serve --workers 2`)",
+             "tail": "tail -F (local)", "ssh": "ssh 127.0.0.1 tail -F"}
     md = [f"# Tail benchmark\n",
           f"Run of {res['date']} on {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}; "
           f"`{res['invocation']}`; logs on {res['log_fs']}. The machine is shared, so "
           f"treat the figures as provisional.\n",
           f"## Append-to-stdout latency over loopback ({SAMPLES} samples each, interleaved)\n",
           "| follower | p50 (ms) | p99 (ms) | max (ms) |", "|---|---|---|---|"]
-    for k in ("fetchd", "tail", "ssh"):
+    for k in LAT_FOLLOWERS:
         r = lat[k]
         p99 = f"{r['p99_ms']:.3f}"
         if k == "fetchd":
@@ -499,13 +507,14 @@ def render(res: dict) -> str:
            f"| server inotify watches | {fan['inotify_watches']} |",
            f"| server threads | {fan['server_threads']} |",
            "", "## Commands measured\n", "```"]
-    md += [lat[k]["command"] for k in ("fetchd", "tail", "ssh")]
+    md += [lat[k]["command"] for k in LAT_FOLLOWERS]
     md += [tput[k]["command"] for k in ("fetchd", "tail", "ssh")]
-    md += [res["servers"]["fetchd"], res["servers"]["sshd"], fan["command"], "```", ""]
+    md += [res["servers"]["fetchd"], res["servers"]["fetchd-w2"], res["servers"]["sshd"],
+           fan["command"], "```", ""]
     md = [line.replace(res["work"], "$WORK").replace(str(REPO) + "/", "") for line in md]
     md += ["Latency: the writer takes a timestamp, appends `SEQ TIMESTAMP\\n` with one write(2) "
            "and polls the follower's stdout pipe until that line is there; "
-           f"{SPACING_S * 1000:g} ms between samples, the three followers' samples interleaved "
+           f"{SPACING_S * 1000:g} ms between samples, the followers' samples interleaved "
            "round by round (rotating order) after 20 unmeasured rounds. Lines/s: from the "
            "writer's start until the follower's stdout has every newline. Fan-out: peak RSS is "
            "VmHWM after `echo 5 > /proc/PID/clear_refs` just before the clients connect; CPU is "
@@ -533,15 +542,18 @@ def main() -> int:
             made_run_sshd = True
         sshd, ssh = start_sshd(work)
         server, url = start_fetchd(root, work, "main")
+        server_w2, url_w2 = start_fetchd(root, work, "w2", ("--workers", "2"))
         log(f"fetchd at {url}, sshd pid {sshd.pid}, work dir {work}")
         res = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "machine": machine(), "invocation": os.environ.get("BENCH_TAIL_INVOCATION",
                                                                    "bash bench/tail"),
                "log_fs": "tmpfs (/dev/shm)" if base else "/tmp", "work": str(work),
                "servers": {"fetchd": shlex.join(server.args),
+                           "fetchd-w2": shlex.join(server_w2.args),
                            "sshd": shlex.join(sshd.args)}}
         log(f"latency: {SAMPLES} samples each, interleaved")
-        res["latency"] = latency(work, root, url, ssh)
+        res["latency"] = latency(work, root, url, url_w2, ssh)
+        stop(server_w2)
         for k, r in res["latency"].items():
             log(f"  {k}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms")
         log(f"lines/s: {TPUT_LINES:,} lines")
