@@ -19,10 +19,12 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, FileTypeExt, MetadataExt, OpenOptions, OpenOptionsExt};
+use rustix::fs::AtFlags;
 
 use crate::entry::{EntryInfo, EntryKind};
 use crate::error::{Error, Result};
@@ -87,6 +89,14 @@ impl RequestPath {
         &self.display
     }
 
+    /// The path relative to the root when it is plain names only (no `..`,
+    /// not the root itself): what a single kernel walk may resolve.
+    fn plain(&self) -> Option<&str> {
+        let plain =
+            !self.parts.is_empty() && self.parts.iter().all(|part| matches!(part, Part::Name(_)));
+        plain.then_some(self.display.as_str())
+    }
+
     /// True when the path's own `..` names climb above where it starts
     /// (`../x`, `a/../../x`): it aims outside the root whatever exists.
     fn climbs_out(&self) -> bool {
@@ -145,6 +155,8 @@ pub struct Root {
     canonical: PathBuf,
     /// The root as it was given (made absolute), for the same.
     given: PathBuf,
+    /// False once `openat2` turned out to be missing: plain paths walk too.
+    plain_open: AtomicBool,
 }
 
 /// Where a request path led: a folder handle and the name inside it.
@@ -223,6 +235,7 @@ impl Root {
             dir: handle,
             canonical,
             given,
+            plain_open: AtomicBool::new(true),
         })
     }
 
@@ -397,6 +410,21 @@ impl Root {
         Ok((located.meta.dev(), located.meta.ino()))
     }
 
+    /// True when `path` still names the object with this (device, inode),
+    /// symlinks followed. A path of plain names costs one `lstat` from the
+    /// root handle (only compared, never returned, so it needs no sandbox
+    /// walk: a match is the object already opened beneath the root); any
+    /// other answer is settled by the walk of [`Root::identity`].
+    pub fn still_names(&self, path: &RequestPath, identity: (u64, u64)) -> bool {
+        if let Some(relative) = path.plain()
+            && let Ok(stat) = rustix::fs::statat(&self.dir, relative, AtFlags::SYMLINK_NOFOLLOW)
+            && (stat.st_dev, stat.st_ino) == identity
+        {
+            return true;
+        }
+        matches!(self.identity(path), Ok(now) if now == identity)
+    }
+
     /// Metadata of the object `path` names, symlinks followed.
     pub fn stat(&self, path: &RequestPath) -> Result<EntryInfo> {
         let located = self.locate(path)?;
@@ -408,7 +436,16 @@ impl Root {
 
     /// Opens the regular file `path` names for reading. Folders, FIFOs,
     /// sockets and devices are refused without being opened.
+    ///
+    /// A path of plain names (no `..`) that leads to a regular file without
+    /// any symlink is opened with one kernel walk (see
+    /// [`Root::open_plain`]); anything else, and every failure of that walk,
+    /// takes the component-by-component walk, which also gives the precise
+    /// error.
     pub fn open_file(&self, path: &RequestPath) -> Result<(fs::File, fs::Metadata)> {
+        if let Some(opened) = self.open_plain(path) {
+            return Ok(opened);
+        }
         let shown = path.shown();
         let located = self.locate(path)?;
         let file_type = located.meta.file_type();
@@ -423,6 +460,45 @@ impl Root {
             }
         };
         open_checked(&located.parent, &name, &shown)
+    }
+
+    /// Opens the regular file a path of plain names leads to with one
+    /// `openat2` from the root handle, `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`
+    /// and `O_NOFOLLOW`: the kernel refuses any symlink on the way and any
+    /// step outside the root, so no symlink is ever traversed. An `lstat`
+    /// first keeps folders, FIFOs and devices from being opened at all (as
+    /// in the walk, a FIFO swapped in between cannot hang the non-blocking
+    /// open, and the descriptor is checked again). `None` when this is not
+    /// such a path or anything on the way is unusual: the caller walks.
+    fn open_plain(&self, path: &RequestPath) -> Option<(fs::File, fs::Metadata)> {
+        use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+        if !self.plain_open.load(Ordering::Relaxed) {
+            return None;
+        }
+        let relative = path.plain()?;
+        let stat = rustix::fs::statat(&self.dir, relative, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return None;
+        }
+        let opened = rustix::fs::openat2(
+            &self.dir,
+            relative,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        );
+        let file = match opened {
+            Ok(fd) => fs::File::from(fd),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                // No openat2 here (old kernel, or a seccomp filter): walk
+                // from now on.
+                self.plain_open.store(false, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let meta = file.metadata().ok()?;
+        meta.is_file().then_some((file, meta))
     }
 
     /// Resolves `path` for following it: the folder that holds its file (or

@@ -18,7 +18,8 @@
 //! changed while read, and every path of a call that failed take the
 //! single-file path of [`download`](crate::client::download).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -45,16 +46,48 @@ pub const MIN_BATCH_PATHS: usize = 16;
 /// A finished item, for the batch's caller.
 pub type Finished = (Item, Result<Report>);
 
-/// True when `item` can be fetched in a batch: small or of unknown size, no
-/// rate limit, and nothing at its destination or part file (those need a
-/// comparison or a resume).
-pub fn batchable(item: &Item, options: &DownloadOptions) -> bool {
-    options.limit_rate.is_none()
-        && item
+/// Splits `items` into those a batch can fetch and the rest. A batchable
+/// item is small or of unknown size, has no rate limit, and has nothing at
+/// its destination or part file (those need a comparison or a resume).
+/// Each destination folder is read once instead of two `lstat`s per file;
+/// whatever appears after this look is caught when the batch writes (the
+/// part file is created with `O_EXCL`, the rename never replaces a file).
+pub fn split_batchable(items: Vec<Item>, options: &DownloadOptions) -> (Vec<Item>, Vec<Item>) {
+    if options.limit_rate.is_some() {
+        return (Vec::new(), items);
+    }
+    let mut folders: HashMap<PathBuf, Option<HashSet<OsString>>> = HashMap::new();
+    items.into_iter().partition(|item| {
+        let small = item
             .known
-            .is_none_or(|known| known.size <= BATCH_FILE_BYTES)
-        && std::fs::symlink_metadata(&item.dest).is_err()
-        && std::fs::symlink_metadata(part_path(&item.dest)).is_err()
+            .is_none_or(|known| known.size <= BATCH_FILE_BYTES);
+        let (Some(folder), Some(name)) = (item.dest.parent(), item.dest.file_name()) else {
+            return false;
+        };
+        small
+            && folders
+                .entry(folder.to_path_buf())
+                .or_insert_with(|| names_in(folder))
+                .as_ref()
+                .is_some_and(|names| {
+                    let part = part_path(&item.dest);
+                    !names.contains(name)
+                        && part.file_name().is_some_and(|part| !names.contains(part))
+                })
+    })
+}
+
+/// The names in `folder` (none when it does not exist yet); `None` when it
+/// cannot be read, so that its files take the single-file path.
+fn names_in(folder: &Path) -> Option<HashSet<OsString>> {
+    match std::fs::read_dir(folder) {
+        Ok(entries) => entries
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<io::Result<HashSet<OsString>>>()
+            .ok(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Some(HashSet::new()),
+        Err(_) => None,
+    }
 }
 
 /// Paths per call for `count` batchable files spread over `jobs` calls at
@@ -228,19 +261,25 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
     let mut renamed_in: HashSet<PathBuf> = HashSet::new();
     for pending in pending {
         drop(pending.file);
-        let result = match std::fs::rename(&pending.part, &pending.item.dest) {
+        match rename_new(&pending.part, &pending.item.dest) {
             Ok(()) => {
                 if let Some(folder) = pending.item.dest.parent() {
                     renamed_in.insert(folder.to_path_buf());
                 }
-                Ok(pending.report)
+                written.push(Written::Done(pending.item, Ok(pending.report)));
+            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                // Something appeared at the destination since the plan:
+                // the single-file path compares it (or refuses a symlink).
+                let _ = std::fs::remove_file(&pending.part);
+                written.push(Written::Elsewhere(pending.item));
             }
             Err(err) => {
                 let _ = std::fs::remove_file(&pending.part);
-                Err(Error::io(&pending.item.dest, err))
+                let failure = Error::io(&pending.item.dest, err);
+                written.push(Written::Done(pending.item, Err(failure)));
             }
-        };
-        written.push(Written::Done(pending.item, result));
+        }
     }
     for folder in renamed_in {
         let synced = File::open(&folder).and_then(|folder| folder.sync_all());
@@ -249,6 +288,18 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
         }
     }
     written
+}
+
+/// Renames `part` onto `dest` unless `dest` exists (`AlreadyExists` then).
+/// Where the file system cannot refuse to replace (`RENAME_NOREPLACE`
+/// unsupported), a plain rename: the destination was absent at the plan.
+fn rename_new(part: &Path, dest: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, part, CWD, dest, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => std::fs::rename(part, dest),
+        Err(errno) => Err(io::Error::from(errno)),
+    }
 }
 
 /// Verifies one file and writes it to a new part file. `None` when the part
@@ -379,6 +430,63 @@ mod tests {
         assert!(matches!(written.as_slice(), [Written::Done(_, Err(_))]));
         assert!(!elsewhere.path().join("file").exists());
         assert!(!elsewhere.path().join("file.part").exists());
+    }
+
+    /// A destination that appears between the plan and the rename is never
+    /// replaced: the verified file goes to the single-file path (which
+    /// compares or refuses), and the file there is left as it was.
+    #[test]
+    fn never_replaces_a_destination_that_appeared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path();
+        std::fs::write(out.join("late"), b"someone else's").expect("late");
+        let written = write_files(out, vec![received(out, "late", b"server", None)]);
+        assert!(matches!(written.as_slice(), [Written::Elsewhere(_)]));
+        assert_eq!(
+            std::fs::read(out.join("late")).expect("late"),
+            b"someone else's"
+        );
+        assert!(!out.join("late.part").exists());
+    }
+
+    /// Only small files with nothing at the destination or its part file
+    /// are batched; a folder that does not exist yet holds nothing.
+    #[test]
+    fn splits_by_what_each_folder_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path();
+        std::fs::create_dir(out.join("a")).expect("a");
+        std::fs::write(out.join("a/there"), b"x").expect("there");
+        std::fs::write(out.join("a/resume.part"), b"x").expect("part");
+        let item = |name: &str, size: u64| Item {
+            remote: format!("/{name}"),
+            dest: out.join(name),
+            known: Some(crate::client::download::Known { size, sha256: None }),
+        };
+        let options = DownloadOptions {
+            force: false,
+            progress: indicatif::ProgressBar::hidden(),
+            limit_rate: None,
+            notify: std::sync::Arc::new(|_: &str| {}),
+            batch: true,
+        };
+        let items = vec![
+            item("a/new", 10),
+            item("a/there", 10),
+            item("a/resume", 10),
+            item("a/big", BATCH_FILE_BYTES + 1),
+            item("b/c/new", 10),
+        ];
+        let (batched, single) = split_batchable(items.clone(), &options);
+        let names = |items: &[Item]| items.iter().map(|i| i.remote.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&batched), ["/a/new", "/b/c/new"]);
+        assert_eq!(names(&single), ["/a/there", "/a/resume", "/a/big"]);
+        let limited = DownloadOptions {
+            limit_rate: Some(1024),
+            ..options
+        };
+        let (batched, single) = split_batchable(items, &limited);
+        assert!(batched.is_empty() && single.len() == 5);
     }
 
     #[test]

@@ -251,9 +251,7 @@ pub async fn fetch_all(
     }
     // Small fresh files go many to a call; the rest one call each. Every
     // job holds one of `jobs` slots while it runs.
-    let (batched, single): (Vec<Item>, Vec<Item>) = items
-        .into_iter()
-        .partition(|item| batch::batchable(item, options));
+    let (batched, single) = batch::split_batchable(items, options);
     let slots = Arc::new(Semaphore::new(jobs.max(1)));
     let (finished, mut results) = mpsc::unbounded_channel::<batch::Finished>();
     let mut running = JoinSet::new();

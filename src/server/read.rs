@@ -520,9 +520,13 @@ impl OpenRead {
         if FileVersion::of(&now) != self.version {
             return Err(changed());
         }
-        match self.root.identity(&self.path) {
-            Ok(identity) if identity == (self.version.device, self.version.inode) => Ok(()),
-            _ => Err(changed()),
+        if self
+            .root
+            .still_names(&self.path, (self.version.device, self.version.inode))
+        {
+            Ok(())
+        } else {
+            Err(changed())
         }
     }
 }
