@@ -904,6 +904,53 @@ mod tests {
         }
     }
 
+    /// The one-walk open takes plain paths to regular files only: a symlink
+    /// anywhere on the way, a folder, a FIFO, a missing file or a path with
+    /// `..` make it step aside for the walk, which then decides (an inside
+    /// symlink opens, one leading out is refused).
+    #[test]
+    fn plain_open_only_for_plain_regular_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root_dir = tmp.path().join("root");
+        fs::create_dir_all(root_dir.join("a")).expect("mkdir");
+        fs::write(root_dir.join("a/f.txt"), b"inside").expect("write");
+        fs::write(tmp.path().join("outside"), b"secret").expect("write");
+        std::os::unix::fs::symlink("../../outside", root_dir.join("a/link")).expect("symlink");
+        std::os::unix::fs::symlink("a", root_dir.join("via")).expect("symlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root_dir.join("a/fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .expect("mkfifo");
+        let root = Root::open(&root_dir).expect("root");
+        let path = |raw: &str| RequestPath::parse(raw).expect(raw);
+
+        let (mut file, meta) = root.open_plain(&path("a/f.txt")).expect("plain open");
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut file, &mut data).expect("read");
+        assert_eq!((data.as_slice(), meta.len()), (&b"inside"[..], 6));
+        for raw in [
+            "a/link",
+            "via/f.txt",
+            "a",
+            "a/fifo",
+            "a/missing",
+            "a/../a/f.txt",
+        ] {
+            assert!(
+                root.open_plain(&path(raw)).is_none(),
+                "{raw} took the shortcut"
+            );
+        }
+
+        assert!(root.open_file(&path("via/f.txt")).is_ok(), "inside symlink");
+        let refused = root.open_file(&path("a/link")).expect_err("leads outside");
+        assert!(matches!(refused, Error::OutsideRoot { .. }), "{refused}");
+    }
+
     /// Empty, NUL and over-long paths are invalid arguments.
     #[test]
     fn parse_refuses_bad_strings() {
