@@ -12,11 +12,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 
 use common::{STEP_TIMEOUT, ServerProcess, random_bytes, run_in, sha256_hex};
 
@@ -125,16 +123,7 @@ fn python_example_talks_to_the_rust_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::lines_of(child.stdout.take().unwrap());
     let first: Vec<String> = (0..3)
         .map(|_| {
             rx.recv_timeout(STEP_TIMEOUT)

@@ -8,12 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use common::{InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, sha256_hex};
@@ -572,16 +570,7 @@ fn tail_round_trips_with_each_compression() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::lines_of(child.stdout.take().unwrap());
     let tail_lines: Vec<String> = (0..2)
         .map(|_| rx.recv_timeout(STEP_TIMEOUT).expect("a last line"))
         .collect();

@@ -362,7 +362,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         )
         .await?;
         tracing::debug!(path = %shown, ?peer, ?start, "tail started");
-        let stream = events.map(move |item| match item {
+        let stream = events.fuse().map(move |item| match item {
             Ok(event) => {
                 if let TailEvent::Data { data, .. } = &event {
                     record.add_sent(data.len() as u64);

@@ -31,6 +31,21 @@ pub fn fetchd() -> Command {
     cmd
 }
 
+/// The lines `from` (a child's stdout or stderr) produces, as they come,
+/// read on a thread of their own until it ends or the receiver is dropped.
+pub fn lines_of(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// `fetchd serve` running as a child process, killed (by PID) on drop.
 pub struct ServerProcess {
     child: Child,
@@ -64,24 +79,8 @@ impl ServerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fetchd serve");
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let (err_tx, err_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = err_tx.send(line);
-            }
-        });
+        let line_rx = lines_of(child.stdout.take().unwrap());
+        let err_rx = lines_of(child.stderr.take().unwrap());
         let line = line_rx.recv_timeout(STEP_TIMEOUT).unwrap_or_else(|_| {
             let _ = child.kill();
             let errors: Vec<String> = err_rx.try_iter().collect();
