@@ -354,3 +354,31 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// `-j` far above 256 is accepted and gets every file: 5,000 small files
+/// with `-j 1000` are over 300 batched calls, of which the client runs at
+/// most 256 at once (the server's default per-connection call limit).
+#[test]
+fn jobs_far_above_the_call_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let mut files = BTreeMap::new();
+    for i in 0..5000 {
+        let path = format!("d{}/f{i}.txt", i % 10);
+        let data = format!("file {i}\n").into_bytes();
+        fs::create_dir_all(root.path().join(format!("d{}", i % 10))).unwrap();
+        fs::write(root.path().join(&path), &data).unwrap();
+        files.insert(path, data);
+    }
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    client(
+        &server.url,
+        cwd.path(),
+        &["get", "-r", "/", "-o", "out", "--quiet", "-j", "1000"],
+    )
+    .expect_code(0);
+    let out = cwd.path().join("out");
+    for (path, data) in &files {
+        assert_eq!(&fs::read(out.join(path)).unwrap(), data, "{path}");
+    }
+}

@@ -41,7 +41,8 @@ pub struct GetArgs {
     #[arg(short, long)]
     pub recursive: bool,
 
-    /// Transfers at once.
+    /// Transfers at once (at most 256, the default per-connection call limit
+    /// of `fetchd serve`; a larger N counts as 256).
     #[arg(short, long, default_value_t = DEFAULT_JOBS, value_name = "N")]
     pub jobs: usize,
 

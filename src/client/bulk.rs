@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 
 /// Transfers at once when `-j` is not given.
 pub const DEFAULT_JOBS: usize = 8;
+/// The most transfers at once: every one is a call on the one connection,
+/// and `fetchd serve` refuses calls beyond its `--max-streams-per-connection`
+/// (256 by default) instead of queueing them. More would only fail.
+pub const MAX_JOBS: usize = 256;
 
 /// One file to fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,7 +256,8 @@ pub async fn fetch_all(
     // Small fresh files go many to a call; the rest one call each. Every
     // job holds one of `jobs` slots while it runs.
     let (batched, single) = batch::split_batchable(items, options);
-    let slots = Arc::new(Semaphore::new(jobs.max(1)));
+    let jobs = jobs.clamp(1, MAX_JOBS);
+    let slots = Arc::new(Semaphore::new(jobs));
     let (finished, mut results) = mpsc::unbounded_channel::<batch::Finished>();
     let mut running = JoinSet::new();
     let per_call = batch::batch_size(batched.len(), jobs);
