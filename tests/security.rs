@@ -114,6 +114,19 @@ impl Pki {
             _dir: dir,
         }
     }
+
+    /// `fetchd serve` of `root` with TLS from the test CA's server
+    /// certificate, and `extra` flags after it.
+    fn serve(&self, root: &Path, extra: &[&str]) -> ServerProcess {
+        let mut args = vec![
+            "--tls-cert",
+            s(&self.server_cert),
+            "--tls-key",
+            s(&self.server_key),
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(root, &args)
+    }
 }
 
 fn s(path: &Path) -> &str {
@@ -147,15 +160,7 @@ fn fetchd_in(cwd: &Path, args: &[&str]) -> Run {
 fn tls_round_trip() {
     let pki = Pki::new();
     let (root, data) = served();
-    let server = ServerProcess::start(
-        root.path(),
-        &[
-            "--tls-cert",
-            s(&pki.server_cert),
-            "--tls-key",
-            s(&pki.server_key),
-        ],
-    );
+    let server = pki.serve(root.path(), &[]);
     let cwd = tempfile::tempdir().unwrap();
     let url = https_url(&server, "localhost");
     fetchd_in(
@@ -237,15 +242,7 @@ fn self_signed_certificate_as_ca_cert() {
 fn tls_without_ca_cert_is_a_clear_error() {
     let pki = Pki::new();
     let (root, _) = served();
-    let server = ServerProcess::start(
-        root.path(),
-        &[
-            "--tls-cert",
-            s(&pki.server_cert),
-            "--tls-key",
-            s(&pki.server_key),
-        ],
-    );
+    let server = pki.serve(root.path(), &[]);
     let cwd = tempfile::tempdir().unwrap();
     let run = client(
         &https_url(&server, "localhost"),
@@ -303,15 +300,7 @@ fn tls_scheme_confusion_fails_cleanly() {
     run.expect_code(1)
         .expect_stderr("did not answer with TLS; is it serving plain http://");
 
-    let tls = ServerProcess::start(
-        root.path(),
-        &[
-            "--tls-cert",
-            s(&pki.server_cert),
-            "--tls-key",
-            s(&pki.server_key),
-        ],
-    );
+    let tls = pki.serve(root.path(), &[]);
     let run = client(&tls.url, cwd.path(), &["get", "blob.bin"]);
     run.expect_code(1)
         .expect_stderr("connect to it with https://");
@@ -323,17 +312,7 @@ fn tls_scheme_confusion_fails_cleanly() {
 fn mutual_tls() {
     let pki = Pki::new();
     let (root, data) = served();
-    let server = ServerProcess::start(
-        root.path(),
-        &[
-            "--tls-cert",
-            s(&pki.server_cert),
-            "--tls-key",
-            s(&pki.server_key),
-            "--client-ca",
-            s(&pki.ca),
-        ],
-    );
+    let server = pki.serve(root.path(), &["--client-ca", s(&pki.ca)]);
     let url = https_url(&server, "localhost");
     let cwd = tempfile::tempdir().unwrap();
     client(
@@ -992,17 +971,7 @@ fn assert_closed_by_server(socket: &mut TcpStream) {
 fn tls_server_survives_stalled_and_garbage_handshakes() {
     let pki = Pki::new();
     let (root, data) = served();
-    let server = ServerProcess::start(
-        root.path(),
-        &[
-            "--tls-cert",
-            s(&pki.server_cert),
-            "--tls-key",
-            s(&pki.server_key),
-            "--handshake-timeout",
-            "1",
-        ],
-    );
+    let server = pki.serve(root.path(), &["--handshake-timeout", "1"]);
     let _silent = TcpStream::connect(server.addr).unwrap();
     let mut half = TcpStream::connect(server.addr).unwrap();
     // A TLS record header announcing a 512-byte handshake, then 10 bytes.
