@@ -9,6 +9,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -143,6 +144,29 @@ fn sync_parent(path: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     File::open(parent)?.sync_all()
+}
+
+/// Renames `from` onto `to`, both relative to `dir` (`rustix::fs::CWD` for
+/// plain paths), unless `to` exists: then `EEXIST`, and nothing moves.
+/// File systems without `RENAME_NOREPLACE` get `link` + `unlink`, which
+/// refuses an existing `to` just the same. Used wherever a verified file is
+/// put in place without ever replacing one that appeared meanwhile (the
+/// batch writer, uploads without `--force`).
+pub fn rename_noreplace<Fd: AsFd, P: rustix::path::Arg + Copy, Q: rustix::path::Arg + Copy>(
+    dir: Fd,
+    from: P,
+    to: Q,
+) -> rustix::io::Result<()> {
+    use rustix::fs::{AtFlags, RenameFlags};
+    use rustix::io::Errno;
+    let dir = dir.as_fd();
+    match rustix::fs::renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
+            rustix::fs::linkat(dir, from, dir, to, AtFlags::empty())?;
+            rustix::fs::unlinkat(dir, from, AtFlags::empty())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use crate::client::{Client, ManyResult};
 use crate::entry::EntryInfo;
 use crate::error::{Error, Result};
 use crate::partfile::part_path;
+use crate::partfile::rename_noreplace;
 
 /// Largest file fetched in a batch (the server's cap for `ReadMany`).
 pub const BATCH_FILE_BYTES: u64 = 1024 * 1024;
@@ -261,7 +262,13 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
     let mut renamed_in: HashSet<PathBuf> = HashSet::new();
     for pending in pending {
         drop(pending.file);
-        match rename_new(&pending.part, &pending.item.dest) {
+        match rename_noreplace(
+            rustix::fs::CWD,
+            pending.part.as_path(),
+            pending.item.dest.as_path(),
+        )
+        .map_err(io::Error::from)
+        {
             Ok(()) => {
                 if let Some(folder) = pending.item.dest.parent() {
                     renamed_in.insert(folder.to_path_buf());
@@ -288,18 +295,6 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
         }
     }
     written
-}
-
-/// Renames `part` onto `dest` unless `dest` exists (`AlreadyExists` then).
-/// Where the file system cannot refuse to replace (`RENAME_NOREPLACE`
-/// unsupported), a plain rename: the destination was absent at the plan.
-fn rename_new(part: &Path, dest: &Path) -> io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, part, CWD, dest, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => std::fs::rename(part, dest),
-        Err(errno) => Err(io::Error::from(errno)),
-    }
 }
 
 /// Verifies one file and writes it to a new part file. `None` when the part

@@ -14,17 +14,17 @@
 //! are read in place (they were just written, so they come from the page
 //! cache in microseconds).
 //!
-//! What the task notices, and says with a notice of its own:
+//! What the follower notices, and says with a notice of its own:
 //! - **Truncation** (`truncate`, copytruncate): the file is shorter than the
 //!   offset, or the last bytes sent before the offset are no longer there
-//!   (rewritten and grown past the offset before the task looked). Data
+//!   (rewritten and grown past the offset before the follower looked). Data
 //!   restarts at offset 0 of the same file.
 //! - **Rotation** (rename + create, delete + create): the path names another
 //!   file. The old descriptor is read to its end first. While the new file
-//!   is still empty the task stays with the old one (a writer may still be
+//!   is still empty the follower stays with the old one (a writer may still be
 //!   appending to it until it reopens its log), then switches and sends the
 //!   new file from 0.
-//! - **Gone**: nothing at the path; the task waits for a file to appear (the
+//! - **Gone**: nothing at the path; the follower waits for a file to appear (the
 //!   old descriptor is still read if someone writes to it).
 //!
 //! Every message carries a cursor (file identity and offset); a request with

@@ -361,7 +361,11 @@ impl TempFile {
         let renamed = if force {
             rustix::fs::renameat(&self.folder, &self.name, &self.folder, &self.target)
         } else {
-            rename_noreplace(&self.folder, &self.name, &self.target)
+            crate::partfile::rename_noreplace(
+                &self.folder,
+                self.name.as_str(),
+                self.target.as_str(),
+            )
         };
         match renamed {
             Ok(()) => self.placed = true,
@@ -402,20 +406,6 @@ fn sync_folder(folder: &Dir) -> rustix::io::Result<()> {
         Mode::empty(),
     )?;
     rustix::fs::fsync(&opened)
-}
-
-/// Renames `from` onto `to` in `folder` unless `to` exists (EEXIST then).
-/// Filesystems without `RENAME_NOREPLACE` get `link` + `unlink`, which
-/// refuses an existing `to` just the same.
-fn rename_noreplace(folder: &Dir, from: &str, to: &str) -> rustix::io::Result<()> {
-    use rustix::fs::{AtFlags, RenameFlags};
-    match rustix::fs::renameat_with(folder, from, folder, to, RenameFlags::NOREPLACE) {
-        Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
-            rustix::fs::linkat(folder, from, folder, to, AtFlags::empty())?;
-            rustix::fs::unlinkat(folder, from, AtFlags::empty())
-        }
-        other => other,
-    }
 }
 
 /// The temporary name for `target`: `.` + target (cut to fit) + marker +
