@@ -723,7 +723,9 @@ fn every_flag_has_help() {
 /// Network threads of `serve`: `--workers N` runs exactly N, the default
 /// is half the CPUs (at least one), and 0 is a usage error. Counted right
 /// after start, before any call: the blocking pool's threads, which carry
-/// the same name, only exist once a call needed one.
+/// the same name, only exist once a call needed one. Worker threads name
+/// themselves as they start, which may be just after `listening on`, so
+/// the count is awaited (bounded) before it is compared.
 #[test]
 fn serve_runs_the_workers_it_is_told() {
     fn workers(pid: u32) -> usize {
@@ -736,10 +738,14 @@ fn serve_runs_the_workers_it_is_told() {
             })
             .count()
     }
+    fn assert_workers(pid: u32, want: usize) {
+        common::wait_until(STEP_TIMEOUT, || workers(pid) >= want);
+        assert_eq!(workers(pid), want);
+    }
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("f"), b"served by three").unwrap();
     let server = ServerProcess::start(root.path(), &["--workers", "3"]);
-    assert_eq!(workers(server.pid()), 3);
+    assert_workers(server.pid(), 3);
     let cwd = tempfile::tempdir().unwrap();
     let run = client(&server.url, cwd.path(), &["get", "f", "-o", "-"]);
     run.expect_code(0);
@@ -747,7 +753,7 @@ fn serve_runs_the_workers_it_is_told() {
 
     let server = ServerProcess::start(root.path(), &[]);
     let cpus = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(workers(server.pid()), cpus.div_ceil(2));
+    assert_workers(server.pid(), cpus.div_ceil(2));
 
     common::run_in(cwd.path(), fetchd().args(["serve", "--workers", "0"])).expect_code(2);
 }
