@@ -1,5 +1,6 @@
 """B1/B3 (and optionally B2) of two or more fetchd builds side by side, with
-`rsync -a` from a daemon as the yardstick.
+`rsync -a` from a daemon as the yardstick (and for B2 also `curl --parallel`
+against nginx, B2's target).
 
     python3 bench/ab_bulk.py ROUNDS OLD_BINARY NEW_BINARY [MORE...]
     AB_MODE=server python3 bench/ab_bulk.py ...   # client: the first binary
@@ -11,13 +12,17 @@ Makes the B1 tree (10,000 random files of 4 KiB in 50 folders; B2: 100 of
 daemon on 127.0.0.1, then in each of ROUNDS rounds (after one warm-up) runs
 every contender in turn: B1 a fresh `get -r /` (the destination removed
 before, untimed), B3 a rerun over the complete tree that contender wrote,
-B2 a fresh `get -r /` of the large tree. AB_MODE (default `both`) says
+B2 a fresh `get -r /` of the large tree (and `curl --parallel
+--parallel-max 16` of it from nginx with sendfile, as bench/bench.py runs it). AB_MODE (default `both`) says
 which side changes: `both` pairs each binary with its own server. Prints
 the median wall of each, its median ratio to rsync's run of the same round,
 and the median server CPU (utime + stime from /proc). Every process it
 started is stopped and the data removed at the end.
 """
+import grp
 import os
+import pwd
+import socket
 import shutil
 import statistics
 import subprocess
@@ -71,6 +76,37 @@ try:
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             procs.append(p)
             servers[name, w] = (p, "http://" + p.stdout.readline().strip().split()[-1])
+    curl_cfg = os.path.join(work, "b2.curl")
+    if "B2" in data:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            nginx_port = s.getsockname()[1]
+        with open(os.path.join(work, "nginx.conf"), "w") as f:
+            # The worker runs as the invoking user, who owns the tree.
+            user = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+            f.write(f"""{"user %s %s;" % user if os.geteuid() == 0 else ""}
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-tmp;
+    server {{ listen 127.0.0.1:{nginx_port}; root {data["B2"]}; }}
+}}
+""")
+        procs.append(subprocess.Popen(["nginx", "-p", work, "-e", f"{work}/nginx-error.log",
+                                       "-c", os.path.join(work, "nginx.conf")]))
+        with open(curl_cfg, "w") as f:
+            for d, _, files in os.walk(data["B2"]):
+                for name in files:
+                    rel = os.path.relpath(os.path.join(d, name), data["B2"])
+                    f.write(f'url = "http://127.0.0.1:{nginx_port}/{rel}"\n'
+                            f'output = "{work}/dest-B2-curl/{rel}"\n')
     time.sleep(0.3)
 
     def run(cmd):
@@ -84,7 +120,8 @@ try:
     for i in range(rounds + 1):
         for w in workloads:
             tree = "B2" if w == "B2" else "B1"
-            for name, b in list(bins.items()) + [("rsync", None)]:
+            peers = [("rsync", None)] + ([("curl", None)] if w == "B2" else [])
+            for name, b in list(bins.items()) + peers:
                 dest = os.path.join(work, f"dest-{w}-{name}")
                 if w != "B3" or not os.path.isdir(dest):
                     shutil.rmtree(dest, ignore_errors=True)
@@ -101,21 +138,31 @@ try:
                     c0 = cpu(p.pid)
                     wall = run([client, "--server", url, "get", "-r", "/", "-o", dest, "-q"])
                     server_cpu = cpu(p.pid) - c0
+                elif name == "curl":
+                    wall = run(["curl", "--no-progress-meter", "-f", "--parallel",
+                                "--parallel-max", "16", "--create-dirs", "-K", curl_cfg])
+                    server_cpu = 0.0
                 else:
                     wall = run(["rsync", "-a", f"rsync://127.0.0.1:28731/{tree}/", dest + "/"])
                     server_cpu = 0.0
                 if i:
                     res.setdefault((w, name), []).append((wall, server_cpu))
     for w in workloads:
-        for name in list(bins) + ["rsync"]:
+        peers = ["rsync"] + (["curl"] if w == "B2" else [])
+        for name in list(bins) + peers:
             r = res[w, name]
-            ratios = [x[0] / y[0] for x, y in zip(r, res[w, "rsync"])]
-            print(f"{w} {name:>16}: wall median {statistics.median(x[0] for x in r):.3f} s, "
-                  f"/rsync median {statistics.median(ratios):.2f} "
-                  f"[{min(ratios):.2f}-{max(ratios):.2f}], "
-                  f"server CPU median {statistics.median(x[1] for x in r):.2f} s")
+            line = f"{w} {name:>16}: wall median {statistics.median(x[0] for x in r):.3f} s"
+            for peer in peers:
+                ratios = [x[0] / y[0] for x, y in zip(r, res[w, peer])]
+                line += (f", /{peer} median {statistics.median(ratios):.2f} "
+                         f"[{min(ratios):.2f}-{max(ratios):.2f}]")
+            print(line + f", server CPU median {statistics.median(x[1] for x in r):.2f} s")
 finally:
     for p in procs:
-        p.kill()
-        p.wait()
+        p.terminate()   # nginx's master stops its worker on SIGTERM, not on SIGKILL
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
     shutil.rmtree(work, ignore_errors=True)

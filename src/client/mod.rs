@@ -15,6 +15,7 @@ pub mod batch;
 pub mod bulk;
 mod connector;
 pub mod download;
+mod raw_read;
 pub mod tail;
 pub mod upload;
 
@@ -26,7 +27,7 @@ use tonic::Streaming;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::checksum::Digest;
 use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::proto::{self, fetchd_client::FetchdClient, read_response};
 use crate::tls::ClientTls;
 use connector::{PlainDialer, TlsDialer, TlsFailure};
+use raw_read::{Calls, Piece, RawRead};
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -45,7 +47,7 @@ pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame the client accepts (the server's data frames).
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
-/// Largest message the client decodes (a data chunk is 256 KiB).
+/// Largest message the client decodes (a data chunk is 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How often the client pings a server while calls are open, so that a
 /// server that vanished (rather than closed the connection) is noticed.
@@ -133,13 +135,15 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
-type Rpc = FetchdClient<InterceptedService<Channel, BearerToken>>;
+type Rpc = FetchdClient<Calls>;
 
 /// A connection to one fetchd server. Cheap to clone: clones share the
 /// HTTP/2 connection.
 #[derive(Clone, Debug)]
 pub struct Client {
     rpc: Rpc,
+    /// The same channel, for calls read below tonic's codec.
+    calls: Calls,
     server: String,
     tls_failure: TlsFailure,
     compression: Option<Compression>,
@@ -214,12 +218,14 @@ impl Client {
                 Some(value)
             }
         };
-        let rpc = FetchdClient::with_interceptor(channel, BearerToken(token))
+        let calls = InterceptedService::new(channel, BearerToken(token));
+        let rpc = FetchdClient::new(calls.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd);
         Ok(Client {
             rpc,
+            calls,
             server,
             compression: options.compression,
             tls_failure,
@@ -375,19 +381,26 @@ impl Client {
     }
 
     /// Starts reading `path` from `offset`; `length` bytes or to the end.
+    /// An uncompressed answer is read below tonic's codec (see
+    /// [`raw_read`]); a compressed one through it.
     pub async fn read(&self, path: &str, offset: u64, length: Option<u64>) -> Result<ReadStream> {
-        let stream = self
-            .data_rpc()
-            .read(proto::ReadRequest {
-                path: path.to_string(),
-                offset,
-                length,
-            })
-            .await
-            .map_err(|status| self.status(status))?
-            .into_inner();
+        let request = proto::ReadRequest {
+            path: path.to_string(),
+            offset,
+            length,
+        };
+        let answer = match self.compression {
+            None => RawRead::call(&self.calls, &request, MAX_MESSAGE_BYTES)
+                .await
+                .map(ReadAnswer::Split),
+            Some(_) => self
+                .data_rpc()
+                .read(request)
+                .await
+                .map(|response| ReadAnswer::Decoded(response.into_inner())),
+        };
         Ok(ReadStream {
-            inner: stream,
+            inner: answer.map_err(|status| self.status(status))?,
             client: self.clone(),
             path: path.to_string(),
         })
@@ -546,10 +559,19 @@ impl ListStream {
     }
 }
 
+/// How a `Read` answer is read.
+#[derive(Debug)]
+enum ReadAnswer {
+    /// Uncompressed: split below tonic, file data without a copy.
+    Split(RawRead),
+    /// Compressed: decoded by tonic's codec.
+    Decoded(Streaming<proto::ReadResponse>),
+}
+
 /// The messages of a `Read` call, as domain events.
 #[derive(Debug)]
 pub struct ReadStream {
-    inner: Streaming<proto::ReadResponse>,
+    inner: ReadAnswer,
     client: Client,
     path: String,
 }
@@ -557,10 +579,18 @@ pub struct ReadStream {
 impl ReadStream {
     /// The next event, or `None` when the stream ended.
     pub async fn next(&mut self) -> Result<Option<ReadEvent>> {
-        let message = match self.inner.next().await {
-            None => return Ok(None),
-            Some(Err(status)) => return Err(self.client.status(status)),
-            Some(Ok(message)) => message,
+        let message = match &mut self.inner {
+            ReadAnswer::Split(raw) => match raw.next().await {
+                Ok(None) => return Ok(None),
+                Err(status) => return Err(self.client.status(status)),
+                Ok(Some(Piece::Data(data))) => return Ok(Some(ReadEvent::Data(data))),
+                Ok(Some(Piece::Message(message))) => message,
+            },
+            ReadAnswer::Decoded(stream) => match stream.next().await {
+                None => return Ok(None),
+                Some(Err(status)) => return Err(self.client.status(status)),
+                Some(Ok(message)) => message,
+            },
         };
         let protocol = |reason: &str| Error::Protocol {
             path: self.path.clone(),
