@@ -11,7 +11,7 @@ use crate::cli::{
     ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal,
 };
 use crate::client::Client;
-use crate::client::bulk::{self, DEFAULT_JOBS, Item};
+use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
@@ -263,8 +263,9 @@ async fn run_tree(args: &GetArgs, client: &Client, dir: &str) -> Result<u8> {
     };
     let with_digests = !args.force && has_entries(&out);
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
-    let items = bulk::plan_tree(client, dir, &out, with_digests).await?;
-    run_items(args, client, &out, items).await
+    let mut checks = LocalChecks::default();
+    let items = bulk::plan_tree(client, dir, &out, with_digests, &mut checks).await?;
+    run_items(args, client, &out, items, checks).await
 }
 
 /// Several paths (and/or `--from-file`): each at OUT/PATH; with -r, folders
@@ -273,6 +274,7 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
     let out = PathBuf::from(args.output.as_deref().unwrap_or("."));
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
     let mut items = Vec::new();
+    let mut checks = LocalChecks::default();
     let mut failed = 0;
     for path in paths {
         let planned = match RequestPath::parse(path) {
@@ -288,7 +290,7 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
                         match sub {
                             Ok(sub) => {
                                 let with_digests = !args.force && has_entries(&sub);
-                                bulk::plan_tree(client, path, &sub, with_digests).await
+                                bulk::plan_tree(client, path, &sub, with_digests, &mut checks).await
                             }
                             Err(err) => Err(err),
                         }
@@ -319,7 +321,7 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
             }
         }
     }
-    let code = run_items(args, client, &out, items).await?;
+    let code = run_items(args, client, &out, items, checks).await?;
     Ok(if failed > 0 { EXIT_FAILURE } else { code })
 }
 
@@ -330,7 +332,13 @@ fn has_entries(dir: &Path) -> bool {
 }
 
 /// Fetches planned items, printing a JSON line per file and a summary.
-async fn run_items(args: &GetArgs, client: &Client, out: &Path, items: Vec<Item>) -> Result<u8> {
+async fn run_items(
+    args: &GetArgs,
+    client: &Client,
+    out: &Path,
+    items: Vec<Item>,
+    checks: LocalChecks,
+) -> Result<u8> {
     let total_files = items.len();
     let total_bytes: u64 = items
         .iter()
@@ -346,19 +354,27 @@ async fn run_items(args: &GetArgs, client: &Client, out: &Path, items: Vec<Item>
     let mut output = Output::default();
     let mut finished = 0;
     let mut write_error = None;
-    let summary = bulk::fetch_all(client, out, items, args.jobs, &options, |item, result| {
-        finished += 1;
-        progress.set_message(format!("{finished}/{total_files} files"));
-        if args.json {
-            let line = json_line(&item.remote, &item.dest.display().to_string(), result);
-            if let Err(err) = output.line(&line.to_string()).and_then(|_| output.flush()) {
-                write_error.get_or_insert(err);
+    let summary = bulk::fetch_all(
+        client,
+        out,
+        items,
+        checks,
+        args.jobs,
+        &options,
+        |item, result| {
+            finished += 1;
+            progress.set_message(format!("{finished}/{total_files} files"));
+            if args.json {
+                let line = json_line(&item.remote, &item.dest.display().to_string(), result);
+                if let Err(err) = output.line(&line.to_string()).and_then(|_| output.flush()) {
+                    write_error.get_or_insert(err);
+                }
             }
-        }
-        if let Err(err) = result {
-            progress.suspend(|| report(err));
-        }
-    })
+            if let Err(err) = result {
+                progress.suspend(|| report(err));
+            }
+        },
+    )
     .await;
     progress.finish_and_clear();
     if let Some(err) = write_error {

@@ -7,13 +7,13 @@
 //! by component ([`confine`]), and no folder on the way may be a symlink.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::checksum::Digest;
 use crate::client::download::{self, DownloadOptions, Known, Report};
 use crate::client::{Client, batch};
 use crate::entry::EntryKind;
@@ -171,12 +171,30 @@ pub fn prepare_parent(out: &Path, dest: &Path) -> Result<()> {
 /// The plan for `-r DIR`: every file below `dir` at `out/<path below dir>`,
 /// and every folder (empty ones too) created. Returns the files. When
 /// `with_digests`, the listing carries each file's sha256, so files already
-/// present and identical are skipped without a call each.
+/// present and identical are skipped without a call each: each such file's
+/// local copy goes to `checks` as soon as it is listed.
 pub async fn plan_tree(
     client: &Client,
     dir: &str,
     out: &Path,
     with_digests: bool,
+    checks: &mut LocalChecks,
+) -> Result<Vec<Item>> {
+    let first = checks.queued();
+    let planned = list_tree(client, dir, out, with_digests, checks).await;
+    if planned.is_err() {
+        checks.void_since(first);
+    }
+    planned
+}
+
+/// [`plan_tree`]'s listing.
+async fn list_tree(
+    client: &Client,
+    dir: &str,
+    out: &Path,
+    with_digests: bool,
+    checks: &mut LocalChecks,
 ) -> Result<Vec<Item>> {
     let base = dir.trim_matches('/');
     let mut entries = client.list_entries(dir, true, with_digests).await?;
@@ -209,14 +227,18 @@ pub async fn plan_tree(
             EntryKind::Dir => {
                 prepare_parent(out, &dest.join("x"))?;
             }
-            EntryKind::File => items.push(Item {
-                remote: entry.path.clone(),
-                dest,
-                known: Some(Known {
-                    size: entry.size,
-                    sha256: entry.sha256,
-                }),
-            }),
+            EntryKind::File => {
+                let item = Item {
+                    remote: entry.path.clone(),
+                    dest,
+                    known: Some(Known {
+                        size: entry.size,
+                        sha256: entry.sha256,
+                    }),
+                };
+                checks.submit(&item);
+                items.push(item);
+            }
             // A symlink inside the tree: fetch what it points to, like
             // `rsync -L`; one pointing outside the root fails on its own.
             EntryKind::Symlink => items.push(Item {
@@ -233,11 +255,13 @@ pub async fn plan_tree(
 }
 
 /// Fetches every item, `jobs` at a time; calls `done` as each one finishes
-/// (in completion order) and returns the summary.
+/// (in completion order) and returns the summary. Items that `checks`
+/// found identical locally are reported skipped first.
 pub async fn fetch_all(
     client: &Client,
     out: &Path,
     items: Vec<Item>,
+    checks: LocalChecks,
     jobs: usize,
     options: &DownloadOptions,
     mut done: impl FnMut(&Item, &Result<Report>),
@@ -247,7 +271,7 @@ pub async fn fetch_all(
     let (identical, items) = if options.force {
         (Vec::new(), items)
     } else {
-        split_identical(items).await
+        checks.split(items).await
     };
     for (item, report) in identical {
         summary.skipped += 1;
@@ -320,67 +344,141 @@ pub async fn fetch_one(
 /// Threads that hash local copies when sorting out identical files.
 const LOCAL_HASH_THREADS: usize = 2;
 
-/// Separates the items whose destination already holds the file the
-/// listing described (same size and sha256) from the rest, hashing the
-/// local candidates on a few blocking threads instead of a task each.
-async fn split_identical(items: Vec<Item>) -> (Vec<(Item, Report)>, Vec<Item>) {
-    let (candidates, mut rest): (Vec<Item>, Vec<Item>) = items
-        .into_iter()
-        .partition(|item| item.known.is_some_and(|known| known.sha256.is_some()));
-    if candidates.is_empty() {
-        return (Vec::new(), rest);
-    }
-    let per_thread = candidates.len().div_ceil(LOCAL_HASH_THREADS);
-    let mut threads = JoinSet::new();
-    let mut candidates = candidates.into_iter();
-    loop {
-        let share: Vec<Item> = candidates.by_ref().take(per_thread).collect();
-        if share.is_empty() {
-            break;
-        }
-        threads.spawn_blocking(move || {
-            share
-                .into_iter()
-                .map(|item| {
-                    let report = identical_report(&item);
-                    (item, report)
-                })
-                .collect::<Vec<_>>()
-        });
-    }
-    let mut identical = Vec::new();
-    while let Some(joined) = threads.join_next().await {
-        for (item, report) in joined.unwrap_or_default() {
-            match report {
-                Some(report) => identical.push((item, report)),
-                None => rest.push(item),
-            }
-        }
-    }
-    (identical, rest)
+/// A check queued for a [`LocalChecks`] thread: its place in the queue, a
+/// destination and what the listing said it should hold.
+type Check = (usize, PathBuf, Known);
+
+/// What a check found: its place in the queue, the destination and its
+/// digest, for each destination that matched.
+type Found = Vec<(usize, PathBuf, Digest)>;
+
+/// Checks of local copies against the digests of a listing, on a few
+/// blocking threads that start with the first file listed: a rerun over an
+/// unchanged tree hashes its local files while the listing still streams
+/// in, not after it.
+#[derive(Debug, Default)]
+pub struct LocalChecks {
+    queue: Option<std::sync::mpsc::Sender<Check>>,
+    queued: usize,
+    /// Places of checks whose items did not make it into the plan.
+    void: Vec<std::ops::Range<usize>>,
+    threads: Vec<tokio::task::JoinHandle<Found>>,
 }
 
-/// A "skipped" report when `item.dest` has the listed size and sha256.
-fn identical_report(item: &Item) -> Option<Report> {
-    let known = item.known?;
+impl LocalChecks {
+    /// Queues a check of `item`'s destination, when the listing gave the
+    /// file's digest. Items are later matched to their checks by order:
+    /// submit every item that has a digest, in the order of the plan.
+    pub fn submit(&mut self, item: &Item) {
+        let Some(known) = item.known.filter(|known| known.sha256.is_some()) else {
+            return;
+        };
+        let queue = self.queue.get_or_insert_with(|| {
+            let (queue, checks) = std::sync::mpsc::channel::<Check>();
+            let checks = Arc::new(Mutex::new(checks));
+            self.threads = (0..LOCAL_HASH_THREADS)
+                .map(|_| {
+                    let checks = Arc::clone(&checks);
+                    tokio::task::spawn_blocking(move || {
+                        let mut found = Vec::new();
+                        loop {
+                            let next = checks.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                            let Ok((place, dest, known)) = next else {
+                                break;
+                            };
+                            if let Some(digest) = local_match(&dest, known) {
+                                found.push((place, dest, digest));
+                            }
+                        }
+                        found
+                    })
+                })
+                .collect();
+            queue
+        });
+        // The threads only stop once the queue is dropped.
+        let _ = queue.send((self.queued, item.dest.clone(), known));
+        self.queued += 1;
+    }
+
+    /// Forgets the checks queued since `place` (what [`queued`](Self::queued)
+    /// said before): their items are not in the plan after all.
+    fn void_since(&mut self, place: usize) {
+        self.void.push(place..self.queued);
+    }
+
+    /// How many checks were queued so far.
+    fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Waits for the queued checks and separates the items whose
+    /// destination holds the file the listing described (same size and
+    /// sha256) from the rest.
+    async fn split(mut self, items: Vec<Item>) -> (Vec<(Item, Report)>, Vec<Item>) {
+        drop(self.queue.take());
+        let mut matched: Vec<Option<(PathBuf, Digest)>> = vec![None; self.queued];
+        for thread in self.threads {
+            // A thread that panicked found nothing: its files are fetched.
+            for (place, dest, digest) in thread.await.unwrap_or_default() {
+                matched[place] = Some((dest, digest));
+            }
+        }
+        let mut places = matched
+            .into_iter()
+            .enumerate()
+            .filter(|(place, _)| !self.void.iter().any(|void| void.contains(place)))
+            .map(|(_, found)| found);
+        let mut same = Vec::new();
+        let mut rest = Vec::new();
+        for item in items {
+            let Some(listed) = item.known.and_then(|known| known.sha256) else {
+                rest.push(item);
+                continue;
+            };
+            match places.next().flatten() {
+                // The destination too, in case the plan was not submitted
+                // in order: a mismatch only costs a download.
+                Some((dest, local)) if local == listed && dest == item.dest => {
+                    let report = skipped_report(&item, local);
+                    same.push((item, report));
+                }
+                _ => rest.push(item),
+            }
+        }
+        (same, rest)
+    }
+}
+
+/// The local digest of `dest` when it is a regular file with the listed
+/// size and sha256. One path walk: the open refuses a symlink and does not
+/// wait on a FIFO, and the type and size come from the open file.
+fn local_match(dest: &Path, known: Known) -> Option<Digest> {
+    use rustix::fs::{Mode, OFlags};
     let expected = known.sha256?;
-    let meta = std::fs::symlink_metadata(&item.dest).ok()?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(dest, flags, Mode::empty()).ok()?);
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() != known.size {
         return None;
     }
-    let file = std::fs::File::open(&item.dest).ok()?;
     let local = crate::checksum::hash_prefix(file, Some(known.size + 1))
         .ok()?
         .finalize();
-    (local == expected).then(|| Report {
+    (local == expected).then_some(local)
+}
+
+/// The report of a file skipped because its local copy is identical.
+fn skipped_report(item: &Item, sha256: Digest) -> Report {
+    Report {
         path: item.remote.trim_start_matches('/').to_string(),
         dest: item.dest.clone(),
-        bytes: known.size,
+        bytes: item.known.map_or(0, |known| known.size),
         transferred: 0,
-        sha256: local,
+        sha256,
         outcome: download::Outcome::Skipped,
         resumed_from: 0,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -442,5 +540,73 @@ mod tests {
         let dest = confine(out.path(), "a/b/c.txt").expect("confined");
         prepare_parent(out.path(), &dest).expect("created");
         assert!(out.path().join("a/b").is_dir());
+    }
+
+    fn digest(bytes: &[u8]) -> Digest {
+        let mut hasher = crate::checksum::Hasher::new();
+        hasher.update(bytes);
+        hasher.finalize()
+    }
+
+    /// Only a regular file with the listed size and digest counts as
+    /// identical (and a FIFO does not hang the check); checks of a plan that failed are not matched to the
+    /// items planned after it.
+    #[tokio::test]
+    async fn local_checks_skip_only_identical_files() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(out.path().join(name), bytes).expect("write");
+        };
+        write("same", b"listed bytes");
+        write("changed", b"listed bytez");
+        write("longer", b"listed bytes!");
+        std::os::unix::fs::symlink(out.path().join("same"), out.path().join("link"))
+            .expect("symlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            out.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .expect("mkfifo");
+        let item = |name: &str| Item {
+            remote: format!("/{name}"),
+            dest: out.path().join(name),
+            known: Some(Known {
+                size: 12,
+                sha256: Some(digest(b"listed bytes")),
+            }),
+        };
+        let mut checks = LocalChecks::default();
+        // A plan that failed after queueing two checks.
+        let first = checks.queued();
+        checks.submit(&item("same"));
+        checks.submit(&item("changed"));
+        checks.void_since(first);
+        let unlisted = Item {
+            known: None,
+            ..item("same")
+        };
+        let items = vec![
+            item("changed"),
+            unlisted,
+            item("same"),
+            item("longer"),
+            item("link"),
+            item("fifo"),
+            item("missing"),
+        ];
+        for item in &items {
+            checks.submit(item);
+        }
+        let (same, rest) = checks.split(items).await;
+        let same: Vec<_> = same.iter().map(|(item, report)| (&item.remote, report)).collect();
+        assert_eq!(same.len(), 1, "{same:?}");
+        assert_eq!(same[0].0, "/same");
+        assert_eq!(same[0].1.outcome, download::Outcome::Skipped);
+        assert_eq!(same[0].1.sha256, digest(b"listed bytes"));
+        let rest: Vec<_> = rest.iter().map(|item| item.remote.as_str()).collect();
+        assert_eq!(rest, ["/changed", "/same", "/longer", "/link", "/fifo", "/missing"]);
     }
 }
