@@ -7,8 +7,7 @@
 //! [`READ_QUEUE_CHUNKS`] chunks, so a slow client stalls the reader instead
 //! of making the server buffer the file: a stream holds at most a handful of
 //! chunk buffers (the queue, the one being read, the one h2 is writing),
-//! and whole-chunk buffers are reused ([`ChunkPool`]) rather than allocated
-//! per chunk.
+//! and they are reused ([`ChunkPool`]) rather than allocated per chunk.
 //! When the client goes away the send fails and the thread stops. At the end the file
 //! is checked again (size, mtime, and that the path still names the same
 //! inode); any change ends the stream with [`Error::Changed`] instead of a
@@ -76,33 +75,22 @@ impl Framing {
     }
 }
 
-/// Full-size chunk buffers shared by every read in the process, used again
-/// once the network is done with them. Filling a fresh 1 MiB buffer costs
-/// the kernel 256 page faults and as many zeroed pages. A pool per read
-/// still paid that for every file: with 100 files of 10 MiB (B2), 7 % of
-/// the server's samples were page faults under `read()`.
-#[derive(Debug)]
+/// Chunk buffers of one read, used again once the network is done with
+/// them. Filling a fresh 256 KiB buffer costs the kernel 64 page faults and
+/// as many zeroed pages, which measured as half the cost of the server's
+/// `read()` calls.
+#[derive(Debug, Default)]
 struct ChunkPool {
     free: Mutex<Vec<Vec<u8>>>,
 }
 
-/// The one pool.
-static CHUNK_POOL: ChunkPool = ChunkPool {
-    free: Mutex::new(Vec::new()),
-};
-
-/// Free buffers the pool keeps (16 MiB): enough to cover the buffers of
-/// finished reads until new ones take them; reads in flight hold theirs
-/// beside it (the reader's queue and what h2 is writing).
-const POOL_BUFFERS: usize = 16;
+/// Buffers a [`ChunkPool`] keeps: enough for the reader's queue and the
+/// chunks in flight behind it.
+const POOL_BUFFERS: usize = 2 * READ_QUEUE_CHUNKS;
 
 impl ChunkPool {
-    /// An empty buffer for `want` data bytes: a pooled one for a whole
-    /// chunk, a new one (sized by the caller) for less.
-    fn take(&'static self, want: usize) -> Vec<u8> {
-        if want < CHUNK_BYTES {
-            return Vec::new();
-        }
+    /// An empty buffer, used before when one is free.
+    fn take(&self) -> Vec<u8> {
         self.free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -110,20 +98,19 @@ impl ChunkPool {
             .unwrap_or_default()
     }
 
-    /// `buf` as `Bytes`; a whole-chunk buffer goes back to the pool when
-    /// the `Bytes` is dropped.
-    fn freeze(&'static self, buf: Vec<u8>) -> Bytes {
-        if buf.capacity() < CHUNK_BYTES {
-            return Bytes::from(buf);
-        }
-        Bytes::from_owner(PooledBuffer { buf, pool: self })
+    /// `buf` as `Bytes` that hand it back to the pool when dropped.
+    fn freeze(self: &Arc<ChunkPool>, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(PooledBuffer {
+            buf,
+            pool: Arc::clone(self),
+        })
     }
 }
 
 /// A buffer on loan from a [`ChunkPool`].
 struct PooledBuffer {
     buf: Vec<u8>,
-    pool: &'static ChunkPool,
+    pool: Arc<ChunkPool>,
 }
 
 impl AsRef<[u8]> for PooledBuffer {
@@ -472,9 +459,10 @@ impl OpenRead {
 
         let end = self.offset + self.length;
         let mut position = self.offset;
+        let pool = Arc::new(ChunkPool::default());
         while position < end {
             let want = CHUNK_BYTES.min(usize::try_from(end - position).unwrap_or(CHUNK_BYTES));
-            let mut chunk = CHUNK_POOL.take(want);
+            let mut chunk = pool.take();
             self.framing.start_chunk(want, &mut chunk);
             let header = chunk.len();
             (&self.file)
@@ -489,7 +477,7 @@ impl OpenRead {
             if cached.is_none() {
                 hasher.update(&chunk[header..]);
             }
-            let chunk = CHUNK_POOL.freeze(chunk);
+            let chunk = pool.freeze(chunk);
             if !send(Ok(ReadEvent::Data(chunk))) {
                 return Ok(());
             }
