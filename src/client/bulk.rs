@@ -601,12 +601,18 @@ mod tests {
             checks.submit(item);
         }
         let (same, rest) = checks.split(items).await;
-        let same: Vec<_> = same.iter().map(|(item, report)| (&item.remote, report)).collect();
+        let same: Vec<_> = same
+            .iter()
+            .map(|(item, report)| (&item.remote, report))
+            .collect();
         assert_eq!(same.len(), 1, "{same:?}");
         assert_eq!(same[0].0, "/same");
         assert_eq!(same[0].1.outcome, download::Outcome::Skipped);
         assert_eq!(same[0].1.sha256, digest(b"listed bytes"));
         let rest: Vec<_> = rest.iter().map(|item| item.remote.as_str()).collect();
-        assert_eq!(rest, ["/changed", "/same", "/longer", "/link", "/fifo", "/missing"]);
+        assert_eq!(
+            rest,
+            ["/changed", "/same", "/longer", "/link", "/fifo", "/missing"]
+        );
     }
 }

@@ -30,7 +30,7 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
 use crate::client::BearerToken;
-use crate::proto::{ReadRequest, ReadResponse};
+use crate::proto::{ReadRequest, ReadResponse, message_frame};
 
 /// The HTTP/2 path of the `Read` method.
 const READ_PATH: &str = "/fetchd.v1.Fetchd/Read";
@@ -252,13 +252,8 @@ impl RawRead {
         request: &ReadRequest,
         max_message_bytes: usize,
     ) -> Result<RawRead, Status> {
-        let mut frame = Vec::with_capacity(PREFIX_BYTES + request.encoded_len());
-        frame.push(0);
-        let len = u32::try_from(request.encoded_len())
-            .map_err(|_| Status::invalid_argument("the request is too large"))?;
-        frame.extend_from_slice(&len.to_be_bytes());
-        request.encode_raw(&mut frame);
-        let mut http_request = http::Request::new(Body::new(Full::new(Bytes::from(frame))));
+        let frame = message_frame(request);
+        let mut http_request = http::Request::new(Body::new(Full::new(frame)));
         *http_request.method_mut() = http::Method::POST;
         *http_request.uri_mut() = http::Uri::from_static(READ_PATH);
         *http_request.version_mut() = http::Version::HTTP_2;
@@ -377,13 +372,10 @@ mod tests {
     use crate::proto::{ReadHeader, ReadTrailer, read_response::Kind};
     use proptest::prelude::*;
 
-    /// A message framed as tonic frames it.
+    /// A message framed as tonic frames it (`server::read_route` holds
+    /// [`message_frame`] to tonic's encoding).
     fn framed(message: &ReadResponse) -> Vec<u8> {
-        let body = message.encode_to_vec();
-        let mut out = vec![0];
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
+        message_frame(message).to_vec()
     }
 
     fn data(bytes: &[u8]) -> ReadResponse {

@@ -33,7 +33,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use crate::entry::ReadEvent;
-use crate::proto::{self, ReadRequest, ReadResponse, read_response};
+use crate::proto::{self, ReadRequest, ReadResponse, message_frame, read_response};
 use crate::server::calls::CallRecord;
 use crate::server::read::{Framing, ReadEvents};
 use crate::server::service::FetchdService;
@@ -74,16 +74,6 @@ pub fn data_frame_payload_len(frame_len: usize) -> usize {
 /// chunk plus a few bytes, far below 4 GiB.
 fn frame_len(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
-}
-
-/// A whole gRPC message frame holding `message`.
-fn message_frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&frame_len(len).to_be_bytes());
-    message.encode_raw(&mut buf);
-    Bytes::from(buf)
 }
 
 /// The generated service with `Read` taken over by [`serve_read`].
