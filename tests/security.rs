@@ -757,6 +757,34 @@ async fn max_tails_reached() {
     client.stat("blob.bin", false).await.unwrap();
 }
 
+/// --max-connections: with every slot taken, a new client's call waits (its
+/// connection sits in the listen backlog) and is served once a connection
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_reached() {
+    let (root, data) = served();
+    let server = in_process(root.path(), |config| config.max_connections = 1);
+    let first = connect(&server.url).await;
+    first.stat("blob.bin", false).await.unwrap();
+    let url = server.url.clone();
+    let mut waiting = tokio::spawn(async move {
+        let client = connect(&url).await;
+        client
+            .stat("blob.bin", true)
+            .await
+            .map(|stat| stat.entry.size)
+    });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+    assert!(early.is_err(), "served beyond --max-connections: {early:?}");
+    drop(first);
+    let size = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("served once the first connection closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(size, data.len() as u64);
+}
+
 /// --max-streams-per-connection: with two tails open on one connection a
 /// third call on it gets RESOURCE_EXHAUSTED naming the flag, while another
 /// connection is served, and the first is again once a tail ends.

@@ -11,8 +11,8 @@ use crate::cli::{EXIT_OK, LogFormat};
 use crate::error::{Error, Result};
 use crate::server::auth::Tokens;
 use crate::server::{
-    self, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_TAILS,
-    DEFAULT_MAX_TRANSFERS, ServerConfig, metrics,
+    self, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_MAX_TAILS, DEFAULT_MAX_TRANSFERS, ServerConfig, metrics,
 };
 use crate::tls::ServerTls;
 
@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// a token from this file (one a line); re-read on SIGHUP.
     #[arg(long, value_name = "F")]
     pub token_file: Option<PathBuf>,
+
+    /// Connections open at once; more wait in the listen backlog until one
+    /// closes.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
 
     /// Calls open at once on one connection; more get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION, value_name = "N")]
@@ -198,6 +203,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
         config.max_tails = args.max_tails.max(1);
+        config.max_connections = args.max_connections.max(1);
         config.max_streams_per_connection = args.max_streams_per_connection.max(1);
         config.max_request_bytes = args.max_request_bytes;
         config.idle_timeout = args.idle_timeout;

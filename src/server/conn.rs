@@ -1,6 +1,9 @@
-//! Connections and their limits: the accept loop, the socket wrapper that
-//! closes connections that never get going or sit idle, and the tower
-//! layer that counts calls per connection and bounds request messages.
+//! Connections and their limits: the accept loop, which holds at most
+//! `--max-connections` open (beyond that, new connections wait in the
+//! kernel's listen backlog until one closes, as Go's `LimitListener` does),
+//! the socket wrapper that closes connections that never get going or sit
+//! idle, and the tower layer that counts calls per connection and bounds
+//! request messages.
 //!
 //! Each accepted socket is wrapped in a [`Guarded`] that shares a
 //! [`ConnState`] with the calls made on it (tonic hands it to every request
@@ -30,8 +33,10 @@ use bytes::Bytes;
 use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
+use tokio_util::sync::PollSemaphore;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
@@ -62,16 +67,52 @@ pub struct Incoming {
     listener: TcpListener,
     limits: ConnLimits,
     pause: Option<Pin<Box<Sleep>>>,
+    /// One permit per open connection, `max_connections` in all.
+    slots: PollSemaphore,
+    /// The permit the next accepted connection takes.
+    slot: Option<OwnedSemaphorePermit>,
+    max_connections: usize,
+    /// Whether every slot is taken (logged once each time it happens).
+    full: bool,
 }
 
 impl Incoming {
-    /// Accepts on `listener`, giving each connection `limits`.
-    pub fn new(listener: TcpListener, limits: ConnLimits) -> Incoming {
+    /// Accepts on `listener`, giving each connection `limits`, with at
+    /// most `max_connections` (at least 1) open at once.
+    pub fn new(listener: TcpListener, limits: ConnLimits, max_connections: usize) -> Incoming {
+        let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Incoming {
             listener,
             limits,
             pause: None,
+            slots: PollSemaphore::new(Arc::new(Semaphore::new(max_connections))),
+            slot: None,
+            max_connections,
+            full: false,
         }
+    }
+
+    /// `Ready` once a connection may be accepted: a slot is held for it.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.slot.is_some() {
+            return Poll::Ready(());
+        }
+        if self.slots.available_permits() == 0 && !self.full {
+            self.full = true;
+            tracing::warn!(
+                max_connections = self.max_connections,
+                "every connection slot is taken (--max-connections): new connections wait \
+                 in the listen backlog until one closes"
+            );
+        }
+        // The semaphore is never closed, so `None` cannot happen; waiting
+        // on is the right answer if it ever did.
+        if let Some(permit) = std::task::ready!(self.slots.poll_acquire(cx)) {
+            self.slot = Some(permit);
+            self.full = false;
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
@@ -85,12 +126,17 @@ impl Stream for Incoming {
                 std::task::ready!(pause.as_mut().poll(cx));
                 this.pause = None;
             }
+            std::task::ready!(this.poll_slot(cx));
             match std::task::ready!(this.listener.poll_accept(cx)) {
                 Ok((stream, remote)) => {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::debug!(%err, %remote, "cannot set TCP_NODELAY");
                     }
-                    return Poll::Ready(Some(Ok(Guarded::new(stream, remote, this.limits))));
+                    let Some(slot) = this.slot.take() else {
+                        continue; // poll_slot made sure there is one
+                    };
+                    let guarded = Guarded::new(stream, remote, this.limits, slot);
+                    return Poll::Ready(Some(Ok(guarded)));
                 }
                 // The peer gave up before we got to it: not our problem.
                 Err(err)
@@ -185,10 +231,17 @@ pub struct Guarded {
     stream: TcpStream,
     state: Arc<ConnState>,
     timer: Pin<Box<Sleep>>,
+    /// The connection's slot of `--max-connections`, freed when it closes.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, remote: SocketAddr, limits: ConnLimits) -> Guarded {
+    fn new(
+        stream: TcpStream,
+        remote: SocketAddr,
+        limits: ConnLimits,
+        slot: OwnedSemaphorePermit,
+    ) -> Guarded {
         let now = Instant::now();
         let local = stream.local_addr().ok();
         Guarded {
@@ -203,6 +256,7 @@ impl Guarded {
                 idle_since: Mutex::new(now),
             }),
             timer: Box::pin(tokio::time::sleep_until(now + limits.handshake_timeout)),
+            _slot: slot,
         }
     }
 

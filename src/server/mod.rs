@@ -69,6 +69,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_TRANSFERS: usize = 256;
 /// Default for [`ServerConfig::max_tails`]: tail streams open at once.
 pub const DEFAULT_MAX_TAILS: usize = 4096;
+/// Default for `--max-connections`: connections open at once, as many as
+/// the tail streams the server allows (a follower is a connection each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = DEFAULT_MAX_TAILS;
 /// Default for `--max-streams-per-connection`: calls open at once on one
 /// connection.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 256;
@@ -99,6 +102,9 @@ pub struct ServerConfig {
     pub max_transfers: usize,
     /// Tail streams open at once; more get RESOURCE_EXHAUSTED.
     pub max_tails: usize,
+    /// Connections open at once; more wait in the listen backlog until one
+    /// closes.
+    pub max_connections: usize,
     /// Calls open at once on one connection; more get RESOURCE_EXHAUSTED.
     /// HTTP/2 advertises twice this as its stream limit, so a flood of
     /// streams beyond that is refused by the protocol itself.
@@ -137,6 +143,7 @@ impl ServerConfig {
             grace: DEFAULT_GRACE,
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_tails: DEFAULT_MAX_TAILS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -272,7 +279,7 @@ pub async fn run(
     });
 
     let limits = config.conn_limits();
-    let incoming = Incoming::new(listener, limits);
+    let incoming = Incoming::new(listener, limits, config.max_connections);
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         let mut tls_config = ServerTlsConfig::new()
