@@ -48,7 +48,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Export one directory tree over gRPC.
-    Serve(serve::ServeArgs),
+    // Boxed: the server's options outweigh every client verb's.
+    Serve(Box<serve::ServeArgs>),
     /// Download files, verified by sha256 before they are put in place.
     Get(get::GetArgs),
     /// List a directory on the server.
@@ -205,7 +206,7 @@ pub fn init_logging(cli: &Cli) {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Get(args) => client_runtime(|| get::run(args, cli.client)),
         Command::Ls(args) => client_runtime(|| ls::run(args, cli.client)),
         Command::Stat(args) => client_runtime(|| stat::run(args, cli.client)),
