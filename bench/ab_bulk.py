@@ -19,16 +19,16 @@ the median wall of each, its median ratio to rsync's run of the same round,
 and the median server CPU (utime + stime from /proc). Every process it
 started is stopped and the data removed at the end.
 """
-import grp
 import os
-import pwd
-import socket
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+import bench   # bench/bench.py: its nginx set-up and process clean-up
 
 rounds = int(sys.argv[1])
 bins = {os.path.basename(b): os.path.abspath(b) for b in sys.argv[2:]}
@@ -78,34 +78,14 @@ try:
             servers[name, w] = (p, "http://" + p.stdout.readline().strip().split()[-1])
     curl_cfg = os.path.join(work, "b2.curl")
     if "B2" in data:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            nginx_port = s.getsockname()[1]
-        with open(os.path.join(work, "nginx.conf"), "w") as f:
-            # The worker runs as the invoking user, who owns the tree.
-            user = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-            f.write(f"""{"user %s %s;" % user if os.geteuid() == 0 else ""}
-daemon off;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    default_type application/octet-stream;
-    client_body_temp_path {work}/nginx-tmp;
-    server {{ listen 127.0.0.1:{nginx_port}; root {data["B2"]}; }}
-}}
-""")
-        procs.append(subprocess.Popen(["nginx", "-p", work, "-e", f"{work}/nginx-error.log",
-                                       "-c", os.path.join(work, "nginx.conf")]))
+        # nginx exactly as bench/bench.py runs it (sendfile on, one worker).
+        bench.work = Path(work)
+        nginx_url = bench.start_nginx(data["B2"]).url
         with open(curl_cfg, "w") as f:
             for d, _, files in os.walk(data["B2"]):
                 for name in files:
                     rel = os.path.relpath(os.path.join(d, name), data["B2"])
-                    f.write(f'url = "http://127.0.0.1:{nginx_port}/{rel}"\n'
+                    f.write(f'url = "{nginx_url}/{rel}"\n'
                             f'output = "{work}/dest-B2-curl/{rel}"\n')
     time.sleep(0.3)
 
@@ -158,8 +138,10 @@ http {{
                          f"[{min(ratios):.2f}-{max(ratios):.2f}]")
             print(line + f", server CPU median {statistics.median(x[1] for x in r):.2f} s")
 finally:
+    while bench.started:   # nginx, started by bench.start_nginx
+        bench.stop(*bench.started.pop())
     for p in procs:
-        p.terminate()   # nginx's master stops its worker on SIGTERM, not on SIGKILL
+        p.terminate()   # fetchd serve and the rsync daemon exit cleanly on SIGTERM
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
