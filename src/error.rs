@@ -7,6 +7,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 
@@ -152,7 +153,7 @@ pub enum Error {
     },
 
     /// The filesystem is full (or a quota is reached).
-    #[error("{path}: no space left on the server's disk; nothing was written")]
+    #[error("{path}: no space left on device (the server's disk is full); nothing was written")]
     NoSpace {
         /// The path as requested.
         path: String,
@@ -178,6 +179,11 @@ pub enum Error {
         /// The `serve` option that sets it (e.g. `--max-transfers`).
         flag: &'static str,
     },
+
+    /// The server is draining for a shutdown or restart: it finishes what
+    /// runs and takes no new calls.
+    #[error("the server is shutting down and takes no new calls; retry shortly or on another replica")]
+    Draining,
 
     /// A request message is larger than the server accepts.
     #[error(
@@ -229,6 +235,19 @@ pub enum Error {
         server: String,
         /// What failed.
         reason: String,
+    },
+
+    /// The server cannot take the call now and asked to be tried again
+    /// (client side): busy at a limit, or draining for a restart. Its
+    /// status carried `grpc-retry-pushback-ms`.
+    #[error("{message}")]
+    TryLater {
+        /// The gRPC status code (RESOURCE_EXHAUSTED or UNAVAILABLE).
+        code: Code,
+        /// The server's message.
+        message: String,
+        /// The wait the server suggested.
+        pushback: Duration,
     },
 
     /// The server answered with an error status (client side).
@@ -326,6 +345,8 @@ impl Error {
             Error::OffsetPastEnd { .. } => Code::OutOfRange,
             Error::ChecksumMismatch { .. } => Code::DataLoss,
             Error::Limit { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
+            Error::Draining => Code::Unavailable,
+            Error::TryLater { code, .. } => *code,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::Tls { .. } => Code::Unavailable,
             Error::TlsFile { .. } => Code::InvalidArgument,
@@ -349,8 +370,17 @@ impl Error {
                 reason,
             };
         }
+        if let Some(pushback) = pushback(&status) {
+            return Error::TryLater {
+                code: status.code(),
+                message,
+                pushback,
+            };
+        }
         match status.code() {
-            Code::Unavailable | Code::Unknown if is_transport_failure(&status) => {
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+                if is_transport_failure(&status) =>
+            {
                 Error::Unreachable {
                     server: server.to_string(),
                     reason: transport_reason(&status),
@@ -380,11 +410,41 @@ impl Error {
     }
 }
 
+/// The gRPC metadata key by which a server tells a client that a call may
+/// be tried again, and after how many milliseconds (gRPC's retry design,
+/// A6). fetchd's own client retries only what carries it, besides broken
+/// connections; other gRPC clients with a retry policy honour it too.
+pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
+/// The wait a server suggests before a busy call is tried again.
+pub const BUSY_PUSHBACK: Duration = Duration::from_millis(200);
+/// The wait a draining server suggests: about what a restart takes.
+pub const DRAINING_PUSHBACK: Duration = Duration::from_millis(500);
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let message = err.to_string();
-        Status::new(err.code(), message)
+        let pushback = match &err {
+            Error::Limit { .. } => Some(BUSY_PUSHBACK),
+            Error::Draining => Some(DRAINING_PUSHBACK),
+            _ => None,
+        };
+        let mut status = Status::new(err.code(), message);
+        if let Some(wait) = pushback
+            && let Ok(value) = wait.as_millis().to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_PUSHBACK_KEY, value);
+        }
+        status
     }
+}
+
+/// The pushback a status carries: a non-negative number of milliseconds
+/// (a negative or unreadable one means "do not retry", as in gRPC).
+fn pushback(status: &Status) -> Option<Duration> {
+    let value = status.metadata().get(RETRY_PUSHBACK_KEY)?.to_str().ok()?;
+    let millis: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_millis(millis.min(60_000)))
 }
 
 /// `PATH: ` before a message, or nothing when there is no path yet.
@@ -399,12 +459,18 @@ fn path_prefix(path: &str) -> String {
 /// True when a status describes a broken transport rather than an answer.
 fn is_transport_failure(status: &Status) -> bool {
     use std::error::Error as _;
+    let message = status.message();
     status.code() == Code::Unavailable
-        || status
-            .source()
-            .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
-        || status.message().contains("transport")
-        || status.message().contains("h2 protocol error")
+        || status.source().is_some_and(|source| {
+            source.downcast_ref::<tonic::transport::Error>().is_some()
+                || source.downcast_ref::<h2::Error>().is_some()
+                || source.downcast_ref::<hyper::Error>().is_some()
+        })
+        || message.contains("transport")
+        || message.contains("h2 protocol error")
+        // hyper's words for a call whose connection went away under it.
+        || message.contains("connection closed")
+        || message.contains("connection reset")
 }
 
 /// What went wrong with TLS, when the status carries a TLS failure.

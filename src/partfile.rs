@@ -112,7 +112,7 @@ impl PartFile {
     pub fn append(&mut self, data: &[u8]) -> Result<()> {
         self.file
             .write_all(data)
-            .map_err(|err| Error::io(&self.path, err))?;
+            .map_err(|err| self.write_error(err))?;
         self.len += data.len() as u64;
         Ok(())
     }
@@ -122,9 +122,19 @@ impl PartFile {
     pub fn commit(self) -> Result<()> {
         self.file
             .sync_all()
-            .map_err(|err| Error::io(&self.path, err))?;
+            .map_err(|err| self.write_error(err))?;
         fs::rename(&self.path, &self.dest).map_err(|err| Error::io(&self.dest, err))?;
         sync_parent(&self.dest).map_err(|err| Error::io(&self.dest, err))
+    }
+
+    /// A failed write or sync: a full disk is named by the destination (the
+    /// file the user asked for, which stays as it was), anything else by
+    /// the part file it happened to.
+    fn write_error(&self, err: io::Error) -> Error {
+        match err.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Error::io(&self.dest, err),
+            _ => Error::io(&self.path, err),
+        }
     }
 
     /// Removes the part file (its content is known to be useless).

@@ -12,7 +12,7 @@ use crate::cli::{
 };
 use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
-use crate::client::download::{self, DownloadOptions, Outcome, Report};
+use crate::client::download::{self, DownloadOptions, Notify, Outcome, Report};
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::sandbox::RequestPath;
@@ -156,7 +156,12 @@ pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
     if single {
         let remote = &paths[0];
         if args.recursive {
-            let stat = client.stat(remote, false).await;
+            let notify = notifier(&args, &ProgressBar::hidden());
+            let stat = client
+                .retrying(&download::shown(remote), &*notify, || {
+                    client.stat(remote, false)
+                })
+                .await;
             if matches!(&stat, Ok(stat) if stat.entry.kind == EntryKind::Dir) {
                 return run_tree(&args, &client, remote).await;
             }
@@ -195,19 +200,25 @@ fn progress_bar(args: &GetArgs, template: &str) -> ProgressBar {
 
 /// Options for every download of this run.
 fn download_options(args: &GetArgs, progress: ProgressBar, batch: bool) -> DownloadOptions {
-    let quiet = args.quiet || args.json;
-    let notify_bar = progress.clone();
     DownloadOptions {
         force: args.force,
+        notify: notifier(args, &progress),
         progress,
         limit_rate: args.limit_rate,
-        notify: Arc::new(move |line: &str| {
-            if !quiet {
-                notify_bar.suspend(|| eprintln!("fetchd: {line}"));
-            }
-        }),
         batch,
     }
+}
+
+/// Where notices (resuming, retrying) go: stderr, above the progress bar;
+/// nowhere with `--quiet` or `--json`.
+fn notifier(args: &GetArgs, progress: &ProgressBar) -> Notify {
+    let quiet = args.quiet || args.json;
+    let progress = progress.clone();
+    Arc::new(move |line: &str| {
+        if !quiet {
+            progress.suspend(|| eprintln!("fetchd: {line}"));
+        }
+    })
 }
 
 /// One file, with the single-PATH `-o` rules.
@@ -264,7 +275,8 @@ async fn run_tree(args: &GetArgs, client: &Client, dir: &str) -> Result<u8> {
     let with_digests = !args.force && has_entries(&out);
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
     let mut checks = LocalChecks::default();
-    let items = bulk::plan_tree(client, dir, &out, with_digests, &mut checks).await?;
+    let notify = notifier(args, &ProgressBar::hidden());
+    let items = bulk::plan_tree(client, dir, &out, with_digests, &mut checks, &*notify).await?;
     run_items(args, client, &out, items, checks).await
 }
 
@@ -275,12 +287,16 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
     let mut items = Vec::new();
     let mut checks = LocalChecks::default();
+    let notify = notifier(args, &ProgressBar::hidden());
     let mut failed = 0;
     for path in paths {
         let planned = match RequestPath::parse(path) {
             Ok(parsed) if args.recursive => {
                 let display = parsed.display().to_string();
-                match client.stat(path, false).await {
+                let stat = client
+                    .retrying(&download::shown(path), &*notify, || client.stat(path, false))
+                    .await;
+                match stat {
                     Ok(stat) if stat.entry.kind == EntryKind::Dir => {
                         let sub = if display.is_empty() {
                             Ok(out.clone())
@@ -290,7 +306,15 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
                         match sub {
                             Ok(sub) => {
                                 let with_digests = !args.force && has_entries(&sub);
-                                bulk::plan_tree(client, path, &sub, with_digests, &mut checks).await
+                                bulk::plan_tree(
+                                    client,
+                                    path,
+                                    &sub,
+                                    with_digests,
+                                    &mut checks,
+                                    &*notify,
+                                )
+                                .await
                             }
                             Err(err) => Err(err),
                         }

@@ -30,16 +30,46 @@ pub struct LsArgs {
 /// Runs `fetchd ls`.
 pub async fn run(args: LsArgs, client_args: ClientArgs) -> Result<u8> {
     let client = client_args.connect().await?;
-    let mut entries = client.list(&args.dir, args.recursive).await?;
+    let notify = |line: &str| eprintln!("fetchd: {line}");
+    let subject = crate::client::download::shown(&args.dir);
+    let mut streak = client.retry_policy().streak();
     let mut out = Output::default();
-    while let Some(entry) = entries.next().await? {
-        let line = if args.json {
-            json_line(&entry).to_string()
-        } else {
-            text_line(&entry)
-        };
-        if !out.line(&line)? {
-            return Ok(EXIT_OK);
+    // Entries printed so far: a listing broken off by a lost or restarting
+    // server is asked for again and continues after them (the server lists
+    // in a fixed order).
+    let mut printed: u64 = 0;
+    loop {
+        let mut seen: u64 = 0;
+        let listed = async {
+            let mut entries = client.list(&args.dir, args.recursive).await?;
+            while let Some(entry) = entries.next().await? {
+                seen += 1;
+                if seen <= printed {
+                    continue;
+                }
+                let line = if args.json {
+                    json_line(&entry).to_string()
+                } else {
+                    text_line(&entry)
+                };
+                if !out.line(&line)? {
+                    return Ok(false);
+                }
+                printed += 1;
+                streak.progressed();
+            }
+            Ok(true)
+        }
+        .await;
+        match listed {
+            Ok(true) => break,
+            Ok(false) => return Ok(EXIT_OK),
+            Err(err) => {
+                out.flush()?;
+                if !streak.wait(&subject, &err, &notify).await {
+                    return Err(err);
+                }
+            }
         }
     }
     out.flush()?;

@@ -13,9 +13,11 @@ pub mod tail;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::retry::{DEFAULT_RETRY_FOR, RetryPolicy};
 use crate::client::{Client, Compression, ConnectOptions, DEFAULT_SERVER};
 use crate::error::{Error, Result};
 
@@ -97,6 +99,22 @@ pub struct ClientArgs {
     /// Private key (PEM) of --client-cert (client verbs).
     #[arg(long, global = true, value_name = "F")]
     pub client_key: Option<PathBuf>,
+
+    /// Keep retrying a busy, restarting or dropped server for up to this
+    /// many seconds from the first failure of a streak, with capped
+    /// exponential backoff; 0 turns retries off. A server that refuses the
+    /// first connection fails at once; `tail` reconnects for as long as it
+    /// follows (client verbs) [default: 30].
+    #[arg(long, global = true, env = "FETCHD_RETRY_FOR", value_name = "SECS", value_parser = parse_retry_for)]
+    pub retry_for: Option<Duration>,
+}
+
+/// `--retry-for`: a number of seconds, 0 or more, fractions allowed.
+fn parse_retry_for(text: &str) -> std::result::Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if (0.0..=1e9).contains(&seconds) => Ok(Duration::from_secs_f64(seconds)),
+        _ => Err(format!("{text:?} is not a number of seconds (0 turns retries off)")),
+    }
 }
 
 impl std::fmt::Debug for ClientArgs {
@@ -108,6 +126,7 @@ impl std::fmt::Debug for ClientArgs {
             .field("ca_cert", &self.ca_cert)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
+            .field("retry_for", &self.retry_for)
             .finish()
     }
 }
@@ -130,6 +149,9 @@ impl ClientArgs {
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
             compression: None,
+            retry: RetryPolicy {
+                retry_for: self.retry_for.unwrap_or(DEFAULT_RETRY_FOR),
+            },
         }
     }
 

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -78,12 +80,19 @@ pub async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
         };
         let progress = progress_bar(&args, opened.size().is_some());
         progress.set_message(remote.clone());
+        let quiet = args.quiet || args.json;
+        let notify_bar = progress.clone();
         let options = UploadOptions {
             force: args.force,
             progress,
+            notify: Arc::new(move |line: &str| {
+                if !quiet {
+                    notify_bar.suspend(|| eprintln!("fetchd: {line}"));
+                }
+            }),
         };
         let client = client_args.connect().await?;
-        upload::upload(&client, opened, &remote, &options).await
+        upload::upload_retrying(&client, opened, &remote, &options).await
     }
     .await;
     if args.json {

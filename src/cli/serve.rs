@@ -232,12 +232,16 @@ pub fn run(args: ServeArgs) -> Result<u8> {
                 std::future::pending(),
             ));
         }
+        // The handlers are in place before the line is printed: a script
+        // that signals as soon as it reads `listening on` gets a drain and
+        // exit 0, never the default action of the signal (death).
+        let shutdown = shutdown_signal()?;
         let mut stdout = std::io::stdout();
         stdout
             .write_all(ready.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|err| Error::io("<stdout>", err))?;
-        server::run(listener, config, shutdown_signal()).await?;
+        server::run(listener, config, shutdown).await?;
         Ok(EXIT_OK)
     })
 }
@@ -266,21 +270,21 @@ fn reload_on_sighup(tokens: Tokens) -> Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that
+/// completes on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::error!(%err, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let watch = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|err| Error::Serve(format!("cannot watch {name}: {err}")))
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-    }
+    let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = watch(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    })
 }
 
 /// Network threads when `--workers` is not given: half the CPUs (rounded

@@ -26,7 +26,11 @@ pub struct StatArgs {
 /// Runs `fetchd stat`.
 pub async fn run(args: StatArgs, client_args: ClientArgs) -> Result<u8> {
     let client = client_args.connect().await?;
-    let stat = client.stat(&args.path, args.sha256).await?;
+    let notify = |line: &str| eprintln!("fetchd: {line}");
+    let subject = crate::client::download::shown(&args.path);
+    let stat = client
+        .retrying(&subject, &notify, || client.stat(&args.path, args.sha256))
+        .await?;
     let entry = &stat.entry;
     let sha256 = stat.sha256.map(|digest| digest.to_hex());
     let mut out = Output::default();

@@ -130,7 +130,14 @@ impl<'a> Notices<'a> {
                 TailNotice::Stopping => "the server is shutting down; reconnecting".to_string(),
                 TailNotice::Opened => return,
             },
-            Followed::Disconnected { reason } => format!("{reason}; reconnecting"),
+            Followed::Retrying {
+                notice,
+                reason: Some(reason),
+            } => format!("{notice} ({reason})"),
+            Followed::Retrying {
+                notice,
+                reason: None,
+            } => notice.clone(),
             Followed::Resumed(cursor) => resumed(path, cursor),
         };
         eprintln!("fetchd: {line}");

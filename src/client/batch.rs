@@ -31,6 +31,7 @@ use tonic::Code;
 use crate::checksum::{Digest, Hasher};
 use crate::client::bulk::{self, Item, prepare_parent};
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
+use crate::client::retry::Cause;
 use crate::client::{Client, ManyResult};
 use crate::entry::EntryInfo;
 use crate::error::{Error, Result};
@@ -100,8 +101,10 @@ pub fn batch_size(count: usize, jobs: usize) -> usize {
 }
 
 /// Fetches `items` with one `ReadMany` call and sends each item's result on
-/// `finished` as soon as it is known. Items the call does not deliver go
-/// through the single-file path.
+/// `finished` as soon as it is known. A call broken by a busy, draining or
+/// lost server is made again, after the policy's wait, for the items it had
+/// not delivered (those it did are verified and in place); items the server
+/// says to fetch alone go through the single-file path.
 pub async fn fetch_batch(
     client: &Client,
     out: &Path,
@@ -109,72 +112,139 @@ pub async fn fetch_batch(
     options: &DownloadOptions,
     finished: &mpsc::UnboundedSender<Finished>,
 ) {
-    let paths = items.iter().map(|item| item.remote.clone()).collect();
+    let call = BatchCall {
+        client,
+        out,
+        options,
+        finished,
+    };
     let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
     let mut single = Vec::new();
-    match client.read_many(paths, BATCH_FILE_BYTES).await {
-        Ok(mut stream) => {
-            let mut writing: Option<tokio::task::JoinHandle<Vec<Written>>> = None;
-            loop {
-                let answers = match stream.next().await {
-                    Ok(Some(answers)) => answers,
-                    Ok(None) => break,
-                    Err(err) => {
-                        tracing::debug!(%err, "ReadMany ended early; fetching the rest one by one");
-                        break;
-                    }
-                };
-                let mut received = Vec::new();
-                for (index, answer) in answers {
-                    // An index out of range or answered twice is ignored:
-                    // that item is then fetched on its own.
-                    let Some(item) = slots.get_mut(index).and_then(Option::take) else {
-                        tracing::debug!(index, "ReadMany answered an unknown or repeated index");
-                        continue;
-                    };
-                    match answer {
-                        ManyResult::File {
-                            entry,
-                            data,
-                            sha256,
-                        } => {
-                            options.progress.inc(data.len() as u64);
-                            received.push(Received {
-                                item,
-                                entry,
-                                data,
-                                sha256,
-                            });
-                        }
-                        ManyResult::TooLarge(_) => single.push(item),
-                        ManyResult::Failed(err) if err.code() == Code::Aborted => {
-                            single.push(item);
-                        }
-                        ManyResult::Failed(err) => {
-                            let _ = finished.send((item, Err(err)));
-                        }
-                    }
-                }
-                // Write this message's files while the next one arrives.
-                if let Some(previous) = writing.take() {
-                    report(previous.await, &mut single, finished);
-                }
-                let out = out.to_path_buf();
-                writing = Some(tokio::task::spawn_blocking(move || {
-                    write_files(&out, received)
-                }));
-            }
-            if let Some(previous) = writing.take() {
-                report(previous.await, &mut single, finished);
-            }
+    let mut streak = client.retry_policy().streak();
+    loop {
+        // The items still unanswered: all of them at first, after a broken
+        // call the ones it did not deliver.
+        let open: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
+        let Some(&first) = open.first() else {
+            break;
+        };
+        let paths = open
+            .iter()
+            .filter_map(|&i| slots[i].as_ref().map(|item| item.remote.clone()))
+            .collect();
+        let subject = match open.len() {
+            1 => download::shown(slots[first].as_ref().map_or("", |item| &item.remote)),
+            n => format!("{n} files"),
+        };
+        let answered_before = slots.len() - open.len();
+        let failed = read_batch(&call, paths, &open, &mut slots, &mut single).await;
+        let Err(err) = failed else {
+            break;
+        };
+        if slots.iter().filter(|slot| slot.is_none()).count() > answered_before {
+            streak.progressed();
         }
-        Err(err) => tracing::debug!(%err, "ReadMany failed; fetching one by one"),
+        if streak.wait(&subject, &err, &*options.notify).await {
+            continue;
+        }
+        if Cause::of(&err).is_some() {
+            // Retried for as long as the policy allows: the rest fail with
+            // the last reason instead of waiting out a streak each.
+            for item in slots.iter_mut().filter_map(Option::take) {
+                let _ = finished.send((item, Err(err.clone_message())));
+            }
+        } else {
+            tracing::debug!(%err, "ReadMany failed; fetching the rest one by one");
+        }
+        break;
     }
     single.extend(slots.into_iter().flatten());
     for item in single {
         let result = bulk::fetch_one(client, out, &item, options).await;
         let _ = finished.send((item, result));
     }
+}
+
+/// What every `ReadMany` call of one batch shares.
+#[derive(Clone, Copy)]
+struct BatchCall<'a> {
+    client: &'a Client,
+    out: &'a Path,
+    options: &'a DownloadOptions,
+    finished: &'a mpsc::UnboundedSender<Finished>,
+}
+
+/// One `ReadMany` call for `paths` (the items at `open` in `slots`): each
+/// delivered file is written in its message's batch and sent on
+/// `finished`; files the call says to fetch alone go to `single`. An error
+/// is the call's (broken or refused); the items it did not answer stay in
+/// `slots`.
+async fn read_batch(
+    call: &BatchCall<'_>,
+    paths: Vec<String>,
+    open: &[usize],
+    slots: &mut [Option<Item>],
+    single: &mut Vec<Item>,
+) -> Result<()> {
+    let BatchCall {
+        client,
+        out,
+        options,
+        finished,
+    } = *call;
+    let mut stream = client.read_many(paths, BATCH_FILE_BYTES).await?;
+    let mut writing: Option<tokio::task::JoinHandle<Vec<Written>>> = None;
+    let ended = loop {
+        let answers = match stream.next().await {
+            Ok(Some(answers)) => answers,
+            Ok(None) => break Ok(()),
+            Err(err) => break Err(err),
+        };
+        let mut received = Vec::new();
+        for (index, answer) in answers {
+            let Some(item) = open
+                .get(index)
+                .and_then(|&slot| slots.get_mut(slot))
+                .and_then(Option::take)
+            else {
+                tracing::debug!(index, "ReadMany answered an unknown or repeated index");
+                continue;
+            };
+            match answer {
+                ManyResult::File {
+                    entry,
+                    data,
+                    sha256,
+                } => {
+                    options.progress.inc(data.len() as u64);
+                    received.push(Received {
+                        item,
+                        entry,
+                        data,
+                        sha256,
+                    });
+                }
+                ManyResult::TooLarge(_) => single.push(item),
+                ManyResult::Failed(err) if err.code() == Code::Aborted => {
+                    single.push(item);
+                }
+                ManyResult::Failed(err) => {
+                    let _ = finished.send((item, Err(err)));
+                }
+            }
+        }
+        if let Some(previous) = writing.take() {
+            report(previous.await, single, finished);
+        }
+        let out = out.to_path_buf();
+        writing = Some(tokio::task::spawn_blocking(move || {
+            write_files(&out, received)
+        }));
+    };
+    if let Some(previous) = writing.take() {
+        report(previous.await, single, finished);
+    }
+    ended
 }
 
 /// Passes on what a writer thread did.
@@ -328,7 +398,12 @@ fn write_part(
     };
     if let Err(err) = handle.write_all(&file.data) {
         let _ = std::fs::remove_file(&part);
-        return Err(Error::io(&part, err));
+        // A full disk is named by the destination, which stays as it was.
+        let named = match err.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => dest.as_path(),
+            _ => part.as_path(),
+        };
+        return Err(Error::io(named, err));
     }
     Ok(Some((part, handle)))
 }

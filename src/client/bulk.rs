@@ -173,19 +173,31 @@ pub fn prepare_parent(out: &Path, dest: &Path) -> Result<()> {
 /// `with_digests`, the listing carries each file's sha256, so files already
 /// present and identical are skipped without a call each: each such file's
 /// local copy goes to `checks` as soon as it is listed.
+///
+/// A listing broken off by a busy, draining or lost server is made again
+/// under the client's retry policy (each retry one notice to `notify`);
+/// the checks the broken one queued are voided.
 pub async fn plan_tree(
     client: &Client,
     dir: &str,
     out: &Path,
     with_digests: bool,
     checks: &mut LocalChecks,
+    notify: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<Item>> {
-    let first = checks.queued();
-    let planned = list_tree(client, dir, out, with_digests, checks).await;
-    if planned.is_err() {
-        checks.void_since(first);
+    let mut streak = client.retry_policy().streak();
+    loop {
+        let first = checks.queued();
+        match list_tree(client, dir, out, with_digests, checks).await {
+            Ok(items) => return Ok(items),
+            Err(err) => {
+                checks.void_since(first);
+                if !streak.wait(&download::shown(dir), &err, notify).await {
+                    return Err(err);
+                }
+            }
+        }
     }
-    planned
 }
 
 /// [`plan_tree`]'s listing.

@@ -149,12 +149,49 @@ pub struct Known {
 /// Downloads `remote` to the local file `dest`. `known` (from a listing)
 /// saves a `Stat` when `dest` already exists; when it does not, the first
 /// call is the `Read` itself.
+///
+/// A busy, draining or lost server is tried again under the client's
+/// [retry policy](crate::client::retry): each try continues from the bytes
+/// `DEST.part` already holds (the server's prefix digest checks them, the
+/// final whole-file check covers everything), and every try that added
+/// bytes starts a new streak.
 pub async fn download_file(
     client: &Client,
     remote: &str,
     dest: &Path,
     known: Option<Known>,
     options: &DownloadOptions,
+) -> Result<Report> {
+    let mut streak = client.retry_policy().streak();
+    let part = crate::partfile::part_path(dest);
+    let part_len = || std::fs::metadata(&part).map_or(0, |meta| meta.len());
+    let mut retried = false;
+    loop {
+        let before = part_len();
+        match download_once(client, remote, dest, known, options, retried).await {
+            Err(err) => {
+                if part_len() > before {
+                    streak.progressed();
+                }
+                if !streak.wait(&shown(remote), &err, &*options.notify).await {
+                    return Err(err);
+                }
+                retried = true;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// One try of [`download_file`]; `retried` says an earlier try failed (its
+/// notice said so: no second one about resuming).
+async fn download_once(
+    client: &Client,
+    remote: &str,
+    dest: &Path,
+    known: Option<Known>,
+    options: &DownloadOptions,
+    retried: bool,
 ) -> Result<Report> {
     if dest.is_dir() {
         return Err(Error::Usage(format!(
@@ -192,7 +229,7 @@ pub async fn download_file(
     let mut last_reason = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let offset = part.len();
-        if offset > 0 && attempt == 1 {
+        if offset > 0 && attempt == 1 && !retried {
             (options.notify)(&format!(
                 "{}: resuming at byte {offset} from {}",
                 shown(remote),
@@ -605,80 +642,135 @@ async fn receive(
 
 /// Downloads `remote` to standard output, verifying the digest at the end
 /// (the bytes are out by then: a mismatch is reported, not undone). A
-/// closed pipe ends the download successfully.
+/// closed pipe ends the download successfully. A busy, draining or lost
+/// server is tried again under the client's retry policy, continuing after
+/// the bytes already written once the server's digest of them matches.
 pub async fn download_to_stdout(
     client: &Client,
     remote: &str,
     options: &DownloadOptions,
 ) -> Result<Report> {
-    for attempt in 1..=MAX_ATTEMPTS {
-        let mut stream = client.read(remote, 0, None).await?;
-        let start = match stream.next().await? {
-            Some(ReadEvent::Start(start)) => start,
-            _ => {
-                return Err(Error::Protocol {
-                    path: shown(remote),
-                    reason: "the stream did not start with a header".into(),
+    let mut streak = client.retry_policy().streak();
+    let mut sink = StdoutSink::default();
+    let mut hasher = Hasher::new();
+    let mut restarts = 0;
+    loop {
+        let before = hasher.bytes();
+        let (returned_sink, returned_hasher, result) =
+            stdout_attempt(client, remote, sink, hasher, options).await;
+        (sink, hasher) = (returned_sink, returned_hasher);
+        let failure = match result {
+            Ok(StdoutEnd::Verified(size)) => {
+                return Ok(Report {
+                    transferred: hasher.bytes(),
+                    ..stdout_report(remote, size, hasher)
                 });
             }
+            Ok(StdoutEnd::Closed(size)) => return Ok(stdout_report(remote, size, hasher)),
+            Err(failure) => failure,
         };
-        options.progress_start(start.entry.size, 0);
-        let mut assembler = Assembler::start(StdoutSink::default(), Hasher::new());
-        let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
-        let assembled = assembler.finish().await?;
-        let (sink, hasher) = (assembled.sink, assembled.hasher);
-        assembled.written?;
-        options.progress_done();
-        let expected = match received {
-            Ok(expected) => expected,
-            // Nothing was written yet by a restartable failure only if the
-            // first chunk never came; otherwise the output is spoilt.
-            Err(Failure::Restart(reason)) if hasher.bytes() == 0 && attempt < MAX_ATTEMPTS => {
+        if hasher.bytes() > before {
+            streak.progressed();
+        }
+        match failure {
+            // Nothing is out yet: the file may simply be read again.
+            Failure::Restart(reason) if hasher.bytes() == 0 && restarts + 1 < MAX_ATTEMPTS => {
+                restarts += 1;
                 (options.notify)(&format!("{}: {reason}; starting again", shown(remote)));
-                continue;
             }
-            Err(Failure::Restart(reason)) => {
+            Failure::Restart(reason) => {
                 return Err(Error::Changed {
                     path: format!("{} ({reason})", shown(remote)),
                 });
             }
-            Err(Failure::WriterStopped) => {
+            Failure::WriterStopped => {
                 return Err(Error::io(
                     "<stdout>",
                     io::Error::other("the writer stopped"),
                 ));
             }
-            Err(Failure::Discard(err) | Failure::Keep(err)) => {
-                if sink.closed() {
-                    return Ok(stdout_report(remote, start.entry.size, hasher));
+            Failure::Discard(err) | Failure::Keep(err) => {
+                if !streak.wait(&shown(remote), &err, &*options.notify).await {
+                    return Err(err);
                 }
-                return Err(err);
             }
-        };
-        if sink.closed() {
-            return Ok(stdout_report(remote, start.entry.size, hasher));
         }
-        let actual = hasher.finalize();
-        if actual != expected {
-            return Err(Error::ChecksumMismatch {
-                path: shown(remote),
-                expected,
-                actual,
-            });
-        }
-        return Ok(Report {
-            path: shown(remote),
-            dest: PathBuf::from("-"),
-            bytes: start.entry.size,
-            transferred: start.length,
-            sha256: actual,
-            outcome: Outcome::Downloaded,
-            resumed_from: 0,
-        });
     }
-    Err(Error::Changed {
-        path: shown(remote),
-    })
+}
+
+/// How a try of [`download_to_stdout`] ended well: every byte verified, or
+/// the reader closed the pipe (the file's size either way).
+enum StdoutEnd {
+    Verified(u64),
+    Closed(u64),
+}
+
+/// One try of [`download_to_stdout`], continuing after the `hasher.bytes()`
+/// bytes already written; hands the sink and the hasher back.
+async fn stdout_attempt(
+    client: &Client,
+    remote: &str,
+    sink: StdoutSink,
+    hasher: Hasher,
+    options: &DownloadOptions,
+) -> (StdoutSink, Hasher, std::result::Result<StdoutEnd, Failure>) {
+    let offset = hasher.bytes();
+    let mut stream = match client.read(remote, offset, None).await {
+        Ok(stream) => stream,
+        Err(err) => return (sink, hasher, Err(classify(err))),
+    };
+    let start = match stream.next().await {
+        Ok(Some(ReadEvent::Start(start))) => start,
+        Ok(_) => {
+            let failure = protocol(remote, "the stream did not start with a header");
+            return (sink, hasher, Err(failure));
+        }
+        Err(err) => return (sink, hasher, Err(classify(err))),
+    };
+    if offset > 0 && start.prefix_sha256 != Some(hasher.snapshot()) {
+        let failure = Failure::Restart(
+            "the file changed on the server after part of it was written".into(),
+        );
+        return (sink, hasher, Err(failure));
+    }
+    options.progress_start(start.entry.size, offset);
+    let mut assembler = Assembler::start(sink, hasher);
+    let received = receive(&mut stream, &mut assembler, remote, start.length, options).await;
+    let assembled = match assembler.finish().await {
+        Ok(assembled) => assembled,
+        Err(_) => {
+            // The writer thread is gone and took the sink with it.
+            return (
+                StdoutSink::default(),
+                Hasher::new(),
+                Err(Failure::WriterStopped),
+            );
+        }
+    };
+    let (sink, hasher) = (assembled.sink, assembled.hasher);
+    if let Err(err) = assembled.written {
+        return (sink, hasher, Err(Failure::Keep(err)));
+    }
+    let size = start.entry.size;
+    if sink.closed() {
+        options.progress_done();
+        return (sink, hasher, Ok(StdoutEnd::Closed(size)));
+    }
+    let expected = match received {
+        Ok(expected) => expected,
+        Err(failure) => return (sink, hasher, Err(failure)),
+    };
+    options.progress_done();
+    let actual = hasher.clone().finalize();
+    if actual != expected {
+        let failure = Failure::Discard(Error::ChecksumMismatch {
+            path: shown(remote),
+            expected,
+            actual,
+        });
+        return (sink, hasher, Err(failure));
+    }
+    (sink, hasher, Ok(StdoutEnd::Verified(size)))
 }
 
 fn stdout_report(remote: &str, size: u64, hasher: Hasher) -> Report {

@@ -6,6 +6,7 @@
 //! - [`assemble`]: the writer thread that appends chunks and hashes them.
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
 //! - [`batch`]: small files many to a call, written and synced as a batch.
+//! - [`retry`]: the one retry policy (what is retried, how long, the notice).
 //! - [`tail`]: following a file across reconnects, resuming from a cursor.
 //! - [`upload`]: one local file (or stdin) to the server, read and hashed on
 //!   a blocking thread.
@@ -16,6 +17,7 @@ pub mod bulk;
 mod connector;
 pub mod download;
 mod raw_read;
+pub mod retry;
 pub mod tail;
 pub mod upload;
 
@@ -36,6 +38,7 @@ use crate::proto::{self, fetchd_client::FetchdClient, read_response};
 use crate::tls::ClientTls;
 use connector::{PlainDialer, TlsDialer, TlsFailure};
 use raw_read::{Calls, Piece, RawRead};
+use retry::RetryPolicy;
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -72,6 +75,9 @@ pub struct ConnectOptions {
     /// Ask for file data (`Read`, `Tail`) compressed this way; `None` for
     /// plain bytes.
     pub compression: Option<Compression>,
+    /// How long calls that fail on a busy, draining or lost server are
+    /// tried again (`--retry-for`).
+    pub retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -83,6 +89,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
             .field("compression", &self.compression)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -147,6 +154,7 @@ pub struct Client {
     server: String,
     tls_failure: TlsFailure,
     compression: Option<Compression>,
+    retry: RetryPolicy,
 }
 
 /// What `Stat` says about a path.
@@ -204,7 +212,7 @@ impl Client {
                 server: server.clone(),
                 reason,
             },
-            None => unreachable(error_chain(&err)),
+            None => unreachable(first_connect_reason(&err)),
         })?;
         let token = match &options.token {
             None => None,
@@ -229,6 +237,7 @@ impl Client {
             server,
             compression: options.compression,
             tls_failure,
+            retry: options.retry,
         })
     }
 
@@ -244,6 +253,33 @@ impl Client {
     /// The server's URL.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// How failed calls are tried again.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or its streak of
+    /// retries ([`retry`]) runs out; each retry is one notice about
+    /// `subject` to `notify`.
+    pub async fn retrying<T, F, Fut>(
+        &self,
+        subject: &str,
+        notify: &(dyn Fn(&str) + Sync),
+        mut call: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut streak = self.retry.streak();
+        loop {
+            match call().await {
+                Err(err) if streak.wait(subject, &err, notify).await => {}
+                done => return done,
+            }
+        }
     }
 
     fn status(&self, status: tonic::Status) -> Error {
@@ -644,6 +680,17 @@ fn normalize_server(server: &str) -> Result<String> {
         )))
     } else {
         Ok(format!("http://{server}"))
+    }
+}
+
+/// Why the first connection failed, in words that say what to do: a
+/// refused connection means nothing listens at that address.
+fn first_connect_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let reason = error_chain(err);
+    if reason.contains("connection refused") {
+        format!("{reason}: nothing is listening there (is `fetchd serve` running? check --server)")
+    } else {
+        reason
     }
 }
 

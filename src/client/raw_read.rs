@@ -227,7 +227,10 @@ impl Splitter {
     pub(crate) fn finish(&self) -> Result<(), Status> {
         match self.state {
             State::Prefix { have: 0, .. } => Ok(()),
-            _ => Err(Status::internal("the answer ended inside a message")),
+            // The stream was cut: what a lost connection looks like.
+            _ => Err(Status::unavailable(
+                "the answer ended inside a message: the stream was cut short",
+            )),
         }
     }
 }
@@ -354,7 +357,7 @@ fn call_status(trailers: Option<&HeaderMap>, http_status: StatusCode) -> Result<
         | StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
         StatusCode::OK => {
-            return Err(Status::unknown(
+            return Err(Status::unavailable(
                 "the answer ended without a grpc-status: the stream was cut short",
             ));
         }

@@ -2,11 +2,12 @@
 //! the cursor of the last message received.
 //!
 //! [`Follower::next`] hands out the file's bytes and what happened to it.
-//! When the connection drops or the server restarts, it reconnects with
-//! capped exponential backoff ([`TAIL_BACKOFF_INITIAL`] doubling up to
-//! [`TAIL_BACKOFF_MAX`]) and asks for the bytes after its cursor, so nothing
-//! is lost or repeated. Every message is checked to continue exactly where
-//! the previous one ended.
+//! When the connection drops, the server is busy or restarts, it reconnects
+//! with the waits of the client's [retry policy](crate::client::retry)
+//! (while following, for as long as it follows, like `tail -F`; with
+//! `--no-follow`, for `--retry-for`) and asks for the bytes after its
+//! cursor, so nothing is lost or repeated. Every message is checked to
+//! continue exactly where the previous one ended.
 
 use std::time::Duration;
 
@@ -14,15 +15,12 @@ use bytes::Bytes;
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
 
+use crate::client::retry::{self, Cause, RetryPolicy, Streak};
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::proto::{self, tail_response};
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
-/// First wait before reconnecting.
-pub const TAIL_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Longest wait between reconnection attempts.
-pub const TAIL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Client {
     /// Opens one `Tail` stream of `path`.
@@ -110,10 +108,13 @@ pub enum Followed {
     /// Something happened to the file (`Opened` is reported only after a
     /// reconnect; the rest always).
     Notice(TailNotice, TailCursor),
-    /// The connection was lost (or the server is stopping); reconnecting.
-    Disconnected {
-        /// What happened.
-        reason: String,
+    /// The connection was lost, the server is busy or stopping: the
+    /// follower waits, then tries again.
+    Retrying {
+        /// The one-line notice: `PATH: connection lost, retrying in 0.2 s`.
+        notice: String,
+        /// What happened, for the first notice of an outage.
+        reason: Option<String>,
     },
     /// Reconnected; the stream continues at the cursor.
     Resumed(TailCursor),
@@ -130,8 +131,11 @@ pub struct Follower {
     stream: Option<TailStream>,
     /// Where the next byte comes from; `None` before the first message.
     cursor: Option<TailCursor>,
-    backoff: Duration,
-    /// Waiting to reconnect (the disconnect was reported).
+    /// The failures since the last message, and the waits between tries.
+    streak: Streak,
+    /// The wait before the next try, once it was announced.
+    wait: Option<Duration>,
+    /// An outage is under way (its first failure was reported).
     reconnecting: bool,
 }
 
@@ -147,14 +151,23 @@ impl Follower {
         follow: bool,
     ) -> Follower {
         Follower {
-            options,
             client: Some(client),
             path: path.to_string(),
             lines,
             follow,
             stream: None,
             cursor: None,
-            backoff: TAIL_BACKOFF_INITIAL,
+            streak: match follow {
+                // Like `tail -F`: as long as it follows, whatever
+                // --retry-for says.
+                true => RetryPolicy {
+                    retry_for: Duration::MAX,
+                }
+                .streak(),
+                false => options.retry.streak(),
+            },
+            options,
+            wait: None,
             reconnecting: false,
         }
     }
@@ -170,29 +183,24 @@ impl Follower {
     /// server restarts never do.
     pub async fn next(&mut self) -> Result<Option<Followed>> {
         loop {
-            if self.reconnecting && self.stream.is_none() {
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(TAIL_BACKOFF_MAX);
+            if let Some(wait) = self.wait.take() {
+                tokio::time::sleep(wait).await;
             }
             let stream = match &mut self.stream {
                 Some(stream) => stream,
                 None => match self.open().await {
                     Ok(stream) => self.stream.insert(stream),
-                    Err(err) if self.may_retry(&err) => {
+                    Err(err) => {
                         self.client = None;
-                        if let Some(report) = self.disconnected(&err) {
-                            return Ok(Some(report));
-                        }
-                        continue;
+                        return self.retry(err).map(Some);
                     }
-                    Err(err) => return Err(err),
                 },
             };
             match stream.next().await {
                 Ok(Some(event)) => {
                     self.check_continuity(&event)?;
                     let resumed = std::mem::take(&mut self.reconnecting);
-                    self.backoff = TAIL_BACKOFF_INITIAL;
+                    self.streak.progressed();
                     self.cursor = Some(event.cursor());
                     match event {
                         TailEvent::Data { data, .. } => return Ok(Some(Followed::Data(data))),
@@ -201,13 +209,20 @@ impl Follower {
                             cursor,
                         } => {
                             self.stream = None;
-                            self.reconnecting = true;
+                            self.client = None;
                             if !self.follow {
                                 return Err(Error::Unreachable {
                                     server: self.options.server.clone(),
                                     reason: "the server is shutting down".into(),
                                 });
                             }
+                            // The server is about to go: give it the first
+                            // wait of a streak before knocking again.
+                            self.reconnecting = true;
+                            self.wait = self
+                                .streak
+                                .after(Cause::Draining, Duration::ZERO)
+                                .map(|retry| retry.wait);
                             return Ok(Some(Followed::Notice(TailNotice::Stopping, cursor)));
                         }
                         TailEvent::Notice {
@@ -227,24 +242,42 @@ impl Follower {
                 Ok(None) => {
                     // A following stream only ends when the server stops.
                     self.stream = None;
-                    let err = Error::Unreachable {
-                        server: self.options.server.clone(),
-                        reason: "the server ended the stream".into(),
-                    };
-                    if let Some(report) = self.disconnected(&err) {
-                        return Ok(Some(report));
-                    }
+                    return self
+                        .retry(Error::Unreachable {
+                            server: self.options.server.clone(),
+                            reason: "the server ended the stream".into(),
+                        })
+                        .map(Some);
                 }
-                Err(err) if self.may_retry(&err) => {
+                Err(err) => {
                     self.stream = None;
                     self.client = None;
-                    if let Some(report) = self.disconnected(&err) {
-                        return Ok(Some(report));
-                    }
+                    return self.retry(err).map(Some);
                 }
-                Err(err) => return Err(err),
             }
         }
+    }
+
+    /// After a failure: the notice of the wait before the next try, or the
+    /// error when it is not worth one (refused, not found without follow,
+    /// a broken protocol, the policy's time is up).
+    fn retry(&mut self, err: Error) -> Result<Followed> {
+        let Some(cause) = self.cause(&err) else {
+            return Err(err);
+        };
+        let pushback = match &err {
+            Error::TryLater { pushback, .. } => *pushback,
+            _ => Duration::ZERO,
+        };
+        let Some(retry) = self.streak.after(cause, pushback) else {
+            return Err(err);
+        };
+        self.wait = Some(retry.wait);
+        let first = !std::mem::replace(&mut self.reconnecting, true);
+        Ok(Followed::Retrying {
+            notice: retry::notice(&self.path, retry),
+            reason: first.then(|| err.to_string()),
+        })
     }
 
     /// Connects (again, if need be) and starts a stream after the cursor.
@@ -264,36 +297,22 @@ impl Follower {
         client.tail(&self.path, start, self.follow).await
     }
 
-    /// True for failures a reconnect can cure: only while following, and
-    /// only once a first stream got going (an unreachable server at the
-    /// start is an error, exit 1).
-    fn may_retry(&self, err: &Error) -> bool {
-        if !self.follow || self.cursor.is_none() {
-            return false;
+    /// Why a failure is worth another try: what the retry policy retries
+    /// (busy, draining, a lost connection), and while following, also a
+    /// stream the server broke off (ABORTED, CANCELLED, UNKNOWN, INTERNAL),
+    /// which a reconnect from the cursor cures.
+    fn cause(&self, err: &Error) -> Option<Cause> {
+        if let Some(cause) = Cause::of(err) {
+            return Some(cause);
         }
-        match err {
-            Error::Unreachable { .. } => true,
-            Error::Remote { code, .. } => matches!(
-                code,
-                Code::Unavailable
-                    | Code::Aborted
-                    | Code::Cancelled
-                    | Code::Unknown
-                    | Code::Internal
-            ),
-            _ => false,
-        }
-    }
-
-    /// Starts waiting to reconnect; the first failure of an outage is
-    /// reported, later attempts quietly.
-    fn disconnected(&mut self, err: &Error) -> Option<Followed> {
-        if std::mem::replace(&mut self.reconnecting, true) {
-            return None;
-        }
-        Some(Followed::Disconnected {
-            reason: err.to_string(),
-        })
+        let broken_off = matches!(
+            err,
+            Error::Remote {
+                code: Code::Aborted | Code::Cancelled | Code::Unknown | Code::Internal,
+                ..
+            }
+        );
+        (self.follow && self.cursor.is_some() && broken_off).then_some(Cause::Dropped)
     }
 
     /// Data must continue exactly at the cursor; anything else is a server

@@ -21,6 +21,7 @@ use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
 use crate::checksum::{Digest, Hasher};
+use crate::client::download::{Notify, shown};
 use crate::client::{Client, UploadPiece, WriteTarget, Written};
 use crate::error::{Error, Result};
 
@@ -58,12 +59,22 @@ impl Source {
 }
 
 /// How an upload behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UploadOptions {
     /// Replace an existing file on the server.
     pub force: bool,
     /// Progress display (use [`ProgressBar::hidden`] for none).
     pub progress: ProgressBar,
+    /// Where notices (retrying) go.
+    pub notify: Notify,
+}
+
+impl std::fmt::Debug for UploadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadOptions")
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for UploadOptions {
@@ -71,6 +82,7 @@ impl Default for UploadOptions {
         UploadOptions {
             force: false,
             progress: ProgressBar::hidden(),
+            notify: Arc::new(|_| {}),
         }
     }
 }
@@ -140,7 +152,38 @@ pub struct Uploaded {
     pub sha256: Digest,
 }
 
-/// Uploads `opened` to `remote`.
+/// Uploads `opened` to `remote`; a busy, draining or lost server is tried
+/// again under the client's retry policy when the source can be read again
+/// (a regular file, re-opened and sent from byte 0: the server keeps
+/// nothing of a broken upload). Stdin, a pipe or a FIFO is sent once.
+pub async fn upload_retrying(
+    client: &Client,
+    opened: Opened,
+    remote: &str,
+    options: &UploadOptions,
+) -> Result<Uploaded> {
+    let mut streak = client.retry_policy().streak();
+    let source = opened.source.clone();
+    let again = matches!(source, Source::File(_)) && opened.size.is_some();
+    let mut opened = Some(opened);
+    loop {
+        let this = match opened.take() {
+            Some(opened) => opened,
+            None => {
+                let source = source.clone();
+                tokio::task::spawn_blocking(move || open(&source))
+                    .await
+                    .map_err(|err| Error::io("<open>", io::Error::other(err)))??
+            }
+        };
+        match upload(client, this, remote, options).await {
+            Err(err) if again && streak.wait(&shown(remote), &err, &*options.notify).await => {}
+            done => return done,
+        }
+    }
+}
+
+/// Uploads `opened` to `remote`, once.
 pub async fn upload(
     client: &Client,
     opened: Opened,
@@ -156,6 +199,7 @@ pub async fn upload(
         Some(size) => options.progress.set_length(size),
         None => options.progress.unset_length(),
     }
+    options.progress.set_position(0);
     let (to_network, body) = mpsc::channel(UPLOAD_QUEUE_CHUNKS);
     // The reader's own failure, kept where the caller can find it even when
     // the server's answer (to a stream that ended early) comes first.

@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
-use tokio_util::sync::PollSemaphore;
+use tokio_util::sync::{CancellationToken, PollSemaphore};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
@@ -376,15 +376,19 @@ pub fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
 /// Tower layer: counts calls per connection (refusing those over the
 /// limit), bounds request messages, and gives requests the usual
 /// [`TcpConnectInfo`] so `Request::remote_addr` works.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnLayer {
     limits: ConnLimits,
+    stopping: CancellationToken,
 }
 
 impl ConnLayer {
-    /// A layer enforcing `limits`.
-    pub fn new(limits: ConnLimits) -> ConnLayer {
-        ConnLayer { limits }
+    /// A layer enforcing `limits`; once `stopping` is cancelled (the drain
+    /// before a shutdown) it refuses every new call but health with
+    /// UNAVAILABLE and a retry pushback, so clients try again elsewhere or
+    /// after the restart instead of failing.
+    pub fn new(limits: ConnLimits, stopping: CancellationToken) -> ConnLayer {
+        ConnLayer { limits, stopping }
     }
 }
 
@@ -395,6 +399,7 @@ impl<S> Layer<S> for ConnLayer {
         ConnService {
             inner,
             limits: self.limits,
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -404,7 +409,12 @@ impl<S> Layer<S> for ConnLayer {
 pub struct ConnService<S> {
     inner: S,
     limits: ConnLimits,
+    stopping: CancellationToken,
 }
+
+/// Calls under this prefix are served while draining: health says
+/// NOT_SERVING then, which is what a load balancer asks.
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
@@ -422,6 +432,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if self.stopping.is_cancelled() && !request.uri().path().starts_with(HEALTH_PREFIX) {
+            let status = Status::from(Error::Draining);
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let conn = conn_of(&request);
         let guard = conn.as_ref().map(ConnState::start_call);
         if let Some(conn) = &conn

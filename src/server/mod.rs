@@ -304,7 +304,7 @@ pub async fn run(
         // it on its connection, then check its token; every route
         // (reflection too) is behind all three.
         .layer(CallLayer::new(config.metrics.clone(), methods))
-        .layer(ConnLayer::new(limits))
+        .layer(ConnLayer::new(limits, stopping.clone()))
         .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(health::EndWatches::new(health_service, stopping.clone()))
         .add_service(reflection_v1)
