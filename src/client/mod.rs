@@ -44,10 +44,19 @@ use retry::RetryPolicy;
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 /// How long connecting may take before the server counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 receive window per stream.
+/// HTTP/2 receive window per stream on a near link (round trip up to
+/// [`NEAR_RTT`]).
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-/// HTTP/2 receive window per connection.
+/// HTTP/2 receive window per connection on a near link.
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// Round trips up to this get the near windows: 8 MiB per stream still
+/// allows 4 GB/s at 2 ms.
+pub const NEAR_RTT: Duration = Duration::from_millis(2);
+/// The rate the windows of a far link are sized for (10 Gbit/s): one
+/// stream may have this rate times the round trip in flight.
+pub const WINDOW_TARGET_BYTES_PER_SEC: f64 = 1.25e9;
+/// Largest receive window per stream on a far link.
+pub const MAX_STREAM_WINDOW_BYTES: u32 = 256 * 1024 * 1024;
 /// Largest HTTP/2 frame the client accepts (the server's data frames).
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Largest message the client decodes (a data chunk is 1 MiB).
@@ -155,6 +164,7 @@ pub struct Client {
     tls_failure: TlsFailure,
     compression: Option<Compression>,
     retry: RetryPolicy,
+    windows: Windows,
 }
 
 /// What `Stat` says about a path.
@@ -170,50 +180,44 @@ pub struct RemoteStat {
 
 impl Client {
     /// Connects to the server, failing early if it cannot be reached.
+    ///
+    /// The receive windows follow the link: the client connects with the
+    /// near windows, times one health check (a round trip), and when that
+    /// took longer than [`NEAR_RTT`] connects again with windows sized for
+    /// the round trip ([`Windows::for_rtt`]), since HTTP/2 lets one stream
+    /// move at most a window per round trip. Near links keep small windows,
+    /// so a fast local download does not buffer more.
     pub async fn connect(options: &ConnectOptions) -> Result<Client> {
         let server = normalize_server(&options.server)?;
-        let unreachable = |reason: String| Error::Unreachable {
-            server: server.clone(),
-            reason,
-        };
-        // For https:// the dialer does TLS (see `connector`): tonic is
-        // given the address as plain http so that it adds no TLS of its own.
-        let endpoint = Endpoint::from_shared(server.replacen("https://", "http://", 1))
-            .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES);
         crate::tls::check_client_identity_pair(
             options.client_cert.as_deref(),
             options.client_key.as_deref(),
         )?;
-        let tls_failure = TlsFailure::default();
-        let connected = if server.starts_with("https://") {
-            let tls = ClientTls::load(
+        let tls = if server.starts_with("https://") {
+            Some(ClientTls::load(
                 &server,
                 options.ca_cert.as_deref(),
                 options.client_cert.as_deref(),
                 options.client_key.as_deref(),
-            )?;
-            endpoint
-                .connect_with_connector(TlsDialer::new(tls, tls_failure.clone()))
-                .await
+            )?)
         } else {
-            endpoint
-                .connect_with_connector(PlainDialer::new(tls_failure.clone()))
-                .await
+            None
         };
-        let channel = connected.map_err(|err| match crate::tls::diagnose(&err) {
-            Some(reason) => Error::Tls {
-                server: server.clone(),
-                reason,
-            },
-            None => unreachable(first_connect_reason(&err)),
-        })?;
+        let tls_failure = TlsFailure::default();
+        let near = Windows::NEAR;
+        let mut channel = dial(&server, tls.as_ref(), &tls_failure, near).await?;
+        let mut windows = near;
+        if let Some(rtt) = round_trip(&channel).await {
+            let wanted = Windows::for_rtt(rtt);
+            if wanted != near {
+                // On failure the first connection serves, with its windows.
+                if let Ok(wide) = dial(&server, tls.as_ref(), &tls_failure, wanted).await {
+                    tracing::debug!(?rtt, ?wanted, "a far server: wider windows");
+                    channel = wide;
+                    windows = wanted;
+                }
+            }
+        }
         let token = match &options.token {
             None => None,
             Some(token) => {
@@ -238,7 +242,13 @@ impl Client {
             compression: options.compression,
             tls_failure,
             retry: options.retry,
+            windows,
         })
+    }
+
+    /// The receive windows the connection was made with.
+    pub fn windows(&self) -> Windows {
+        self.windows
     }
 
     /// The stub for a call that moves file data: its request compressed
@@ -663,6 +673,106 @@ impl ReadStream {
             None => return Err(protocol("empty message")),
         };
         Ok(Some(event))
+    }
+}
+
+/// The HTTP/2 receive windows of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Windows {
+    /// Bytes one stream may have in flight.
+    pub stream: u32,
+    /// Bytes all streams of the connection may have in flight.
+    pub connection: u32,
+}
+
+impl Windows {
+    /// The windows of a near link.
+    pub const NEAR: Windows = Windows {
+        stream: STREAM_WINDOW_BYTES,
+        connection: CONNECTION_WINDOW_BYTES,
+    };
+
+    /// Windows for a link with round trip `rtt`: the near ones up to
+    /// [`NEAR_RTT`]; beyond, [`WINDOW_TARGET_BYTES_PER_SEC`] times the
+    /// round trip per stream (at most [`MAX_STREAM_WINDOW_BYTES`]) and twice
+    /// that per connection, so that a bulk download's streams share it.
+    pub fn for_rtt(rtt: Duration) -> Windows {
+        if rtt <= NEAR_RTT {
+            return Windows::NEAR;
+        }
+        let wanted = rtt.as_secs_f64() * WINDOW_TARGET_BYTES_PER_SEC;
+        let stream = (wanted as u64).clamp(
+            u64::from(STREAM_WINDOW_BYTES),
+            u64::from(MAX_STREAM_WINDOW_BYTES),
+        ) as u32;
+        Windows {
+            stream,
+            connection: stream.saturating_mul(2),
+        }
+    }
+}
+
+/// Opens a connection to `server` with `windows`, doing TLS in the dialer
+/// when `tls` is given.
+async fn dial(
+    server: &str,
+    tls: Option<&ClientTls>,
+    tls_failure: &TlsFailure,
+    windows: Windows,
+) -> Result<tonic::transport::Channel> {
+    // For https:// the dialer does TLS (see `connector`): tonic is given
+    // the address as plain http so that it adds no TLS of its own.
+    let endpoint = Endpoint::from_shared(server.replacen("https://", "http://", 1))
+        .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .initial_stream_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
+        .max_frame_size(MAX_FRAME_BYTES);
+    let connected = match tls {
+        Some(tls) => {
+            endpoint
+                .connect_with_connector(TlsDialer::new(tls.clone(), tls_failure.clone()))
+                .await
+        }
+        None => {
+            endpoint
+                .connect_with_connector(PlainDialer::new(tls_failure.clone()))
+                .await
+        }
+    };
+    connected.map_err(|err| match crate::tls::diagnose(&err) {
+        Some(reason) => Error::Tls {
+            server: server.to_string(),
+            reason,
+        },
+        None => Error::Unreachable {
+            server: server.to_string(),
+            reason: first_connect_reason(&err),
+        },
+    })
+}
+
+/// One round trip to the server, timed with a health check (which needs
+/// no token); `None` when the check fails or times out, which leaves the
+/// judgement to the calls that follow.
+async fn round_trip(channel: &tonic::transport::Channel) -> Option<Duration> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(channel.clone());
+    let started = std::time::Instant::now();
+    let check = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
+        Ok(Ok(_)) => Some(started.elapsed()),
+        // An answer (a server without health, say) is a round trip too.
+        Ok(Err(status)) if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+            Some(started.elapsed())
+        }
+        _ => None,
     }
 }
 
