@@ -610,6 +610,46 @@ mod tests {
         assert!(disabled.contains("--allow-upload"), "{disabled}");
     }
 
+    /// Limits and draining travel with a retry pushback and come back as
+    /// TryLater; an upload over the size limit (also RESOURCE_EXHAUSTED)
+    /// and a full disk carry none, so nobody retries them.
+    #[test]
+    fn busy_and_draining_carry_a_pushback() {
+        let busy = Status::from(Error::Limit {
+            what: "transfers",
+            limit: 1,
+            flag: "--max-transfers",
+        });
+        assert!(matches!(
+            Error::from_status(busy, "http://h:1"),
+            Error::TryLater {
+                code: Code::ResourceExhausted,
+                pushback: BUSY_PUSHBACK,
+                ..
+            }
+        ));
+        let draining = Status::from(Error::Draining);
+        assert!(matches!(
+            Error::from_status(draining, "http://h:1"),
+            Error::TryLater {
+                code: Code::Unavailable,
+                ..
+            }
+        ));
+        for err in [
+            Error::TooLarge {
+                path: "a".into(),
+                limit: 1,
+            },
+            Error::NoSpace { path: "a".into() },
+        ] {
+            let status = Status::from(err);
+            assert!(status.metadata().get(RETRY_PUSHBACK_KEY).is_none());
+            let back = Error::from_status(status, "http://h:1");
+            assert!(matches!(back, Error::Remote { .. }), "{back:?}");
+        }
+    }
+
     /// I/O errors read as sentences, without `(os error N)`.
     #[test]
     fn io_errors_have_no_raw_os_suffix() {

@@ -642,4 +642,45 @@ mod tests {
             assert_eq!(result, Err(17), "chunk size {chunk}");
         }
     }
+
+    /// Once draining, every call but health is refused with UNAVAILABLE
+    /// and a retry pushback (what the client retries); before, calls pass.
+    #[tokio::test]
+    async fn draining_refuses_new_calls_with_a_pushback() {
+        let inner = tower::service_fn(|_request: http::Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+        });
+        let stopping = CancellationToken::new();
+        let limits = ConnLimits {
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_calls: 8,
+            max_request_bytes: 1024,
+        };
+        let mut service = ConnLayer::new(limits, stopping.clone()).layer(inner);
+        let call = |path: &str| {
+            http::Request::post(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let status_of = |response: &http::Response<Body>| {
+            Status::from_header_map(response.headers()).map(|status| status.code())
+        };
+        let before = service.call(call("/fetchd.v1.Fetchd/Read")).await.expect("served");
+        assert_eq!(status_of(&before), None, "passed to the service");
+        stopping.cancel();
+        let refused = service.call(call("/fetchd.v1.Fetchd/Read")).await.expect("answered");
+        assert_eq!(status_of(&refused), Some(tonic::Code::Unavailable));
+        let pushback = refused
+            .headers()
+            .get(crate::error::RETRY_PUSHBACK_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        assert!(pushback.is_some(), "{:?}", refused.headers());
+        let health = service
+            .call(call("/grpc.health.v1.Health/Check"))
+            .await
+            .expect("served");
+        assert_eq!(status_of(&health), None, "health is still answered");
+    }
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod relay;
+
 /// How long any one CLI run or server start may take before the test fails.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -65,12 +67,23 @@ impl ServerProcess {
     /// Like [`ServerProcess::start`], with extra environment variables (e.g.
     /// `RUST_LOG`).
     pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::start_on("127.0.0.1:0", root, extra, env)
+    }
+
+    /// Like [`ServerProcess::start_with_env`], listening on `listen` (a
+    /// server started again on the port of one that stopped).
+    pub fn start_on(
+        listen: &str,
+        root: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let mut command = fetchd();
         for (key, value) in env {
             command.env(key, value);
         }
         let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .args(["serve", "--listen", listen, "--root"])
             .arg(root)
             .args(extra)
             .envs(env.iter().copied())

@@ -1,0 +1,653 @@
+//! Real networks and real load: busy servers, restarts and drains, dropped
+//! and stalled connections (through the fault-injecting relay in
+//! `tests/common/relay.rs`), signals right after `listening on`, full
+//! disks, and windows on a long link. Real servers on 127.0.0.1 port 0,
+//! the real CLI, temp dirs; every wait is on an event with a timeout.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::relay::{Faults, Relay};
+use common::{
+    InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, lines_of, random_bytes,
+    sha256_hex, wait_until, wait_with_timeout,
+};
+use fetchd::entry::ReadEvent;
+
+const MIB: usize = 1024 * 1024;
+
+/// A client command started in the background, its stderr read line by line.
+struct Background {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Background {
+    fn start(cwd: &Path, url: &str, args: &[&str]) -> Background {
+        let mut child = fetchd()
+            .current_dir(cwd)
+            .args(["--server", url])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fetchd");
+        let stderr = lines_of(child.stderr.take().unwrap());
+        Background {
+            child,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("no stderr line with {needle:?}; saw {:?}", self.seen);
+    }
+
+    /// Waits for the exit; returns the code and every stderr line.
+    fn finish(mut self) -> (i32, Vec<String>) {
+        let status = wait_with_timeout(&mut self.child, STEP_TIMEOUT).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("the client did not finish; stderr so far: {:?}", self.seen)
+        });
+        self.seen.extend(self.stderr.try_iter());
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        (status.code().unwrap_or(-1), std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts `fetchd serve` on a fixed address (a restart on the same port).
+fn serve_at(root: &Path, addr: &str, extra: &[&str]) -> ServerProcess {
+    ServerProcess::start_on(addr, root, extra, &[])
+}
+
+// ------------------------------------------------------------- signals
+
+/// A script that signals `fetchd serve` as soon as it reads `listening on`
+/// gets a clean drain and exit 0, never death by the signal: the handlers
+/// are installed before the line is printed. Many rounds, both signals.
+#[test]
+fn serve_exits_cleanly_on_a_signal_right_after_listening() {
+    let root = tempfile::tempdir().unwrap();
+    for round in 0..24 {
+        let mut child = fetchd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(child.stdout.take().unwrap());
+        let line = lines.recv_timeout(STEP_TIMEOUT).expect("listening line");
+        assert!(line.starts_with("listening on "), "{line}");
+        let signal = if round % 2 == 0 {
+            rustix::process::Signal::TERM
+        } else {
+            rustix::process::Signal::INT
+        };
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        let status = wait_with_timeout(&mut child, STEP_TIMEOUT).expect("exit");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: {status:?} (signal {signal:?})"
+        );
+    }
+}
+
+// -------------------------------------------------------- busy servers
+
+/// A server at its transfer limit answers RESOURCE_EXHAUSTED with a retry
+/// pushback: `get` says `server busy, retrying in ...` and gets the file
+/// once the slot is free; with `--retry-for 0` it fails at once.
+#[test]
+fn busy_server_is_retried_until_a_slot_frees() {
+    let root = tempfile::tempdir().unwrap();
+    // Larger than the connection window: the server cannot finish sending
+    // it while the holder reads nothing, so the slot stays taken.
+    let held = random_bytes(48 * MIB, 1);
+    let wanted = random_bytes(300_000, 2);
+    std::fs::write(root.path().join("held.bin"), &held).unwrap();
+    std::fs::write(root.path().join("wanted.bin"), &wanted).unwrap();
+    let mut config = fetchd::server::ServerConfig::new(root.path());
+    config.max_transfers = 1;
+    let server = InProcessServer::start(config);
+    let rt = runtime();
+    let holder = rt.block_on(server.client());
+    let mut stream = rt
+        .block_on(holder.read("held.bin", 0, None))
+        .expect("holds the only slot");
+    assert!(matches!(
+        rt.block_on(stream.next()).unwrap(),
+        Some(ReadEvent::Start(_))
+    ));
+
+    let work = tempfile::tempdir().unwrap();
+    let refused = client(
+        &server.url,
+        work.path(),
+        &["--retry-for", "0", "get", "wanted.bin"],
+    );
+    refused.expect_code(1).expect_stderr("server busy");
+    assert!(!work.path().join("wanted.bin").exists());
+
+    let mut get = Background::start(work.path(), &server.url, &["get", "wanted.bin"]);
+    get.wait_stderr("wanted.bin: server busy, retrying in");
+    drop(stream);
+    let (code, stderr) = get.finish();
+    assert_eq!(code, 0, "{stderr:?}");
+    assert_eq!(std::fs::read(work.path().join("wanted.bin")).unwrap(), wanted);
+}
+
+/// `put` of a regular file to a busy server is retried too, and lands whole.
+#[test]
+fn busy_server_put_is_retried() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("held.bin"), random_bytes(48 * MIB, 3)).unwrap();
+    let mut config = fetchd::server::ServerConfig::new(root.path());
+    config.max_transfers = 1;
+    config.allow_upload = true;
+    let server = InProcessServer::start(config);
+    let rt = runtime();
+    let holder = rt.block_on(server.client());
+    let mut stream = rt.block_on(holder.read("held.bin", 0, None)).unwrap();
+    rt.block_on(stream.next()).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let local = random_bytes(700_000, 4);
+    std::fs::write(work.path().join("up.bin"), &local).unwrap();
+    let mut put = Background::start(work.path(), &server.url, &["put", "up.bin", "in/up.bin"]);
+    put.wait_stderr("in/up.bin: server busy, retrying in");
+    drop(stream);
+    let (code, stderr) = put.finish();
+    assert_eq!(code, 0, "{stderr:?}");
+    assert_eq!(std::fs::read(root.path().join("in/up.bin")).unwrap(), local);
+}
+
+/// Nothing listening: the very first connection is refused, and the
+/// client fails at once (no retries) saying so.
+#[test]
+fn refused_first_connection_fails_at_once() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let run = client(
+        &format!("http://127.0.0.1:{port}"),
+        work.path(),
+        &["get", "x.bin"],
+    );
+    run.expect_code(1).expect_stderr("nothing is listening");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!run.stderr.contains("retrying"), "{}", run.describe());
+}
+
+// ----------------------------------------------- restarts and draining
+
+/// A server killed mid-transfer and started again on the same port: the
+/// running `get` retries until it is back, continues from its part file,
+/// and lands the file whole. The same for a rolling restart (SIGTERM, a
+/// short grace, a new server), which costs the client nothing but a wait.
+#[test]
+fn get_survives_a_server_restart_mid_transfer() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(24 * MIB, 5);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    for graceful in [false, true] {
+        let first = ServerProcess::start(root.path(), &["--grace", "1"]);
+        let addr = first.addr.to_string();
+        let mut first = Some(first);
+        let work = tempfile::tempdir().unwrap();
+        let part = work.path().join("big.bin.part");
+        let mut get = Background::start(
+            work.path(),
+            &format!("http://{addr}"),
+            &["get", "big.bin", "--limit-rate", "6M"],
+        );
+        assert!(
+            wait_until(STEP_TIMEOUT, || std::fs::metadata(&part)
+                .is_ok_and(|meta| meta.len() > 4 * MIB as u64)),
+            "the download never got going"
+        );
+        let mut old = first.take().unwrap();
+        if graceful {
+            // Draining: the transfer runs on for the grace second, then
+            // its connection is cut.
+            let status = old.terminate(STEP_TIMEOUT);
+            assert_eq!(status.code(), Some(0));
+        } else {
+            old.kill();
+        }
+        get.wait_stderr("big.bin: connection lost, retrying in");
+        let _second = serve_at(root.path(), &addr, &[]);
+        let (code, stderr) = get.finish();
+        assert_eq!(code, 0, "graceful={graceful}: {stderr:?}");
+        let got = std::fs::read(work.path().join("big.bin")).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(&data), "graceful={graceful}");
+        assert!(!part.exists());
+    }
+}
+
+/// `tail` follows a log across a server restart on the same port: every
+/// line once, in order.
+#[test]
+fn tail_survives_a_server_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("app.log");
+    std::fs::write(&log, "line 0\n").unwrap();
+    let first = ServerProcess::start(root.path(), &[]);
+    let addr = first.addr.to_string();
+    let mut tail = TailOutput::start(&format!("http://{addr}"), "app.log");
+    tail.wait_lines(1);
+    let mut first = first;
+    first.kill();
+    append_lines(&log, 1..50);
+    let _second = serve_at(root.path(), &addr, &[]);
+    append_lines(&log, 50..100);
+    tail.wait_lines(100);
+    tail.assert_each_line_once(100);
+}
+
+// --------------------------------------------------------- the relay
+
+/// A 128 MiB get through a relay that cuts the connection every 16 MiB
+/// completes by itself with the right digest, and resumes rather than
+/// restarts: about 1x the file's bytes cross the relay.
+#[test]
+fn get_through_a_relay_that_cuts_every_16_mib() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(128 * MIB, 6);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let relay = rt
+        .block_on(Relay::start(
+            server.addr,
+            Faults {
+                cut_every_down: Some(16 * MIB as u64),
+                ..Faults::default()
+            },
+        ))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = client(&relay.url(), work.path(), &["get", "big.bin"]);
+    run.expect_code(0).expect_stderr("connection lost, retrying in");
+    let got = std::fs::read(work.path().join("big.bin")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+    let cuts = relay.cuts();
+    let down = relay.bytes_down();
+    assert!(cuts >= 7, "only {cuts} cuts");
+    assert!(
+        down < (data.len() as u64) * 12 / 10,
+        "{down} bytes crossed the relay for a {} byte file: restarted, not resumed",
+        data.len()
+    );
+}
+
+/// A bulk `-r` of many small files and a few large ones through a relay
+/// that keeps cutting: every file arrives whole, the batch continues with
+/// the files it had not delivered, exit 0.
+#[test]
+fn bulk_get_through_a_relay_that_cuts() {
+    let root = tempfile::tempdir().unwrap();
+    let tree = root.path().join("tree");
+    let mut expected = Vec::new();
+    for i in 0..1500 {
+        let rel = format!("d{}/f{i}.txt", i % 10);
+        let data = random_bytes(4096, 100 + i as u64);
+        std::fs::create_dir_all(tree.join(format!("d{}", i % 10))).unwrap();
+        std::fs::write(tree.join(&rel), &data).unwrap();
+        expected.push((rel, sha256_hex(&data)));
+    }
+    for i in 0..3 {
+        let rel = format!("large{i}.bin");
+        let data = random_bytes(3 * MIB, 200 + i);
+        std::fs::write(tree.join(&rel), &data).unwrap();
+        expected.push((rel, sha256_hex(&data)));
+    }
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let relay = rt
+        .block_on(Relay::start(
+            server.addr,
+            Faults {
+                cut_every_down: Some(2 * MIB as u64),
+                ..Faults::default()
+            },
+        ))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = client(&relay.url(), work.path(), &["get", "-r", "tree", "-o", "out"]);
+    run.expect_code(0);
+    assert!(relay.cuts() >= 3, "only {} cuts", relay.cuts());
+    for (rel, digest) in &expected {
+        let got = std::fs::read(work.path().join("out").join(rel))
+            .unwrap_or_else(|err| panic!("{rel}: {err}\n{}", run.describe()));
+        assert_eq!(&sha256_hex(&got), digest, "{rel}");
+    }
+}
+
+/// A tail through a relay that cuts every connection again and again gets
+/// every line exactly once, in order.
+#[test]
+fn tail_through_repeated_cuts_gets_every_line_once() {
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("app.log");
+    std::fs::write(&log, "line 0\n").unwrap();
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let relay = rt
+        .block_on(Relay::start(server.addr, Faults::default()))
+        .unwrap();
+    let mut tail = TailOutput::start(&relay.url(), "app.log");
+    tail.wait_lines(1);
+    let mut next = 1;
+    for _ in 0..6 {
+        append_lines(&log, next..next + 40);
+        next += 40;
+        relay.cut_all();
+        append_lines(&log, next..next + 10);
+        next += 10;
+        tail.wait_lines(next);
+    }
+    assert!(relay.cuts() >= 6, "only {} cuts", relay.cuts());
+    tail.assert_each_line_once(next);
+}
+
+/// A connection that stalls for a few seconds (nothing moves either way)
+/// and then recovers costs only the wait: the get completes, verified.
+#[test]
+fn get_survives_a_stall() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(32 * MIB, 7);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let relay = rt
+        .block_on(Relay::start(server.addr, Faults::default()))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let part = work.path().join("big.bin.part");
+    let get = Background::start(
+        work.path(),
+        &relay.url(),
+        &["get", "big.bin", "--limit-rate", "16M"],
+    );
+    assert!(wait_until(STEP_TIMEOUT, || std::fs::metadata(&part)
+        .is_ok_and(|meta| meta.len() > 2 * MIB as u64)));
+    relay.stall(true);
+    std::thread::sleep(Duration::from_secs(3));
+    relay.stall(false);
+    let (code, stderr) = get.finish();
+    assert_eq!(code, 0, "{stderr:?}");
+    let got = std::fs::read(work.path().join("big.bin")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+}
+
+/// On a link with a 50 ms round trip the client connects with receive
+/// windows sized for it (one stream may have more than 8 MiB in flight);
+/// on loopback it keeps the near windows, so a fast local transfer does
+/// not buffer more. A get through the long link is verified as always.
+#[test]
+fn windows_follow_the_round_trip() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(16 * MIB, 8);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let near = rt.block_on(server.client());
+    assert_eq!(near.windows(), fetchd::client::Windows::NEAR);
+    let relay = rt
+        .block_on(Relay::start(
+            server.addr,
+            Faults {
+                delay: Duration::from_millis(25),
+                ..Faults::default()
+            },
+        ))
+        .unwrap();
+    let far = rt
+        .block_on(fetchd::client::Client::connect(
+            &fetchd::client::ConnectOptions {
+                server: relay.url(),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let windows = far.windows();
+    assert!(
+        windows.stream >= 48 * MIB as u32,
+        "50 ms round trip, windows {windows:?}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    client(&relay.url(), work.path(), &["get", "big.bin"]).expect_code(0);
+    let got = std::fs::read(work.path().join("big.bin")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+}
+
+// --------------------------------------------------------- full disks
+
+/// Runs `script` with `sh -c` in a mount namespace of its own where `dir`
+/// is a tmpfs of `size` (as root, or as a user with user namespaces);
+/// `None` when this machine allows neither.
+fn in_small_disk(dir: &Path, size: &str, script: &str) -> Option<std::process::Output> {
+    let probe = Command::new("unshare")
+        .args(["-rm", "true"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let full = format!(
+        "mount -t tmpfs -o size={size} none '{}' || exit 99; {script}",
+        dir.display()
+    );
+    Command::new("timeout")
+        .args(["120", "unshare", "-rm", "sh", "-c", &full])
+        .env_remove("FETCHD_SERVER")
+        .env("RUST_LOG", "warn")
+        .output()
+        .ok()
+}
+
+/// A full local disk: `get` fails naming DEST with `no space left on
+/// device`, exit 1, and DEST keeps exactly what it held before.
+#[test]
+fn full_local_disk_keeps_dest() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(8 * MIB, 9);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    let server = ServerProcess::start(root.path(), &[]);
+    let disk = tempfile::tempdir().unwrap();
+    let bin = common::fetchd_bin();
+    // DEST holds an older 1 MiB version; the disk has room for 4 MiB more.
+    let script = format!(
+        "head -c 1048576 /dev/zero > dest.bin; sync; \
+         '{bin}' --server {url} get big.bin -o dest.bin; echo \"exit=$?\"; \
+         sha256sum dest.bin; ls",
+        bin = bin.display(),
+        url = server.url
+    );
+    let script = format!("cd '{}' && {script}", disk.path().display());
+    let Some(output) = in_small_disk(disk.path(), "5m", &script) else {
+        eprintln!("SKIPPED full_local_disk_keeps_dest: no mount namespace here");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("exit=1"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("dest.bin: no space left on device"),
+        "{stderr}"
+    );
+    let zeros = sha256_hex(&vec![0u8; MIB]);
+    assert!(
+        stdout.contains(&format!("{zeros}  dest.bin")),
+        "DEST changed: {stdout}"
+    );
+}
+
+/// A full server disk: `put` gets RESOURCE_EXHAUSTED `no space left on
+/// device` (exit 1, not retried), nothing is left at REMOTE or beside it,
+/// and the server goes on serving.
+#[test]
+fn full_server_disk_refuses_the_upload_and_serves_on() {
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("up.bin");
+    std::fs::write(&local, random_bytes(6 * MIB, 10)).unwrap();
+    std::fs::write(work.path().join("small.txt"), b"small and fine\n").unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let bin = common::fetchd_bin();
+    // The server runs inside the namespace, on the small disk; the client
+    // too (same namespace, loopback is shared).
+    let script = format!(
+        "echo hello > '{d}/hello.txt'; \
+         '{bin}' serve --root '{d}' --listen 127.0.0.1:0 --allow-upload > '{w}/serve.out' 2>/dev/null & \
+         pid=$!; \
+         for i in $(seq 1 200); do grep -q listening '{w}/serve.out' 2>/dev/null && break; sleep 0.05; done; \
+         url=http://$(sed -n 's/^listening on //p' '{w}/serve.out'); \
+         '{bin}' --server $url put '{w}/up.bin' in/up.bin; echo \"put=$?\"; \
+         '{bin}' --server $url put '{w}/small.txt' in/small.txt; echo \"small=$?\"; \
+         '{bin}' --server $url get hello.txt -o '{w}/hello.txt'; echo \"get=$?\"; \
+         ls -a '{d}/in'; kill $pid; wait $pid",
+        d = disk.path().display(),
+        w = work.path().display(),
+        bin = bin.display(),
+    );
+    let Some(output) = in_small_disk(disk.path(), "4m", &script) else {
+        eprintln!("SKIPPED full_server_disk_refuses_the_upload_and_serves_on: no mount namespace");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("put=1"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("in/up.bin: no space left on device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(stdout.contains("small=0"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("get=0"), "{stdout}\n{stderr}");
+    // Only the small upload is there: no up.bin, no temporary file.
+    assert!(!stdout.contains("up.bin"), "{stdout}");
+    assert!(!stdout.contains("fetchd-upload"), "{stdout}");
+    assert!(stdout.contains("small.txt"), "{stdout}");
+    assert_eq!(
+        std::fs::read(work.path().join("hello.txt")).unwrap(),
+        b"hello\n"
+    );
+}
+
+// ------------------------------------------------------------ helpers
+
+fn append_lines(log: &Path, range: std::ops::Range<usize>) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    for i in range {
+        writeln!(file, "line {i}").unwrap();
+    }
+}
+
+/// `fetchd tail` in the background, its stdout gathered.
+struct TailOutput {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    got: Vec<String>,
+}
+
+impl TailOutput {
+    fn start(url: &str, path: &str) -> TailOutput {
+        let mut child = fetchd()
+            .args(["--server", url, "tail", path, "-n", "100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(child.stdout.take().unwrap());
+        TailOutput {
+            child,
+            lines,
+            got: Vec::new(),
+        }
+    }
+
+    fn wait_lines(&mut self, count: usize) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while self.got.len() < count && Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.got.push(line);
+            }
+        }
+        assert!(
+            self.got.len() >= count,
+            "{} of {count} lines: {:?}",
+            self.got.len(),
+            self.got
+        );
+    }
+
+    fn assert_each_line_once(&mut self, count: usize) {
+        // Anything more would be a duplicate: give it a moment to show.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
+            self.got.push(line);
+        }
+        let want: Vec<String> = (0..count).map(|i| format!("line {i}")).collect();
+        assert_eq!(self.got, want);
+    }
+}
+
+impl Drop for TailOutput {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
