@@ -182,7 +182,9 @@ pub enum Error {
 
     /// The server is draining for a shutdown or restart: it finishes what
     /// runs and takes no new calls.
-    #[error("the server is shutting down and takes no new calls; retry shortly or on another replica")]
+    #[error(
+        "the server is shutting down and takes no new calls; retry shortly or on another replica"
+    )]
     Draining,
 
     /// A request message is larger than the server accepts.
@@ -471,6 +473,8 @@ fn is_transport_failure(status: &Status) -> bool {
         // hyper's words for a call whose connection went away under it.
         || message.contains("connection closed")
         || message.contains("connection reset")
+        // A `Read` answer that stopped without its status (raw_read).
+        || message.contains("cut short")
 }
 
 /// What went wrong with TLS, when the status carries a TLS failure.

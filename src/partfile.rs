@@ -120,9 +120,7 @@ impl PartFile {
     /// Syncs the data, renames the part file onto the destination and syncs
     /// the folder, so the destination is whole even after a crash.
     pub fn commit(self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|err| self.write_error(err))?;
+        self.file.sync_all().map_err(|err| self.write_error(err))?;
         fs::rename(&self.path, &self.dest).map_err(|err| Error::io(&self.dest, err))?;
         sync_parent(&self.dest).map_err(|err| Error::io(&self.dest, err))
     }

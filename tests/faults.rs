@@ -178,7 +178,10 @@ fn busy_server_is_retried_until_a_slot_frees() {
     drop(stream);
     let (code, stderr) = get.finish();
     assert_eq!(code, 0, "{stderr:?}");
-    assert_eq!(std::fs::read(work.path().join("wanted.bin")).unwrap(), wanted);
+    assert_eq!(
+        std::fs::read(work.path().join("wanted.bin")).unwrap(),
+        wanted
+    );
 }
 
 /// `put` of a regular file to a busy server is retried too, and lands whole.
@@ -319,7 +322,8 @@ fn get_through_a_relay_that_cuts_every_16_mib() {
         .unwrap();
     let work = tempfile::tempdir().unwrap();
     let run = client(&relay.url(), work.path(), &["get", "big.bin"]);
-    run.expect_code(0).expect_stderr("connection lost, retrying in");
+    run.expect_code(0)
+        .expect_stderr("connection lost, retrying in");
     let got = std::fs::read(work.path().join("big.bin")).unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&data));
     let cuts = relay.cuts();
@@ -365,7 +369,11 @@ fn bulk_get_through_a_relay_that_cuts() {
         ))
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let run = client(&relay.url(), work.path(), &["get", "-r", "tree", "-o", "out"]);
+    let run = client(
+        &relay.url(),
+        work.path(),
+        &["get", "-r", "tree", "-o", "out"],
+    );
     run.expect_code(0);
     assert!(relay.cuts() >= 3, "only {} cuts", relay.cuts());
     for (rel, digest) in &expected {
@@ -499,7 +507,8 @@ fn in_small_disk(dir: &Path, size: &str, script: &str) -> Option<std::process::O
 }
 
 /// A full local disk: `get` fails naming DEST with `no space left on
-/// device`, exit 1, and DEST keeps exactly what it held before.
+/// device`, exit 1, DEST keeps exactly what it held before, and the part
+/// file keeps what was written.
 #[test]
 fn full_local_disk_keeps_dest() {
     let root = tempfile::tempdir().unwrap();
@@ -533,6 +542,8 @@ fn full_local_disk_keeps_dest() {
         stdout.contains(&format!("{zeros}  dest.bin")),
         "DEST changed: {stdout}"
     );
+    // The bytes that fitted stay for a resume once there is room.
+    assert!(stdout.contains("dest.bin.part"), "{stdout}");
 }
 
 /// A full server disk: `put` gets RESOURCE_EXHAUSTED `no space left on

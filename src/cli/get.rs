@@ -294,7 +294,9 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
             Ok(parsed) if args.recursive => {
                 let display = parsed.display().to_string();
                 let stat = client
-                    .retrying(&download::shown(path), &*notify, || client.stat(path, false))
+                    .retrying(&download::shown(path), &*notify, || {
+                        client.stat(path, false)
+                    })
                     .await;
                 match stat {
                     Ok(stat) if stat.entry.kind == EntryKind::Dir => {

@@ -113,7 +113,9 @@ pub struct ClientArgs {
 fn parse_retry_for(text: &str) -> std::result::Result<Duration, String> {
     match text.trim().parse::<f64>() {
         Ok(seconds) if (0.0..=1e9).contains(&seconds) => Ok(Duration::from_secs_f64(seconds)),
-        _ => Err(format!("{text:?} is not a number of seconds (0 turns retries off)")),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds (0 turns retries off)"
+        )),
     }
 }
 

@@ -728,9 +728,8 @@ async fn stdout_attempt(
         Err(err) => return (sink, hasher, Err(classify(err))),
     };
     if offset > 0 && start.prefix_sha256 != Some(hasher.snapshot()) {
-        let failure = Failure::Restart(
-            "the file changed on the server after part of it was written".into(),
-        );
+        let failure =
+            Failure::Restart("the file changed on the server after part of it was written".into());
         return (sink, hasher, Err(failure));
     }
     options.progress_start(start.entry.size, offset);

@@ -769,7 +769,12 @@ async fn round_trip(channel: &tonic::transport::Channel) -> Option<Duration> {
     match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
         Ok(Ok(_)) => Some(started.elapsed()),
         // An answer (a server without health, say) is a round trip too.
-        Ok(Err(status)) if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+        Ok(Err(status))
+            if !matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            ) =>
+        {
             Some(started.elapsed())
         }
         _ => None,

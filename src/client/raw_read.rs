@@ -227,8 +227,7 @@ impl Splitter {
     pub(crate) fn finish(&self) -> Result<(), Status> {
         match self.state {
             State::Prefix { have: 0, .. } => Ok(()),
-            // The stream was cut: what a lost connection looks like.
-            _ => Err(Status::unavailable(
+            _ => Err(Status::internal(
                 "the answer ended inside a message: the stream was cut short",
             )),
         }
@@ -357,7 +356,7 @@ fn call_status(trailers: Option<&HeaderMap>, http_status: StatusCode) -> Result<
         | StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
         StatusCode::OK => {
-            return Err(Status::unavailable(
+            return Err(Status::unknown(
                 "the answer ended without a grpc-status: the stream was cut short",
             ));
         }

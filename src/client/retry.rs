@@ -174,7 +174,12 @@ impl Streak {
     /// Decides on `err`; when it may be retried, tells `notify` (one notice
     /// per retry: `PATH: server busy, retrying in 2.0 s`) and waits. `true`
     /// means try again now.
-    pub async fn wait(&mut self, subject: &str, err: &Error, notify: &(dyn Fn(&str) + Sync)) -> bool {
+    pub async fn wait(
+        &mut self,
+        subject: &str,
+        err: &Error,
+        notify: &(dyn Fn(&str) + Sync),
+    ) -> bool {
         let Some(retry) = self.decide(err) else {
             return false;
         };
@@ -270,7 +275,10 @@ mod tests {
         let mut step = RETRY_BACKOFF_INITIAL;
         for _ in 0..10 {
             let wait = streak.decide(&dropped()).expect("retried").wait;
-            assert!(wait >= step / 2 && wait <= step, "{wait:?} for step {step:?}");
+            assert!(
+                wait >= step / 2 && wait <= step,
+                "{wait:?} for step {step:?}"
+            );
             step = (step * 2).min(RETRY_BACKOFF_MAX);
         }
         streak.progressed();

@@ -21,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::proto::{self, tail_response};
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
-
 impl Client {
     /// Opens one `Tail` stream of `path`.
     pub async fn tail(&self, path: &str, start: TailStart, follow: bool) -> Result<TailStream> {

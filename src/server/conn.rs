@@ -666,10 +666,16 @@ mod tests {
         let status_of = |response: &http::Response<Body>| {
             Status::from_header_map(response.headers()).map(|status| status.code())
         };
-        let before = service.call(call("/fetchd.v1.Fetchd/Read")).await.expect("served");
+        let before = service
+            .call(call("/fetchd.v1.Fetchd/Read"))
+            .await
+            .expect("served");
         assert_eq!(status_of(&before), None, "passed to the service");
         stopping.cancel();
-        let refused = service.call(call("/fetchd.v1.Fetchd/Read")).await.expect("answered");
+        let refused = service
+            .call(call("/fetchd.v1.Fetchd/Read"))
+            .await
+            .expect("answered");
         assert_eq!(status_of(&refused), Some(tonic::Code::Unavailable));
         let pushback = refused
             .headers()

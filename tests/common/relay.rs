@@ -104,7 +104,11 @@ impl Shared {
         let n = n as u64;
         counter.fetch_add(n, Relaxed);
         *total += n;
-        if *total >= limit.load(Relaxed) { Err(Stop::Cut) } else { Ok(()) }
+        if *total >= limit.load(Relaxed) {
+            Err(Stop::Cut)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -143,7 +147,11 @@ impl Relay {
     }
 
     /// Like [`Relay::start`], listening on `listen` instead.
-    pub async fn start_on(listen: SocketAddr, upstream: SocketAddr, faults: Faults) -> io::Result<Relay> {
+    pub async fn start_on(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        faults: Faults,
+    ) -> io::Result<Relay> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -160,7 +168,11 @@ impl Relay {
             cuts: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
-        Ok(Relay { shared, addr, accept })
+        Ok(Relay {
+            shared,
+            addr,
+            accept,
+        })
     }
 
     /// Where clients connect.
@@ -280,7 +292,10 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>, mut cut: watch::Recei
         let (sr, sw) = server.split();
         let pumps = async {
             if delay.is_zero() {
-                tokio::try_join!(pump(cr, sw, Dir::Up, &shared), pump(sr, cw, Dir::Down, &shared))
+                tokio::try_join!(
+                    pump(cr, sw, Dir::Up, &shared),
+                    pump(sr, cw, Dir::Down, &shared)
+                )
             } else {
                 tokio::try_join!(
                     pump_delayed(cr, sw, Dir::Up, &shared, delay),
@@ -314,7 +329,11 @@ async fn until(rx: &mut watch::Receiver<bool>, stalled: bool) {
 
 /// Reads once into `buf`, never while stalled (a pending read is abandoned when a stall
 /// starts). A read that fills `buf` makes it grow for the next one, up to [`MAX_BUF`].
-async fn read<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, stall: &mut watch::Receiver<bool>) -> Result<usize, Stop> {
+async fn read<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    stall: &mut watch::Receiver<bool>,
+) -> Result<usize, Stop> {
     let n = loop {
         until(stall, false).await;
         tokio::select! {
@@ -330,7 +349,11 @@ async fn read<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, stall: &mut wa
 }
 
 /// Writes all of `data`, never while stalled.
-async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut data: &[u8], stall: &mut watch::Receiver<bool>) -> Result<(), Stop> {
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut data: &[u8],
+    stall: &mut watch::Receiver<bool>,
+) -> Result<(), Stop> {
     while !data.is_empty() {
         until(stall, false).await;
         let n = tokio::select! {
@@ -368,7 +391,13 @@ where
 
 /// Forwards one direction through a delay line: a reader stamps each chunk (and the EOF)
 /// with `arrival + delay`, a writer writes it then. At most [`DELAY_BUDGET`] bytes wait.
-async fn pump_delayed<R, W>(mut r: R, mut w: W, dir: Dir, shared: &Shared, delay: Duration) -> Result<(), Stop>
+async fn pump_delayed<R, W>(
+    mut r: R,
+    mut w: W,
+    dir: Dir,
+    shared: &Shared,
+    delay: Duration,
+) -> Result<(), Stop>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -386,7 +415,11 @@ where
                 return Ok(());
             }
             // n <= MAX_BUF, which fits in u32.
-            budget.acquire_many(n as u32).await.map_err(|_| Stop::Broken)?.forget();
+            budget
+                .acquire_many(n as u32)
+                .await
+                .map_err(|_| Stop::Broken)?
+                .forget();
             if tx.send((at, Some(buf[..n].to_vec()))).is_err() {
                 return Ok(()); // the writer has stopped, and try_join! reports why
             }
