@@ -373,7 +373,9 @@ fn file_rewritten_during_transfer_is_never_mixed() {
     );
 }
 
-/// A server killed mid-transfer leaves an existing DEST exactly as it was.
+/// A server killed mid-transfer (and not back within `--retry-for`) leaves
+/// an existing DEST exactly as it was: the retries are notices, the failure
+/// is the last line.
 #[test]
 fn server_killed_leaves_dest_untouched() {
     let data = random_bytes(24 << 20, 21);
@@ -392,6 +394,8 @@ fn server_killed_leaves_dest_untouched() {
             "victim.bin",
             "--limit-rate",
             "4M",
+            "--retry-for",
+            "1",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -403,7 +407,17 @@ fn server_killed_leaves_dest_untouched() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(fs::read(&dest).unwrap(), b"previous content");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let (last, retries) = lines.split_last().expect("a reason on stderr");
+    assert!(!retries.is_empty(), "{stderr}");
+    for line in retries {
+        assert!(
+            line.starts_with("fetchd: victim.bin: connection lost, retrying in "),
+            "{stderr}"
+        );
+    }
+    assert!(last.starts_with("fetchd: "), "{stderr}");
+    assert!(!last.contains("retrying"), "{stderr}");
 }
 
 /// `-o -` into a reader that stops early is not an error.
