@@ -45,7 +45,9 @@ The command
     LOAD_CLIENTS=200 LOAD_SECONDS=30 python3 bench/load.py
 
 Options: --clients N (500), --tails N (100), --seconds S (60), --files N
-(200), --out FILE (bench/results/load.md), --seed N (14). The environment
+(200), --out FILE (bench/results/load.md), --seed N (14), --max-transfers N
+(not passed: the server's default, 256; a small N such as 8 makes the busy
+answers and the client's retries certain on any machine). The environment
 variables LOAD_CLIENTS, LOAD_TAILS and LOAD_SECONDS set the defaults of the
 first three (for bench/run). Python 3.11 standard library only.
 
@@ -57,9 +59,18 @@ on tmpfs, to compare machines), and a table: gets ok / failed, gets/s and
 file bytes/s over the load's wall time, get latency, how many get processes
 were alive at once, the retry notices the notice-printing loops saw and the
 RESOURCE_EXHAUSTED answers the server counted (from its metrics), tails
-exact / total and lines per tail, and the server's RSS before / peak / after
-with the RSS check. Failed gets are listed with their stderr (the first 20),
-a tail that was not exact with its first difference.
+exact / total and lines per tail, the server's RSS before / peak / after
+with the RSS check, and the CPU seconds of this script, of the get processes
+and of the server during the load (this script should be a small share: if
+it is not, the script is the bottleneck). Failed gets are listed with their
+stderr (the first 20), a tail that was not exact with its first difference.
+
+Whether the load reached the server's limit shows in two rows: the peak of
+fetchd_transfers_active against --max-transfers, and the RESOURCE_EXHAUSTED
+count. On a small machine 500 client processes spend most of their time
+starting and waiting for a CPU, so fewer than 256 reads may be open at once
+and no get is ever refused; the run then says nothing about the retries, and
+`--max-transfers 8` is the run that does.
 
 Exit status 0 when no get failed, every tail was exact, the RSS check passed
 and the server exited 0 on SIGTERM; 1 otherwise; 2 when the run could not be
@@ -537,7 +548,8 @@ def render(r: dict) -> str:
     ossl = (f"{m['openssl_s']:.2f} s ({1024 / m['openssl_s']:.0f} MiB/s)"
             if m["openssl_s"] else "not measured (no openssl)")
     rows = [
-        ("clients (get loops) / tails / seconds", f"{r['clients']} / {r['tails']} / {r['seconds']}"),
+        ("clients (get loops) / tails / seconds",
+         f"{r['clients']} / {r['tails']} / {r['seconds']}"),
         ("files served", f"{r['files']} ({r['tree_mib']:.1f} MiB, {MIN_SIZE // 1024} KiB to "
                          f"{MAX_SIZE // MIB} MiB, log-uniform)"),
         ("gets ok", f"{r['ok']:,}"),
@@ -548,7 +560,8 @@ def render(r: dict) -> str:
         ("get latency p50 / p99 / max (process start to exit)",
          f"{r['lat_p50']:.2f} / {r['lat_p99']:.2f} / {r['lat_max']:.2f} s"),
         ("get processes alive at once: mean / max", f"{r['live_mean']:.0f} / {r['live_max']}"),
-        ("server fetchd_transfers_active (counts calls until answered, refused ones too): mean / max", f"{r['xfer_mean']:.0f} / {r['xfer_max']:.0f}"),
+        ("server fetchd_transfers_active (read calls until answered, refused ones too): "
+         "mean / max", f"{r['xfer_mean']:.0f} / {r['xfer_max']:.0f}"),
         (f"retry notices seen (the {r['notice_loops']} loops without --json, "
          f"{r['notice_gets']:,} gets)", f"{r['notices']:,}"),
         ("server RESOURCE_EXHAUSTED answers (metrics, all gets)", f"{r['busy']:,.0f}"),

@@ -452,7 +452,14 @@ fn windows_follow_the_round_trip() {
     let server = InProcessServer::serve(root.path());
     let rt = runtime();
     let near = rt.block_on(server.client());
-    assert_eq!(near.windows(), fetchd::client::Windows::NEAR);
+    let rtt = near.round_trip().expect("a loopback round trip");
+    if rtt <= fetchd::client::NEAR_RTT {
+        assert_eq!(near.windows(), fetchd::client::Windows::NEAR, "{rtt:?}");
+    } else {
+        // A machine this loaded measured loopback as a far link; what
+        // matters then is that the windows follow what it measured.
+        assert_eq!(near.windows(), fetchd::client::Windows::for_rtt(rtt));
+    }
     let relay = rt
         .block_on(Relay::start(
             server.addr,
