@@ -26,7 +26,10 @@ Several PATHs or --from-file: -o names a directory (default .) and each file lan
 at OUT/PATH. -r DIR: the tree below DIR lands in OUT (default ./BASENAME-of-DIR).
 Data goes to DEST.part first and is renamed onto DEST only when its sha256 matches
 the server's. A leftover DEST.part is resumed; a DEST that already matches is
-skipped (unless --force). Exit status: 0 all ok or skipped, 1 any failed, 2 usage.")]
+skipped (unless --force). A busy, restarting or dropped server is retried for
+--retry-for seconds (default 30), continuing from the bytes DEST.part holds; a
+server that refuses the first connection fails at once.
+Exit status: 0 all ok or skipped, 1 any failed, 2 usage.")]
 pub struct GetArgs {
     /// Path(s) of files (or, with -r, folders) on the server.
     #[arg(value_name = "PATH", required_unless_present = "from_file")]

@@ -23,6 +23,8 @@ only). The server writes a hidden temporary file beside REMOTE, checks the size 
 the sha256 sent at the end, syncs it and renames it into place: a broken or
 mismatched upload leaves nothing at REMOTE. LOCAL - reads stdin (as does a pipe or
 FIFO): the size is then unknown up front and only the server's limit applies.
+A busy, restarting or dropped server is retried for --retry-for seconds, sending a
+regular file again from byte 0 (stdin and pipes are sent once).
 Needs `fetchd serve --allow-upload`. Exit status: 0 stored, 1 failed, 2 usage.")]
 pub struct PutArgs {
     /// The local file to upload; - reads standard input.

@@ -28,9 +28,11 @@ Compression: an answer is gzip- or zstd-compressed exactly when its request is
 (clients ask by compressing their request: `fetchd get --compress zstd`).
 Logs go to stderr, one event per call at info; filter with RUST_LOG (e.g.
 RUST_LOG=warn, RUST_LOG=fetchd=debug).
-SIGINT/SIGTERM: health turns NOT_SERVING, new connections are refused, open tail
-streams end at once, running transfers get --grace seconds to finish, then the
-server exits 0. SIGHUP re-reads --token-file (the old tokens stay if it is bad).")]
+SIGINT/SIGTERM (handled from before `listening on` is printed): health turns
+NOT_SERVING, the listener closes, new calls get UNAVAILABLE with a retry pushback
+(clients retry), open tail streams end at once, running transfers get --grace
+seconds to finish, then the server exits 0. Limits answer RESOURCE_EXHAUSTED with
+a retry pushback too. SIGHUP re-reads --token-file (the old tokens stay if it is bad).")]
 pub struct ServeArgs {
     /// The directory tree to serve; nothing outside it is ever read.
     #[arg(long, default_value = ".", value_name = "DIR")]

@@ -28,8 +28,9 @@ use crate::tail::{TailCursor, TailNotice};
 Follows the file by name, like tail -F: truncation (also copytruncate) restarts at
 the new start, a rotated file (rename and create, delete and create) is read to its
 end before the new one, and a missing file is waited for. Bytes go to stdout exactly
-as written; notices go to stderr. A lost connection or a server restart is retried
-with backoff and resumes after the last byte printed: nothing lost, nothing twice.
+as written; notices go to stderr. A lost connection, a busy server or a restart is
+retried with backoff for as long as it follows (with --no-follow: for --retry-for)
+and resumes after the last byte printed: nothing lost, nothing twice.
 Exit status: 0 on Ctrl-C, SIGTERM or --no-follow done; 1 when the file cannot be
 tailed (refused, not found with --no-follow, server unreachable at the start).")]
 pub struct TailArgs {

@@ -849,9 +849,15 @@ mod tests {
         assert_eq!(at_100.stream, 125_000_000);
         let far = Windows::for_rtt(Duration::from_secs(2));
         assert_eq!(far.stream, MAX_STREAM_WINDOW_BYTES);
-        assert!(far.connection <= i32::MAX as u32, "h2 allows at most 2^31-1");
+        assert!(
+            far.connection <= i32::MAX as u32,
+            "h2 allows at most 2^31-1"
+        );
         let just_past = Windows::for_rtt(NEAR_RTT + Duration::from_micros(1));
-        assert_eq!(just_past.stream, STREAM_WINDOW_BYTES, "never below the near window");
+        assert_eq!(
+            just_past.stream, STREAM_WINDOW_BYTES,
+            "never below the near window"
+        );
     }
 
     /// Server addresses without a scheme mean plain http.

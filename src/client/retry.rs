@@ -95,6 +95,20 @@ impl Cause {
         }
     }
 
+    /// The cause of a failure of a stream that had been flowing (a tail
+    /// with a cursor): besides [`Cause::of`], a stream the server or a proxy
+    /// broke off (ABORTED, CANCELLED, UNKNOWN, INTERNAL) counts as dropped,
+    /// since asking again from the cursor cures it.
+    pub fn of_flowing(err: &Error) -> Option<Cause> {
+        Cause::of(err).or(match err {
+            Error::Remote {
+                code: Code::Aborted | Code::Cancelled | Code::Unknown | Code::Internal,
+                ..
+            } => Some(Cause::Dropped),
+            _ => None,
+        })
+    }
+
     /// How the notice names it.
     pub fn describe(self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_stream::StreamExt;
-use tonic::{Code, Streaming};
+use tonic::Streaming;
 
 use crate::client::retry::{self, Cause, RetryPolicy, Streak};
 use crate::client::{Client, ConnectOptions};
@@ -297,21 +297,14 @@ impl Follower {
     }
 
     /// Why a failure is worth another try: what the retry policy retries
-    /// (busy, draining, a lost connection), and while following, also a
-    /// stream the server broke off (ABORTED, CANCELLED, UNKNOWN, INTERNAL),
-    /// which a reconnect from the cursor cures.
+    /// (busy, draining, a lost connection), and while following a stream
+    /// that flowed, also one the server broke off.
     fn cause(&self, err: &Error) -> Option<Cause> {
-        if let Some(cause) = Cause::of(err) {
-            return Some(cause);
+        if self.follow && self.cursor.is_some() {
+            Cause::of_flowing(err)
+        } else {
+            Cause::of(err)
         }
-        let broken_off = matches!(
-            err,
-            Error::Remote {
-                code: Code::Aborted | Code::Cancelled | Code::Unknown | Code::Internal,
-                ..
-            }
-        );
-        (self.follow && self.cursor.is_some() && broken_off).then_some(Cause::Dropped)
     }
 
     /// Data must continue exactly at the cursor; anything else is a server
