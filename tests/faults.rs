@@ -336,6 +336,89 @@ fn get_through_a_relay_that_cuts_every_16_mib() {
     );
 }
 
+/// `get -o -` through a relay that cuts every 4 MiB: each retry continues
+/// after the bytes already written (the server's digest of them matches),
+/// so stdout gets the file exactly once.
+#[test]
+fn get_to_stdout_through_cuts_continues_after_what_it_wrote() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(24 * MIB, 11);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let relay = rt
+        .block_on(Relay::start(
+            server.addr,
+            Faults {
+                cut_every_down: Some(4 * MIB as u64),
+                ..Faults::default()
+            },
+        ))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = client(&relay.url(), work.path(), &["get", "big.bin", "-o", "-"]);
+    run.expect_code(0)
+        .expect_stderr("connection lost, retrying in");
+    assert!(relay.cuts() >= 4, "only {} cuts", relay.cuts());
+    assert_eq!(run.stdout.len(), data.len(), "{}", run.stderr);
+    assert_eq!(sha256_hex(&run.stdout), sha256_hex(&data));
+}
+
+/// `ls -r` whose listing is cut once lists again and prints every entry
+/// exactly once.
+#[test]
+fn ls_after_a_cut_prints_every_entry_once() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..4000 {
+        let folder = root.path().join(format!("dir{:02}", i % 40));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join(format!("file-with-a-longish-name-{i:05}.txt")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let server = InProcessServer::serve(root.path());
+    let rt = runtime();
+    let relay = rt
+        .block_on(Relay::start(
+            server.addr,
+            Faults {
+                cut_every_down: Some(64 * 1024),
+                ..Faults::default()
+            },
+        ))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut ls = fetchd()
+        .current_dir(work.path())
+        .args(["--server", &relay.url(), "ls", "-r"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(ls.stdout.take().unwrap());
+    let stderr = lines_of(ls.stderr.take().unwrap());
+    // One cut, then none: the client waits at least 0.125 s before it
+    // tries again, long after this sees the cut.
+    assert!(wait_until(STEP_TIMEOUT, || relay.cuts() >= 1));
+    relay.set_cut_every_down(None);
+    let status = wait_with_timeout(&mut ls, STEP_TIMEOUT).expect("ls exits");
+    let lines: Vec<String> = stdout.iter().collect();
+    let notices: Vec<String> = stderr.iter().collect();
+    assert_eq!(status.code(), Some(0), "{notices:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|line| line.contains("connection lost, retrying in")),
+        "{notices:?}"
+    );
+    assert_eq!(lines.len(), 40 + 4000, "{notices:?}");
+    let unique: std::collections::BTreeSet<&String> = lines.iter().collect();
+    assert_eq!(unique.len(), lines.len(), "an entry printed twice");
+}
+
 /// A bulk `-r` of many small files and a few large ones through a relay
 /// that keeps cutting: every file arrives whole, the batch continues with
 /// the files it had not delivered, exit 0.

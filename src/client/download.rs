@@ -660,13 +660,7 @@ pub async fn download_to_stdout(
             stdout_attempt(client, remote, sink, hasher, options).await;
         (sink, hasher) = (returned_sink, returned_hasher);
         let failure = match result {
-            Ok(StdoutEnd::Verified(size)) => {
-                return Ok(Report {
-                    transferred: hasher.bytes(),
-                    ..stdout_report(remote, size, hasher)
-                });
-            }
-            Ok(StdoutEnd::Closed(size)) => return Ok(stdout_report(remote, size, hasher)),
+            Ok(size) => return Ok(stdout_report(remote, size, hasher)),
             Err(failure) => failure,
         };
         if hasher.bytes() > before {
@@ -698,22 +692,17 @@ pub async fn download_to_stdout(
     }
 }
 
-/// How a try of [`download_to_stdout`] ended well: every byte verified, or
-/// the reader closed the pipe (the file's size either way).
-enum StdoutEnd {
-    Verified(u64),
-    Closed(u64),
-}
-
 /// One try of [`download_to_stdout`], continuing after the `hasher.bytes()`
-/// bytes already written; hands the sink and the hasher back.
+/// bytes already written; hands the sink and the hasher back. It ends well
+/// (with the file's size) when every byte is verified or when the reader
+/// closed the pipe.
 async fn stdout_attempt(
     client: &Client,
     remote: &str,
     sink: StdoutSink,
     hasher: Hasher,
     options: &DownloadOptions,
-) -> (StdoutSink, Hasher, std::result::Result<StdoutEnd, Failure>) {
+) -> (StdoutSink, Hasher, std::result::Result<u64, Failure>) {
     let offset = hasher.bytes();
     let mut stream = match client.read(remote, offset, None).await {
         Ok(stream) => stream,
@@ -753,7 +742,7 @@ async fn stdout_attempt(
     let size = start.entry.size;
     if sink.closed() {
         options.progress_done();
-        return (sink, hasher, Ok(StdoutEnd::Closed(size)));
+        return (sink, hasher, Ok(size));
     }
     let expected = match received {
         Ok(expected) => expected,
@@ -769,7 +758,7 @@ async fn stdout_attempt(
         });
         return (sink, hasher, Err(failure));
     }
-    (sink, hasher, Ok(StdoutEnd::Verified(size)))
+    (sink, hasher, Ok(size))
 }
 
 fn stdout_report(remote: &str, size: u64, hasher: Hasher) -> Report {
