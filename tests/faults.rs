@@ -484,7 +484,10 @@ fn tail_through_repeated_cuts_gets_every_line_once() {
     for _ in 0..6 {
         append_lines(&log, next..next + 40);
         next += 40;
+        let cuts = relay.cuts();
         relay.cut_all();
+        // The relay cuts a moment after it is told to.
+        assert!(wait_until(STEP_TIMEOUT, || relay.cuts() > cuts));
         append_lines(&log, next..next + 10);
         next += 10;
         tail.wait_lines(next);
