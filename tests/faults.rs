@@ -96,6 +96,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A relay with some faults in front of an in-process server, on a runtime
+/// of its own that the relay's tasks run on (and the test's own async
+/// calls, if it makes any). The relay is dropped before its runtime.
+struct Link {
+    relay: Relay,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Link {
+    fn start(server: &InProcessServer, faults: Faults) -> Link {
+        let runtime = runtime();
+        let relay = runtime.block_on(Relay::start(server.addr, faults)).unwrap();
+        Link { relay, runtime }
+    }
+}
+
 /// Starts `fetchd serve` on a fixed address (a restart on the same port).
 fn serve_at(root: &Path, addr: &str, extra: &[&str]) -> ServerProcess {
     ServerProcess::start_on(addr, root, extra, &[])
@@ -310,16 +326,14 @@ fn get_through_a_relay_that_cuts_every_16_mib() {
     let data = random_bytes(128 * MIB, 6);
     std::fs::write(root.path().join("big.bin"), &data).unwrap();
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
-    let relay = rt
-        .block_on(Relay::start(
-            server.addr,
-            Faults {
-                cut_every_down: Some(16 * MIB as u64),
-                ..Faults::default()
-            },
-        ))
-        .unwrap();
+    let link = Link::start(
+        &server,
+        Faults {
+            cut_every_down: Some(16 * MIB as u64),
+            ..Faults::default()
+        },
+    );
+    let relay = &link.relay;
     let work = tempfile::tempdir().unwrap();
     let run = client(&relay.url(), work.path(), &["get", "big.bin"]);
     run.expect_code(0)
@@ -345,16 +359,14 @@ fn get_to_stdout_through_cuts_continues_after_what_it_wrote() {
     let data = random_bytes(24 * MIB, 11);
     std::fs::write(root.path().join("big.bin"), &data).unwrap();
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
-    let relay = rt
-        .block_on(Relay::start(
-            server.addr,
-            Faults {
-                cut_every_down: Some(4 * MIB as u64),
-                ..Faults::default()
-            },
-        ))
-        .unwrap();
+    let link = Link::start(
+        &server,
+        Faults {
+            cut_every_down: Some(4 * MIB as u64),
+            ..Faults::default()
+        },
+    );
+    let relay = &link.relay;
     let work = tempfile::tempdir().unwrap();
     let run = client(&relay.url(), work.path(), &["get", "big.bin", "-o", "-"]);
     run.expect_code(0)
@@ -379,16 +391,14 @@ fn ls_after_a_cut_prints_every_entry_once() {
         .unwrap();
     }
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
-    let relay = rt
-        .block_on(Relay::start(
-            server.addr,
-            Faults {
-                cut_every_down: Some(64 * 1024),
-                ..Faults::default()
-            },
-        ))
-        .unwrap();
+    let link = Link::start(
+        &server,
+        Faults {
+            cut_every_down: Some(64 * 1024),
+            ..Faults::default()
+        },
+    );
+    let relay = &link.relay;
     let work = tempfile::tempdir().unwrap();
     let mut ls = fetchd()
         .current_dir(work.path())
@@ -441,16 +451,14 @@ fn bulk_get_through_a_relay_that_cuts() {
         expected.push((rel, sha256_hex(&data)));
     }
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
-    let relay = rt
-        .block_on(Relay::start(
-            server.addr,
-            Faults {
-                cut_every_down: Some(2 * MIB as u64),
-                ..Faults::default()
-            },
-        ))
-        .unwrap();
+    let link = Link::start(
+        &server,
+        Faults {
+            cut_every_down: Some(2 * MIB as u64),
+            ..Faults::default()
+        },
+    );
+    let relay = &link.relay;
     let work = tempfile::tempdir().unwrap();
     let run = client(
         &relay.url(),
@@ -474,10 +482,8 @@ fn tail_through_repeated_cuts_gets_every_line_once() {
     let log = root.path().join("app.log");
     std::fs::write(&log, "line 0\n").unwrap();
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
-    let relay = rt
-        .block_on(Relay::start(server.addr, Faults::default()))
-        .unwrap();
+    let link = Link::start(&server, Faults::default());
+    let relay = &link.relay;
     let mut tail = TailOutput::start(&relay.url(), "app.log");
     tail.wait_lines(1);
     let mut next = 1;
@@ -504,10 +510,8 @@ fn get_survives_a_stall() {
     let data = random_bytes(32 * MIB, 7);
     std::fs::write(root.path().join("big.bin"), &data).unwrap();
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
-    let relay = rt
-        .block_on(Relay::start(server.addr, Faults::default()))
-        .unwrap();
+    let link = Link::start(&server, Faults::default());
+    let relay = &link.relay;
     let work = tempfile::tempdir().unwrap();
     let part = work.path().join("big.bin.part");
     let get = Background::start(
@@ -536,7 +540,14 @@ fn windows_follow_the_round_trip() {
     let data = random_bytes(16 * MIB, 8);
     std::fs::write(root.path().join("big.bin"), &data).unwrap();
     let server = InProcessServer::serve(root.path());
-    let rt = runtime();
+    let link = Link::start(
+        &server,
+        Faults {
+            delay: Duration::from_millis(25),
+            ..Faults::default()
+        },
+    );
+    let rt = &link.runtime;
     let near = rt.block_on(server.client());
     let rtt = near.round_trip().expect("a loopback round trip");
     if rtt <= fetchd::client::NEAR_RTT {
@@ -546,15 +557,7 @@ fn windows_follow_the_round_trip() {
         // matters then is that the windows follow what it measured.
         assert_eq!(near.windows(), fetchd::client::Windows::for_rtt(rtt));
     }
-    let relay = rt
-        .block_on(Relay::start(
-            server.addr,
-            Faults {
-                delay: Duration::from_millis(25),
-                ..Faults::default()
-            },
-        ))
-        .unwrap();
+    let relay = &link.relay;
     let far = rt
         .block_on(fetchd::client::Client::connect(
             &fetchd::client::ConnectOptions {

@@ -151,6 +151,13 @@ impl Streak {
     /// its time.
     pub fn decide(&mut self, err: &Error) -> Option<Retry> {
         let cause = Cause::of(err)?;
+        self.decide_as(cause, err)
+    }
+
+    /// Like [`decide`](Self::decide), for a failure the caller has already
+    /// judged worth a retry for `cause` (a flowing tail's broken stream):
+    /// the wait honours the pushback `err` carries.
+    pub fn decide_as(&mut self, cause: Cause, err: &Error) -> Option<Retry> {
         let pushback = match err {
             Error::TryLater { pushback, .. } => *pushback,
             _ => Duration::ZERO,

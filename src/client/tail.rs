@@ -264,11 +264,7 @@ impl Follower {
         let Some(cause) = self.cause(&err) else {
             return Err(err);
         };
-        let pushback = match &err {
-            Error::TryLater { pushback, .. } => *pushback,
-            _ => Duration::ZERO,
-        };
-        let Some(retry) = self.streak.after(cause, pushback) else {
+        let Some(retry) = self.streak.decide_as(cause, &err) else {
             return Err(err);
         };
         self.wait = Some(retry.wait);
