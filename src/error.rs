@@ -187,6 +187,13 @@ pub enum Error {
     )]
     Draining,
 
+    /// `tail` on a store that cannot follow a file (an object store).
+    #[error("{path}: this server's store cannot follow a file as it grows")]
+    CannotFollow {
+        /// The path as requested.
+        path: String,
+    },
+
     /// A request message is larger than the server accepts.
     #[error(
         "request message of {size} bytes is over the server's limit of {limit} bytes (--max-request-bytes)"
@@ -348,6 +355,7 @@ impl Error {
             Error::ChecksumMismatch { .. } => Code::DataLoss,
             Error::Limit { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
             Error::Draining => Code::Unavailable,
+            Error::CannotFollow { .. } => Code::FailedPrecondition,
             Error::TryLater { code, .. } => *code,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::Tls { .. } => Code::Unavailable,

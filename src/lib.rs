@@ -32,9 +32,10 @@ pub mod entry;
 pub mod error;
 pub mod partfile;
 pub mod proto;
-pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod tail;
 pub mod tls;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -10,20 +10,6 @@ tonic::include_proto!("fetchd.v1");
 /// The encoded `FileDescriptorSet` of `fetchd.proto`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fetchd_descriptor");
 
-/// `message` as one uncompressed gRPC message frame, as tonic's codec
-/// writes it: a zero compression flag, the length as 4 big-endian bytes,
-/// then the encoded message. For the paths that bypass the codec
-/// (`server::read_route`, `client::raw_read`).
-pub fn message_frame(message: &impl prost::Message) -> bytes::Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    // Messages here are far below 4 GiB (the decoders refuse 16 MiB).
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    message.encode_raw(&mut buf);
-    bytes::Bytes::from(buf)
-}
-
 /// Conversions between the wire messages and the domain types.
 mod convert {
     use super::{Entry, EntryType, FileVersion as WireVersion, ReadHeader, ReadTrailer};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use fetchd::proto::fetchd_client::FetchdClient;
 use fetchd::proto::{WriteHeader, WriteRequest, WriteResponse, WriteTrailer, write_request};
-use fetchd::server::upload::is_temp_name;
+use fetchd::store::local::staging::is_temp_name;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;

@@ -11,7 +11,8 @@ use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
 use fetchd::Error;
-use fetchd::sandbox::{MAX_NAME_BYTES, MAX_PATH_BYTES, RequestPath, Root};
+use fetchd::store::local::root::Root;
+use fetchd::store::path::{MAX_NAME_BYTES, MAX_PATH_BYTES, RequestPath};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tonic::Code;

@@ -15,7 +15,7 @@ use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
 use crate::client::download::{self, DownloadOptions, Notify, Outcome, Report};
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
-use crate::sandbox::RequestPath;
+use crate::store::RequestPath;
 
 /// Arguments of `fetchd get`.
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@
 //! received, and that buffer's regrowth. Here the response body's frames
 //! are split into gRPC messages by a [`Splitter`]: a message that is exactly
 //! one `ReadResponse.data` field, which is how fetchd's server sends file
-//! data (see `server::read_route`), is passed on as slices of the frames
+//! data (see [`crate::wire`]), is passed on as slices of the frames
 //! that carry it, one or more [`Piece::Data`] per message, with no copy. Any
 //! other message (the header, the trailer, or data with other fields beside
 //! it) is gathered whole and decoded by prost, as tonic would.
@@ -30,16 +30,8 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
 use crate::client::BearerToken;
-use crate::proto::{ReadRequest, ReadResponse, message_frame};
-
-/// The HTTP/2 path of the `Read` method.
-const READ_PATH: &str = "/fetchd.v1.Fetchd/Read";
-/// The gRPC message prefix: a compression flag and a 4-byte length.
-const PREFIX_BYTES: usize = 5;
-/// The key of `ReadResponse.data`: field 2, length-delimited.
-const DATA_KEY: u8 = (2 << 3) | 2;
-/// The key byte and the longest length varint.
-const HEAD_MAX_BYTES: usize = 1 + 10;
+use crate::proto::{ReadRequest, ReadResponse};
+use crate::wire::{DATA_HEAD_MAX, DATA_KEY, PREFIX_BYTES, READ_PATH, message_frame};
 
 /// What a `Read` answer carries, in order.
 #[derive(Debug)]
@@ -62,7 +54,7 @@ enum State {
     /// the message is one data field.
     Head {
         len: usize,
-        buf: [u8; HEAD_MAX_BYTES],
+        buf: [u8; DATA_HEAD_MAX],
         have: usize,
     },
     /// Passing on the `left` file bytes still to come in this message.
@@ -107,7 +99,7 @@ fn classify_head(head: &[u8], len: usize) -> Head {
                 _ => Head::Other,
             }
         }
-        None if head.len() < HEAD_MAX_BYTES && head.len() < len => Head::Undecided,
+        None if head.len() < DATA_HEAD_MAX && head.len() < len => Head::Undecided,
         None => Head::Other,
     }
 }
@@ -203,7 +195,7 @@ impl Splitter {
         }
         Ok(State::Head {
             len,
-            buf: [0; HEAD_MAX_BYTES],
+            buf: [0; DATA_HEAD_MAX],
             have: 0,
         })
     }

@@ -1,9 +1,9 @@
 //! Whole-file digests remembered by file version, so that serving an
 //! unchanged file again costs no hashing on the server.
 //!
-//! The key is the [`FileVersion`] (device, inode, size, mtime). A digest is
-//! only remembered when the file's mtime was at least [`RACY_WINDOW`] old
-//! when hashing started: a file written within the same timestamp tick as
+//! The key is the store's [`Version`] (for a local root: device, inode, size,
+//! mtime). A digest is only remembered when the file's mtime was at least
+//! [`RACY_WINDOW`] old when hashing started (for versions that carry one): a file written within the same timestamp tick as
 //! the hash could change again without its version changing (git's "racy
 //! clean" problem), so such files are hashed every time until they settle.
 //! The client verifies every byte against the digest either way; a stale
@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 
 use crate::checksum::Digest;
-use crate::entry::FileVersion;
+use crate::error::Result;
+use crate::store::{Reader, Version};
 
 /// Digests remembered at most (about 100 bytes each).
 pub const DIGEST_CACHE_ENTRIES: usize = 65_536;
@@ -25,19 +26,19 @@ pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// A bounded, least-recently-used map from file version to digest.
 #[derive(Debug)]
-pub struct DigestCache {
-    entries: Mutex<LruCache<FileVersion, Digest>>,
+pub struct DigestCache<V: Version> {
+    entries: Mutex<LruCache<V, Digest>>,
 }
 
-impl Default for DigestCache {
-    fn default() -> DigestCache {
+impl<V: Version> Default for DigestCache<V> {
+    fn default() -> DigestCache<V> {
         DigestCache::new(DIGEST_CACHE_ENTRIES)
     }
 }
 
-impl DigestCache {
+impl<V: Version> DigestCache<V> {
     /// A cache holding at most `capacity` digests.
-    pub fn new(capacity: usize) -> DigestCache {
+    pub fn new(capacity: usize) -> DigestCache<V> {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         DigestCache {
             entries: Mutex::new(LruCache::new(capacity)),
@@ -45,34 +46,39 @@ impl DigestCache {
     }
 
     /// The digest of `version`, if known.
-    pub fn get(&self, version: &FileVersion) -> Option<Digest> {
+    pub fn get(&self, version: &V) -> Option<Digest> {
         self.lock().get(version).copied()
     }
 
     /// Remembers `digest` for `version`, hashed from `hashing_started` on,
     /// unless the file was modified too recently to trust its version.
-    pub fn insert(&self, version: FileVersion, digest: Digest, hashing_started: SystemTime) {
+    pub fn insert(&self, version: V, digest: Digest, hashing_started: SystemTime) {
         let started_ns = hashing_started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| {
                 i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
             });
         let settled_ns = started_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
-        if version.mtime_ns < settled_ns {
+        if version
+            .racy_mtime_ns()
+            .is_none_or(|mtime_ns| mtime_ns < settled_ns)
+        {
             self.lock().put(version, digest);
         }
     }
 
-    /// The digest of the open regular `file`: remembered, or hashed now
-    /// (and remembered). `None` when the file changed while it was hashed.
-    pub fn digest_of(&self, file: &std::fs::File) -> std::io::Result<Option<Digest>> {
-        let version = FileVersion::of(&file.metadata()?);
+    /// The digest of the opened file: remembered, or hashed now (and
+    /// remembered). `None` when the file changed while it was hashed.
+    pub fn digest_of<R: Reader<Version = V>>(&self, reader: &mut R) -> Result<Option<Digest>> {
+        let version = reader.version();
         if let Some(digest) = self.get(&version) {
             return Ok(Some(digest));
         }
         let hashing_started = SystemTime::now();
-        let hasher = crate::checksum::hash_prefix(file, Some(version.size + 1))?;
-        if hasher.bytes() != version.size || FileVersion::of(&file.metadata()?) != version {
+        let size = reader.entry().size;
+        let mut hasher = crate::checksum::Hasher::new();
+        crate::server::read::hash_range(reader, &mut hasher, 0, size + 1)?;
+        if hasher.bytes() != size || !reader.is_current()? {
             return Ok(None);
         }
         let digest = hasher.finalize();
@@ -80,7 +86,7 @@ impl DigestCache {
         Ok(Some(digest))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<FileVersion, Digest>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<V, Digest>> {
         // A panic while holding the lock cannot leave the map inconsistent
         // for our use (get/put are single operations), so keep going.
         self.entries
@@ -93,6 +99,7 @@ impl DigestCache {
 mod tests {
     use super::*;
     use crate::checksum::Hasher;
+    use crate::entry::FileVersion;
 
     fn version(mtime_ns: i64) -> FileVersion {
         FileVersion {
@@ -106,7 +113,7 @@ mod tests {
     /// Settled files are remembered; freshly written ones are not.
     #[test]
     fn racy_files_are_not_cached() {
-        let cache = DigestCache::new(4);
+        let cache = DigestCache::<FileVersion>::new(4);
         let digest = Hasher::new().finalize();
         let now = SystemTime::now();
         let now_ns = now.duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64;
@@ -121,7 +128,7 @@ mod tests {
     /// The cache holds at most its capacity, dropping the least used.
     #[test]
     fn capacity_is_bounded() {
-        let cache = DigestCache::new(2);
+        let cache = DigestCache::<FileVersion>::new(2);
         let digest = Hasher::new().finalize();
         let now = SystemTime::now();
         for mtime in 1..=3 {

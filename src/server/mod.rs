@@ -1,6 +1,7 @@
-//! The server: `run` takes a bound listener, a configuration and a shutdown
-//! future, and serves until the future completes (then drains within the
-//! grace period).
+//! The server: [`run`] takes a bound listener, a configuration and a
+//! shutdown future, and serves the local tree until the future completes
+//! (then drains within the grace period); [`serve`] does the same for any
+//! [`Store`].
 //!
 //! - [`conn`]: accepted connections and their limits (handshake and idle
 //!   timeouts, calls per connection, request message size).
@@ -15,11 +16,11 @@
 //! - [`read_route`]: `Read` answered below tonic's codec, so file data is
 //!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
-//! - [`upload`]: the writer behind `Write`: temporary file, hash, verify,
-//!   atomic placement, start-up sweep of leftovers.
-//! - [`tail`]: the tail streams, one task per client.
-//! - [`watches`]: folder watches shared by every tail (one inotify watch per
-//!   folder).
+//! - [`upload`]: the writer behind `Write`: hash, verify, commit the
+//!   version the store staged.
+//!
+//! The tree itself, and following a file for `tail`, are the store's
+//! ([`crate::store`]).
 
 pub mod auth;
 pub mod calls;
@@ -30,9 +31,7 @@ pub mod metrics;
 pub mod read;
 pub mod read_route;
 pub mod service;
-pub mod tail;
 pub mod upload;
-pub mod watches;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,7 +46,8 @@ use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::error::{Error, Result};
 use crate::proto;
-use crate::sandbox::Root;
+use crate::store::Store;
+use crate::store::local::LocalStore;
 use crate::tls::ServerTls;
 use auth::{AuthLayer, Tokens};
 use calls::{CallLayer, KnownMethods};
@@ -203,23 +203,33 @@ fn warn_if_exposed(addr: SocketAddr, tls: bool, tokens: bool) {
     }
 }
 
-/// Serves `config.root` on `listener` until `shutdown` completes; then
-/// health turns NOT_SERVING, no new connections are accepted, and running
-/// calls get `config.grace` to finish before the server returns.
-///
-/// With `config.allow_upload`, temporary upload files that an earlier run
-/// left behind (a crash, a kill) are removed before the first call is
-/// served ([`upload::sweep_leftovers`]).
+/// Serves the local tree `config.root` on `listener` until `shutdown`
+/// completes (see [`serve`]).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     check_root(&config.root, config.allow_root_slash)?;
-    let root = Root::open(&config.root).map_err(|err| Error::io(&config.root, err))?;
-    let root = Arc::new(root);
+    let store = LocalStore::open(&config.root).map_err(|err| Error::io(&config.root, err))?;
+    serve(listener, Arc::new(store), config, shutdown).await
+}
+
+/// Serves `store` on `listener` until `shutdown` completes; then
+/// health turns NOT_SERVING, no new connections are accepted, and running
+/// calls get `config.grace` to finish before the server returns.
+///
+/// With `config.allow_upload`, temporary upload files that an earlier run
+/// left behind (a crash, a kill) are removed before the first call is
+/// served ([`Store::sweep`]).
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     tracing::info!(
-        root = %root.host_path().display(),
+        root = %store.describe(),
         tls = config.tls.is_some(),
         client_certificates = config.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
         tokens = config.tokens.as_ref().map_or(0, Tokens::len),
@@ -229,12 +239,12 @@ pub async fn run(
         warn_if_exposed(addr, config.tls.is_some(), config.tokens.is_some());
     }
     if config.allow_upload {
-        sweep_uploads(Arc::clone(&root)).await;
+        sweep_uploads(Arc::clone(&store)).await;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<proto::fetchd_server::FetchdServer<FetchdService>>()
+        .set_serving::<proto::fetchd_server::FetchdServer<FetchdService<S>>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -249,7 +259,7 @@ pub async fn run(
 
     raise_open_file_limit();
     let stopping = CancellationToken::new();
-    let service = FetchdService::new(Arc::clone(&root), config.max_transfers)
+    let service = FetchdService::new(store, config.max_transfers)
         .with_tails(config.max_tails.max(1), stopping.clone())
         .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
     let fetchd = ReadRoute::new(
@@ -317,7 +327,7 @@ pub async fn run(
                 stopping.cancelled().await;
                 tracing::info!("shutting down: no new connections, draining transfers");
                 health
-                    .set_not_serving::<proto::fetchd_server::FetchdServer<FetchdService>>()
+                    .set_not_serving::<proto::fetchd_server::FetchdServer<FetchdService<S>>>()
                     .await;
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -341,9 +351,9 @@ pub async fn run(
 /// Removes the temporary files of uploads an earlier run did not finish.
 /// A failure is logged, not fatal: leftovers are hidden files that take
 /// space, nothing worse.
-async fn sweep_uploads(root: Arc<Root>) {
+async fn sweep_uploads<S: Store>(store: Arc<S>) {
     let started = std::time::Instant::now();
-    match tokio::task::spawn_blocking(move || upload::sweep_leftovers(&root)).await {
+    match tokio::task::spawn_blocking(move || store.sweep()).await {
         Ok(Ok(swept)) => {
             if swept.truncated {
                 tracing::warn!(

@@ -1,20 +1,21 @@
 //! The chunk reader: one blocking thread per `Read`, feeding a small bounded
-//! channel.
+//! channel. It reads through the [`Store`]'s [`Reader`], so it is the same
+//! for every store.
 //!
 //! The thread hashes the prefix before the requested offset, then reads the
-//! file in [`CHUNK_BYTES`] chunks with plain `read()`, hashing every byte and
-//! sending the requested range. The channel holds at most
-//! [`READ_QUEUE_CHUNKS`] chunks, so a slow client stalls the reader instead
-//! of making the server buffer the file: a stream holds at most a handful of
-//! chunk buffers (the queue, the one being read, the one h2 is writing),
-//! and they are reused ([`ChunkPool`]) rather than allocated per chunk.
-//! When the client goes away the send fails and the thread stops. At the end the file
-//! is checked again (size, mtime, and that the path still names the same
-//! inode); any change ends the stream with [`Error::Changed`] instead of a
-//! digest over a mix of versions.
+//! file in [`CHUNK_BYTES`] chunks straight into buffers that already hold
+//! the chunk's frame header ([`Framing`]), hashing every byte and sending
+//! the requested range. The channel holds at most [`READ_QUEUE_CHUNKS`]
+//! chunks, so a slow client stalls the reader instead of making the server
+//! buffer the file: a stream holds at most a handful of chunk buffers (the
+//! queue, the one being read, the one h2 is writing), and they are reused
+//! ([`ChunkPool`]) rather than allocated per chunk. When the client goes
+//! away the send fails and the thread stops. At the end the store is asked
+//! whether the version is still current (for a local root: size, mtime, and
+//! that the path still names the same inode); any change ends the stream
+//! with [`Error::Changed`] instead of a digest over a mix of versions.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -24,13 +25,12 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::Stream;
 
-use crate::checksum::{self, Digest, Hasher};
-use crate::entry::{EntryInfo, EntryKind, FileVersion, ReadEvent, ReadStart};
+use crate::checksum::{Digest, Hasher};
+use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
-use crate::sandbox::{RequestPath, Root};
 use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
-use crate::server::read_route;
+use crate::store::{Reader, RequestPath, Store, Version};
 
 /// Bytes per data message. 1 MiB chunks cost the server 0.70 CPU-s per GiB
 /// sent against 0.80 for 256 KiB (fewer hand-offs between the reader thread
@@ -41,37 +41,33 @@ pub const SMALL_FILE_BYTES: u64 = CHUNK_BYTES as u64;
 /// Chunks queued between the reader thread and the network.
 pub const READ_QUEUE_CHUNKS: usize = 2;
 
-/// How the reader lays out each data chunk it sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// A chunk is the file's bytes alone, for tonic's codec to encode.
-    Bare,
-    /// A chunk is a whole gRPC message frame: the `ReadResponse` carrying the
-    /// bytes as `data`, encoded around them as they are read, so that the
-    /// bytes go from the read buffer to the socket with no copy in between
-    /// (see [`crate::server::read_route`]).
-    Wire,
+/// How the reader lays out each data chunk it sends: what goes before the
+/// file's bytes in the buffer. The reader does not know the wire; the wire
+/// edge that wants whole frames gives it their layout
+/// ([`crate::wire::READ_DATA_FRAMES`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Framing {
+    /// Most bytes `put_header` writes.
+    pub header_max: usize,
+    /// Appends what goes before `len` data bytes.
+    pub put_header: fn(len: usize, buf: &mut Vec<u8>),
+    /// The file bytes in a chunk of `len` bytes laid out this way.
+    pub payload_len: fn(len: usize) -> usize,
 }
 
 impl Framing {
-    /// The file bytes in a data chunk of `len` bytes laid out this way.
-    pub fn payload_len(self, len: usize) -> usize {
-        match self {
-            Framing::Bare => len,
-            Framing::Wire => read_route::data_frame_payload_len(len),
-        }
-    }
+    /// A chunk is the file's bytes alone (for tonic's codec to encode).
+    pub const BARE: Framing = Framing {
+        header_max: 0,
+        put_header: |_, _| {},
+        payload_len: |len| len,
+    };
 
-    /// Fills `buf` (empty) with the frame header this framing puts before
-    /// `len` data bytes, and makes room for the bytes.
+    /// Fills `buf` (empty) with the header this framing puts before `len`
+    /// data bytes, and makes room for the bytes.
     fn start_chunk(self, len: usize, buf: &mut Vec<u8>) {
-        match self {
-            Framing::Bare => buf.reserve(len),
-            Framing::Wire => {
-                buf.reserve(read_route::DATA_FRAME_HEADER_MAX + len);
-                read_route::put_data_frame_header(len, buf);
-            }
-        }
+        buf.reserve(self.header_max + len);
+        (self.put_header)(len, buf);
     }
 }
 
@@ -136,11 +132,11 @@ impl Drop for PooledBuffer {
 
 /// A read ready to go out.
 #[derive(Debug)]
-pub enum Prepared {
+pub enum Prepared<S: Store> {
     /// A small file, already read: every event of the stream.
     Whole(Vec<Result<ReadEvent>>),
     /// A larger file, opened: stream it with [`OpenRead::stream`].
-    Streaming(OpenRead),
+    Streaming(OpenRead<S>),
 }
 
 /// A small file read whole by [`OpenRead::read_whole`].
@@ -188,8 +184,8 @@ impl ReadEvents {
     /// read already, lets it go at once.
     /// Data chunks are laid out as `framing` says; the file bytes sent are
     /// added to `record`.
-    pub fn new(
-        prepared: Prepared,
+    pub fn new<S: Store>(
+        prepared: Prepared<S>,
         permit: OwnedSemaphorePermit,
         path: String,
         framing: Framing,
@@ -222,7 +218,7 @@ impl Stream for ReadEvents {
         };
         match &next {
             Some(Ok(ReadEvent::Data(data))) => {
-                let bytes = this.framing.payload_len(data.len()) as u64;
+                let bytes = (this.framing.payload_len)(data.len()) as u64;
                 this.sent += bytes;
                 this.record.add_sent(bytes);
             }
@@ -250,30 +246,29 @@ impl Drop for ReadEvents {
 
 /// An opened file, checked and ready to stream.
 #[derive(Debug)]
-pub struct OpenRead {
-    root: Arc<Root>,
-    digests: Arc<DigestCache>,
+pub struct OpenRead<S: Store> {
+    reader: S::Reader,
+    digests: Arc<DigestCache<S::Version>>,
     path: RequestPath,
-    file: File,
-    version: FileVersion,
+    version: S::Version,
     entry: EntryInfo,
     offset: u64,
     length: u64,
     framing: Framing,
 }
 
-impl OpenRead {
+impl<S: Store> OpenRead<S> {
     /// Resolves and opens `path` for a read of `length` bytes (to the end
-    /// when `None`) from `offset`. Runs on a blocking thread.
+    /// when `None`) from `offset`.
     pub async fn open(
-        root: Arc<Root>,
-        digests: Arc<DigestCache>,
+        store: Arc<S>,
+        digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
         offset: u64,
         length: Option<u64>,
-    ) -> Result<OpenRead> {
+    ) -> Result<OpenRead<S>> {
         tokio::task::spawn_blocking(move || {
-            OpenRead::open_blocking(root, digests, path, offset, length)
+            OpenRead::open_blocking(&*store, digests, path, offset, length)
         })
         .await
         .map_err(|err| Error::io("read", io::Error::other(err)))?
@@ -284,28 +279,25 @@ impl OpenRead {
     /// small files then cost one hand-off instead of a reader thread.
     /// Data chunks are laid out as `framing` says.
     pub async fn prepare(
-        root: Arc<Root>,
-        digests: Arc<DigestCache>,
+        store: Arc<S>,
+        digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
         offset: u64,
         length: Option<u64>,
         framing: Framing,
-    ) -> Result<Prepared> {
+    ) -> Result<Prepared<S>> {
         tokio::task::spawn_blocking(move || {
-            let mut open = OpenRead::open_blocking(root, digests, path, offset, length)?;
+            let mut open = OpenRead::open_blocking(&*store, digests, path, offset, length)?;
             open.framing = framing;
-            if open.version.size > SMALL_FILE_BYTES {
+            if open.entry.size > SMALL_FILE_BYTES {
                 return Ok(Prepared::Streaming(open));
             }
             let mut events = Vec::with_capacity(3);
-            let pumped = open.pump(&mut |event| {
+            open.pump(&mut |event| {
                 events.push(event);
                 true
-            });
-            match pumped {
-                Ok(()) => Ok(Prepared::Whole(events)),
-                Err(err) => Err(err),
-            }
+            })?;
+            Ok(Prepared::Whole(events))
         })
         .await
         .map_err(|err| Error::io("read", io::Error::other(err)))?
@@ -315,14 +307,14 @@ impl OpenRead {
     /// the same consistency checks as a streamed read. Blocks: call it on a
     /// blocking thread.
     pub fn read_whole(
-        root: Arc<Root>,
-        digests: Arc<DigestCache>,
+        store: &S,
+        digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
         max: u64,
     ) -> Result<WholeRead> {
-        let open = OpenRead::open_blocking(root, digests, path, 0, None)?;
-        if open.version.size > max {
-            return Ok(WholeRead::TooLarge(open.version.size));
+        let mut open = OpenRead::open_blocking(store, digests, path, 0, None)?;
+        if open.entry.size > max {
+            return Ok(WholeRead::TooLarge(open.entry.size));
         }
         let mut data = Vec::new();
         let mut sha256 = None;
@@ -346,56 +338,46 @@ impl OpenRead {
         };
         Ok(WholeRead::File {
             entry: open.entry,
-            version: open.version,
+            version: open.version.describe(),
             data,
             sha256,
         })
     }
 
     fn open_blocking(
-        root: Arc<Root>,
-        digests: Arc<DigestCache>,
+        store: &S,
+        digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
         offset: u64,
         length: Option<u64>,
-    ) -> Result<OpenRead> {
-        {
-            let (file, meta) = root.open_file(&path)?;
-            let version = FileVersion::of(&meta);
-            if offset > version.size {
-                return Err(Error::OffsetPastEnd {
-                    path: path.shown(),
-                    offset,
-                    size: version.size,
-                });
-            }
-            let available = version.size - offset;
-            let length = length.map_or(available, |length| length.min(available));
-            let entry = EntryInfo {
-                path: path.display().to_string(),
-                kind: EntryKind::File,
-                size: version.size,
-                mtime_ns: version.mtime_ns,
-                mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
-                sha256: None,
-            };
-            Ok(OpenRead {
-                root,
-                digests,
-                path,
-                file,
-                version,
-                entry,
+    ) -> Result<OpenRead<S>> {
+        let reader = store.open(&path)?;
+        let entry = reader.entry().clone();
+        let size = entry.size;
+        if offset > size {
+            return Err(Error::OffsetPastEnd {
+                path: path.shown(),
                 offset,
-                length,
-                framing: Framing::Bare,
-            })
+                size,
+            });
         }
+        let available = size - offset;
+        let length = length.map_or(available, |length| length.min(available));
+        Ok(OpenRead {
+            version: reader.version(),
+            reader,
+            digests,
+            path,
+            entry,
+            offset,
+            length,
+            framing: Framing::BARE,
+        })
     }
 
-    /// The version opened.
+    /// The version opened, as the wire describes it.
     pub fn version(&self) -> FileVersion {
-        self.version
+        self.version.describe()
     }
 
     /// The file's entry.
@@ -404,7 +386,7 @@ impl OpenRead {
     }
 
     /// Starts the reader thread. The permit is held until it stops.
-    pub fn stream(self, permit: OwnedSemaphorePermit) -> mpsc::Receiver<Result<ReadEvent>> {
+    pub fn stream(mut self, permit: OwnedSemaphorePermit) -> mpsc::Receiver<Result<ReadEvent>> {
         let (tx, rx) = mpsc::channel(READ_QUEUE_CHUNKS);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -417,38 +399,39 @@ impl OpenRead {
     }
 
     /// Reads the whole file and returns its digest (for `Stat`).
-    pub async fn digest(self) -> Result<(EntryInfo, FileVersion, Digest)> {
+    pub async fn digest(mut self) -> Result<(EntryInfo, FileVersion, Digest)> {
         tokio::task::spawn_blocking(move || {
+            let version = self.version.describe();
             if let Some(digest) = self.digests.get(&self.version) {
-                return Ok((self.entry, self.version, digest));
+                return Ok((self.entry, version, digest));
             }
             let hashing_started = SystemTime::now();
-            let hasher = checksum::hash_prefix(&self.file, Some(self.version.size + 1))
-                .map_err(|err| Error::from_server_io(&self.path.shown(), err))?;
+            let mut hasher = Hasher::new();
+            hash_range(&mut self.reader, &mut hasher, 0, self.entry.size + 1)?;
             self.check_unchanged(hasher.bytes())?;
             let digest = hasher.finalize();
             self.digests.insert(self.version, digest, hashing_started);
-            Ok((self.entry, self.version, digest))
+            Ok((self.entry, version, digest))
         })
         .await
         .map_err(|err| Error::io("stat", io::Error::other(err)))?
     }
 
     /// The reader thread's body. `Ok` also when the client went away.
-    fn pump(&self, send: &mut dyn FnMut(Result<ReadEvent>) -> bool) -> Result<()> {
+    fn pump(&mut self, send: &mut dyn FnMut(Result<ReadEvent>) -> bool) -> Result<()> {
         let shown = self.path.shown();
-        let io_error = |err| Error::from_server_io(&shown, err);
         let hashing_started = SystemTime::now();
         let cached = self.digests.get(&self.version);
+        let size = self.entry.size;
 
-        let mut hasher: Hasher =
-            checksum::hash_prefix(&self.file, Some(self.offset)).map_err(io_error)?;
+        let mut hasher = Hasher::new();
+        hash_range(&mut self.reader, &mut hasher, 0, self.offset)?;
         if hasher.bytes() < self.offset {
             return Err(Error::Changed { path: shown });
         }
         let start = ReadStart {
             entry: self.entry.clone(),
-            version: self.version,
+            version: self.version.describe(),
             offset: self.offset,
             length: self.length,
             prefix_sha256: (self.offset > 0).then(|| hasher.snapshot()),
@@ -465,11 +448,8 @@ impl OpenRead {
             let mut chunk = pool.take();
             self.framing.start_chunk(want, &mut chunk);
             let header = chunk.len();
-            (&self.file)
-                .take(want as u64)
-                .read_to_end(&mut chunk)
-                .map_err(io_error)?;
-            if chunk.len() - header < want {
+            let read = self.reader.read_into(position, want, &mut chunk)?;
+            if read < want {
                 // The file shrank under us.
                 return Err(Error::Changed { path: shown });
             }
@@ -485,14 +465,13 @@ impl OpenRead {
 
         let digest = match cached {
             Some(digest) => {
-                self.check_unchanged(self.version.size)?;
+                self.check_unchanged(size)?;
                 digest
             }
             None => {
                 // Bytes past the requested range still count for the
                 // whole-file digest; one extra byte shows whether it grew.
-                checksum::feed(&self.file, &mut hasher, Some(self.version.size + 1))
-                    .map_err(io_error)?;
+                hash_range(&mut self.reader, &mut hasher, end, size + 1)?;
                 self.check_unchanged(hasher.bytes())?;
                 let digest = hasher.finalize();
                 self.digests.insert(self.version, digest, hashing_started);
@@ -503,30 +482,40 @@ impl OpenRead {
         Ok(())
     }
 
-    /// Fails with [`Error::Changed`] unless the file still has the version
-    /// it had when opened, `read` bytes were read, and the path still names
-    /// it.
+    /// Fails with [`Error::Changed`] unless `read` bytes were read and the
+    /// store still has the version opened at the path.
     fn check_unchanged(&self, read: u64) -> Result<()> {
-        let changed = || Error::Changed {
-            path: self.path.shown(),
-        };
-        if read != self.version.size {
-            return Err(changed());
-        }
-        let now = self
-            .file
-            .metadata()
-            .map_err(|err| Error::from_server_io(&self.path.shown(), err))?;
-        if FileVersion::of(&now) != self.version {
-            return Err(changed());
-        }
-        if self
-            .root
-            .still_names(&self.path, (self.version.device, self.version.inode))
-        {
+        if read == self.entry.size && self.reader.is_current()? {
             Ok(())
         } else {
-            Err(changed())
+            Err(Error::Changed {
+                path: self.path.shown(),
+            })
         }
     }
+}
+
+/// Feeds the bytes of `reader` from `from` until `until` (or its end) into
+/// `hasher`. A range of a few bytes (a check that a file did not grow) reads
+/// just those.
+pub fn hash_range<R: Reader>(
+    reader: &mut R,
+    hasher: &mut Hasher,
+    from: u64,
+    until: u64,
+) -> Result<()> {
+    let mut position = from;
+    let mut buf = Vec::new();
+    while position < until {
+        let want = crate::checksum::HASH_BUFFER_BYTES
+            .min(usize::try_from(until - position).unwrap_or(usize::MAX));
+        buf.clear();
+        let read = reader.read_into(position, want, &mut buf)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buf[..read]);
+        position += read as u64;
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! encode buffer before h2 writes it. Here the reader thread reads each chunk
 //! straight into a buffer that already starts with the gRPC frame header and
 //! the protobuf field header of a `ReadResponse { data }`
-//! ([`Framing::Wire`]), and the response body hands that buffer to h2 as it
+//! ([`crate::wire::READ_DATA_FRAMES`]), and the response body hands that buffer to h2 as it
 //! is. The bytes on the wire are the same as tonic's, message for message
 //! (a unit test holds the two encodings equal), so clients cannot tell.
 //!
@@ -25,7 +25,6 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tokio_stream::Stream;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -33,72 +32,50 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use crate::entry::ReadEvent;
-use crate::proto::{self, ReadRequest, ReadResponse, message_frame, read_response};
+use crate::proto::{self, ReadRequest, ReadResponse, read_response};
 use crate::server::calls::CallRecord;
-use crate::server::read::{Framing, ReadEvents};
+use crate::server::read::ReadEvents;
 use crate::server::service::FetchdService;
+use crate::store::Store;
+use crate::wire::{PREFIX_BYTES, READ_DATA_FRAMES, READ_PATH, message_frame};
 
-/// The HTTP/2 path of the `Read` method.
-pub const READ_PATH: &str = "/fetchd.v1.Fetchd/Read";
 /// Largest `ReadRequest` accepted, framing included: a path of at most
 /// 4,096 bytes and two numbers need far less.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Most bytes [`put_data_frame_header`] writes: the 5-byte gRPC message
-/// prefix, the field key and the length as a varint.
-pub const DATA_FRAME_HEADER_MAX: usize = 5 + 1 + 10;
-/// The field number of `ReadResponse.data` in `fetchd.proto`.
-const DATA_FIELD: u32 = 2;
-
-/// Appends the header of a gRPC message frame holding a `ReadResponse` whose
-/// `data` is the next `len` bytes; the caller appends those bytes.
-pub fn put_data_frame_header(len: usize, buf: &mut Vec<u8>) {
-    let message_len = key_len(DATA_FIELD) + encoded_len_varint(len as u64) + len;
-    buf.push(0); // not compressed
-    buf.extend_from_slice(&frame_len(message_len).to_be_bytes());
-    encode_key(DATA_FIELD, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
-}
-
-/// The file bytes in a whole data frame of `frame_len` bytes made by
-/// [`put_data_frame_header`]: the frame less its header, whose size depends
-/// on the payload's.
-pub fn data_frame_payload_len(frame_len: usize) -> usize {
-    let fixed = 5 + key_len(DATA_FIELD);
-    (1..=10)
-        .filter_map(|varint| frame_len.checked_sub(fixed + varint))
-        .find(|&payload| fixed + encoded_len_varint(payload as u64) + payload == frame_len)
-        .unwrap_or(0)
-}
-
-/// The 4-byte length of a gRPC message frame. Messages here are at most a
-/// chunk plus a few bytes, far below 4 GiB.
-fn frame_len(len: usize) -> u32 {
-    u32::try_from(len).unwrap_or(u32::MAX)
-}
 
 /// The generated service with `Read` taken over by [`serve_read`].
-#[derive(Clone, Debug)]
-pub struct ReadRoute<S> {
+#[derive(Debug)]
+pub struct ReadRoute<S, St: Store> {
     inner: S,
-    service: FetchdService,
+    service: FetchdService<St>,
 }
 
-impl<S> ReadRoute<S> {
+impl<S: Clone, St: Store> Clone for ReadRoute<S, St> {
+    fn clone(&self) -> Self {
+        ReadRoute {
+            inner: self.inner.clone(),
+            service: self.service.clone(),
+        }
+    }
+}
+
+impl<S, St: Store> ReadRoute<S, St> {
     /// Routes `Read` calls to `service` directly and the rest to `inner`
     /// (the generated server over the same `service`).
-    pub fn new(inner: S, service: FetchdService) -> ReadRoute<S> {
+    pub fn new(inner: S, service: FetchdService<St>) -> ReadRoute<S, St> {
         ReadRoute { inner, service }
     }
 }
 
-impl<S: NamedService> NamedService for ReadRoute<S> {
+impl<S: NamedService, St: Store> NamedService for ReadRoute<S, St> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<Body>> for ReadRoute<S>
+impl<S, St> Service<http::Request<Body>> for ReadRoute<S, St>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
+    St: Store,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -148,14 +125,17 @@ pub fn answer_in_request_encoding(headers: &mut http::HeaderMap) -> bool {
 
 /// Answers one `Read` call: the request's one message in, the response
 /// frames out as the reader produces them.
-async fn serve_read(service: FetchdService, request: http::Request<Body>) -> http::Response<Body> {
+async fn serve_read<St: Store>(
+    service: FetchdService<St>,
+    request: http::Request<Body>,
+) -> http::Response<Body> {
     let (parts, body) = request.into_parts();
     let record = CallRecord::of(&parts.extensions);
     let peer = tonic::Request::from_http(http::Request::from_parts(parts, ())).remote_addr();
     let read = match read_request(body).await {
         Ok(request) => {
             service
-                .start_read(request, peer, Framing::Wire, record)
+                .start_read(request, peer, READ_DATA_FRAMES, record)
                 .await
         }
         Err(status) => Err(status),
@@ -200,7 +180,7 @@ async fn read_request(body: Body) -> Result<ReadRequest, Status> {
             }
         })?
         .to_bytes();
-    let Some((prefix, message)) = collected.split_at_checked(5) else {
+    let Some((prefix, message)) = collected.split_at_checked(PREFIX_BYTES) else {
         return Err(Status::internal("missing request message"));
     };
     let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
@@ -287,55 +267,5 @@ impl http_body::Body for ReadBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What tonic's codec would put on the wire for `message`.
-    fn tonic_frame(message: &ReadResponse) -> Vec<u8> {
-        let body = message.encode_to_vec();
-        let mut frame = vec![0];
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&body);
-        frame
-    }
-
-    #[test]
-    fn data_frames_match_the_generated_encoding() {
-        for len in [
-            0,
-            1,
-            127,
-            128,
-            16_383,
-            16_384,
-            256 * 1024,
-            2_097_151,
-            2_097_152,
-        ] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let mut frame = Vec::new();
-            put_data_frame_header(len, &mut frame);
-            assert!(frame.len() <= DATA_FRAME_HEADER_MAX);
-            frame.extend_from_slice(&data);
-            assert_eq!(data_frame_payload_len(frame.len()), len);
-            let expected = tonic_frame(&ReadResponse {
-                kind: Some(read_response::Kind::Data(Bytes::from(data))),
-            });
-            assert_eq!(frame, expected, "data frame of {len} bytes");
-        }
-    }
-
-    #[test]
-    fn message_frames_match_the_generated_encoding() {
-        let message = ReadResponse {
-            kind: Some(read_response::Kind::Trailer(proto::ReadTrailer {
-                sha256: Bytes::from(vec![7; 32]),
-            })),
-        };
-        assert_eq!(message_frame(&message).to_vec(), tonic_frame(&message));
     }
 }

@@ -19,13 +19,11 @@ use crate::proto::{
     self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
     file_result, read_response, write_request,
 };
-use crate::sandbox::{RequestPath, Root};
 use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
-use crate::server::tail::{self, TailSpec};
 use crate::server::upload::{Stored, Upload, UploadSpec};
-use crate::server::watches::Watches;
+use crate::store::{RequestPath, Store, TailSpec};
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
@@ -44,14 +42,13 @@ pub const READ_MANY_MESSAGE_FILES: usize = 256;
 /// `ReadMany` messages queued between the reading thread and the network.
 pub const READ_MANY_QUEUE_MESSAGES: usize = 2;
 
-/// The file service over one root.
-#[derive(Debug, Clone)]
-pub struct FetchdService {
-    root: Arc<Root>,
-    digests: Arc<DigestCache>,
+/// The file service over one store.
+#[derive(Debug)]
+pub struct FetchdService<S: Store> {
+    store: Arc<S>,
+    digests: Arc<DigestCache<S::Version>>,
     transfers: Arc<Semaphore>,
     max_transfers: usize,
-    watches: Watches,
     tails: Arc<Semaphore>,
     max_tails: usize,
     stopping: CancellationToken,
@@ -59,15 +56,30 @@ pub struct FetchdService {
     max_upload_bytes: Option<u64>,
 }
 
-impl FetchdService {
-    /// A service over `root` allowing `max_transfers` reads at once.
-    pub fn new(root: Arc<Root>, max_transfers: usize) -> FetchdService {
+// Not derived: a derive would ask `S: Clone`, and the store is shared.
+impl<S: Store> Clone for FetchdService<S> {
+    fn clone(&self) -> Self {
         FetchdService {
-            root,
+            store: Arc::clone(&self.store),
+            digests: Arc::clone(&self.digests),
+            transfers: Arc::clone(&self.transfers),
+            max_transfers: self.max_transfers,
+            tails: Arc::clone(&self.tails),
+            max_tails: self.max_tails,
+            stopping: self.stopping.clone(),
+            max_upload_bytes: self.max_upload_bytes,
+        }
+    }
+}
+
+impl<S: Store> FetchdService<S> {
+    /// A service over `store` allowing `max_transfers` reads at once.
+    pub fn new(store: Arc<S>, max_transfers: usize) -> FetchdService<S> {
+        FetchdService {
+            store,
             digests: Arc::new(DigestCache::default()),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             max_transfers,
-            watches: Watches::default(),
             tails: Arc::new(Semaphore::new(crate::server::DEFAULT_MAX_TAILS)),
             max_tails: crate::server::DEFAULT_MAX_TAILS,
             stopping: CancellationToken::new(),
@@ -77,7 +89,7 @@ impl FetchdService {
 
     /// Accepts uploads of at most `max_bytes` bytes; `None` refuses them
     /// all (PERMISSION_DENIED).
-    pub fn with_uploads(mut self, max_bytes: Option<u64>) -> FetchdService {
+    pub fn with_uploads(mut self, max_bytes: Option<u64>) -> FetchdService<S> {
         self.max_upload_bytes = max_bytes;
         self
     }
@@ -85,7 +97,7 @@ impl FetchdService {
     /// Allows `max_tails` tail streams at once and ends them all (cleanly,
     /// with a `STOPPING` event) when `stopping` is cancelled: graceful
     /// shutdown waits for open streams, and a tail never ends by itself.
-    pub fn with_tails(mut self, max_tails: usize, stopping: CancellationToken) -> FetchdService {
+    pub fn with_tails(mut self, max_tails: usize, stopping: CancellationToken) -> FetchdService<S> {
         self.tails = Arc::new(Semaphore::new(max_tails));
         self.max_tails = max_tails;
         self.stopping = stopping;
@@ -94,15 +106,15 @@ impl FetchdService {
 }
 
 #[tonic::async_trait]
-impl proto::fetchd_server::Fetchd for FetchdService {
+impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
-        let root = Arc::clone(&self.root);
+        let store = Arc::clone(&self.store);
         let info = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || root.stat(&path))
+            tokio::task::spawn_blocking(move || store.stat(&path))
                 .await
                 .map_err(|err| Status::internal(err.to_string()))??
         };
@@ -113,7 +125,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         };
         if info.kind == crate::entry::EntryKind::File {
             let open = OpenRead::open(
-                Arc::clone(&self.root),
+                Arc::clone(&self.store),
                 Arc::clone(&self.digests),
                 path,
                 0,
@@ -145,23 +157,23 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
-        let root = Arc::clone(&self.root);
+        let store = Arc::clone(&self.store);
         let digests = Arc::clone(&self.digests);
         let (tx, rx) = mpsc::channel::<Result<Vec<EntryInfo>>>(LIST_QUEUE_BATCHES);
         tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(LIST_BATCH_ENTRIES);
             let mut open = true;
-            let walked = root.walk(&path, request.recursive, &mut |listed| {
-                let mut info = listed.info.clone();
+            let walked = store.list(&path, request.recursive, &mut |listed| {
+                let mut info = listed.info;
                 if request.want_sha256 && info.kind == EntryKind::File {
                     // A file that cannot be opened or changes while hashed
                     // is listed without a digest; the client then asks for
                     // it the usual way.
-                    info.sha256 = digests.get(&listed.version()).or_else(|| {
-                        listed
-                            .open()
+                    let known = listed.version.and_then(|version| digests.get(&version));
+                    info.sha256 = known.or_else(|| {
+                        (listed.open)()
                             .ok()
-                            .and_then(|(file, _)| digests.digest_of(&file).ok().flatten())
+                            .and_then(|mut reader| digests.digest_of(&mut reader).ok().flatten())
                     });
                 }
                 batch.push(info);
@@ -197,7 +209,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
         let peer = request.remote_addr();
         let record = CallRecord::of(request.extensions());
         let read = self
-            .start_read(request.into_inner(), peer, Framing::Bare, record)
+            .start_read(request.into_inner(), peer, Framing::BARE, record)
             .await?;
         let stream = read.map(|event| {
             let kind = match event? {
@@ -229,7 +241,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             0 => SMALL_FILE_BYTES,
             asked => asked.min(SMALL_FILE_BYTES),
         };
-        let root = Arc::clone(&self.root);
+        let store = Arc::clone(&self.store);
         let digests = Arc::clone(&self.digests);
         let (tx, rx) = mpsc::channel(READ_MANY_QUEUE_MESSAGES);
         tokio::task::spawn_blocking(move || {
@@ -238,7 +250,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             let mut bytes = 0;
             for (index, path) in request.paths.iter().enumerate() {
                 let read = RequestPath::parse(path).and_then(|path| {
-                    OpenRead::read_whole(Arc::clone(&root), Arc::clone(&digests), path, max)
+                    OpenRead::read_whole(&*store, Arc::clone(&digests), path, max)
                 });
                 let result = match read {
                     Ok(WholeRead::File {
@@ -306,7 +318,7 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             size: header.size,
             force: header.force,
         };
-        let mut upload = Upload::begin(Arc::clone(&self.root), spec, limit).await?;
+        let mut upload = Upload::begin(Arc::clone(&self.store), spec, limit).await?;
         let received = receive_upload(&mut stream, &mut upload, &shown, &record).await;
         if received.is_err() {
             // The temporary file is gone before the client hears why.
@@ -353,17 +365,16 @@ impl proto::fetchd_server::Fetchd for FetchdService {
             start,
             follow: request.follow,
         };
-        let events = tail::start(
-            Arc::clone(&self.root),
-            self.watches.clone(),
-            spec,
-            self.stopping.clone(),
-            permit,
-        )
-        .await?;
+        let store = Arc::clone(&self.store);
+        let stopping = self.stopping.clone();
+        let events = tokio::task::spawn_blocking(move || store.follow(spec, stopping))
+            .await
+            .map_err(|err| Status::internal(err.to_string()))??;
         tracing::debug!(path = %shown, ?peer, ?start, "tail started");
+        // The tail slot is held for as long as the stream lives.
         let stream = events.fuse().map(move |item| match item {
             Ok(event) => {
+                let _held = &permit;
                 if let TailEvent::Data { data, .. } = &event {
                     record.add_sent(data.len() as u64);
                 }
@@ -462,7 +473,7 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
     proto::TailResponse { kind: Some(kind) }
 }
 
-impl FetchdService {
+impl<S: Store> FetchdService<S> {
     /// Checks and opens the file a `Read` asks for, and starts reading it:
     /// the events of the read, with data chunks laid out as `framing` says.
     /// Shared by the tonic handler and [`crate::server::read_route`].
@@ -478,7 +489,7 @@ impl FetchdService {
         let permit = self.acquire_transfer()?;
         let shown = path.shown();
         let prepared = OpenRead::prepare(
-            Arc::clone(&self.root),
+            Arc::clone(&self.store),
             Arc::clone(&self.digests),
             path,
             request.offset,

@@ -1,47 +1,33 @@
 //! The upload writer: per `Write`, a writer thread and a hasher thread, each
-//! fed every chunk through a small bounded channel; the writer fills a
-//! hidden temporary file beside the target.
+//! fed every chunk through a small bounded channel; the writer appends to a
+//! new version the store staged (for a local root, a hidden temporary file
+//! beside the target: [`crate::store::local::staging`]).
 //!
-//! [`Upload::begin`] resolves the target in the sandbox (creating missing
-//! folders inside the root), refuses an existing file unless `force`, and
-//! creates `.NAME.fetchd-upload-XXXXXXXXXXXXXXXX` (16 random hex digits) in
-//! the target's folder, so the final rename is atomic. The network loop
-//! checks sizes as chunks arrive ([`Upload::push`]): past the declared size
-//! or past the server's limit it fails at once. The writer thread appends
-//! every chunk while the hasher thread hashes it (the two overlap on two
-//! cores; with hashing on the writer thread, and on the client's reader
-//! thread, a 1 GiB upload took about 1.8 times as long); at the end
-//! ([`Upload::finish`]) the digest is compared, and only then does the
-//! writer sync the file, rename it onto the target and sync the folder.
-//! Without `force` the rename is `renameat2(RENAME_NOREPLACE)` (or, where
-//! the filesystem lacks it, `link` + `unlink`), so a file created at the
-//! target while the upload ran is never replaced.
+//! [`Upload::begin`] asks the store to stage the target (which refuses an
+//! existing file unless `force`). The network loop checks sizes as chunks
+//! arrive ([`Upload::push`]): past the declared size or past the server's
+//! limit it fails at once. The writer thread appends every chunk while the
+//! hasher thread hashes it (the two overlap on two cores; with hashing on
+//! the writer thread, and on the client's reader thread, a 1 GiB upload took
+//! about 1.8 times as long); at the end ([`Upload::finish`]) the digest is
+//! compared, and only then does the writer commit the staged version
+//! (durable and atomic; without `force`, never over a file that appeared
+//! meanwhile).
 //!
 //! Whatever ends an upload early — a mismatch, a limit, a client that goes
-//! away, a dropped [`Upload`] — removes the temporary file ([`TempFile`]'s
-//! `Drop`). Temporary files a crash left behind are removed by
-//! [`sweep_leftovers`] when a server that accepts uploads starts. A live
-//! upload holds an exclusive `flock` on its temporary file, and the sweep
-//! skips locked files, so a second server on the same root does not remove
-//! the first one's uploads in flight.
+//! away, a dropped [`Upload`] — drops the staged version, which leaves
+//! nothing behind.
 
-use std::fs::File;
-use std::hash::{BuildHasher, Hasher as _};
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
-use cap_std::fs::{Dir, OpenOptions};
-use rustix::io::Errno;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::checksum::{Digest, Hasher};
-use crate::entry::EntryKind;
 use crate::error::{Error, Result};
-use crate::sandbox::{MAX_NAME_BYTES, RequestPath, Root};
+use crate::store::{RequestPath, Staged, Store};
 
 /// Chunks queued between the network loop and each of the writer and hasher
 /// threads: memory per upload is about this many chunks plus the HTTP/2
@@ -49,15 +35,6 @@ use crate::sandbox::{MAX_NAME_BYTES, RequestPath, Root};
 pub const WRITE_QUEUE_CHUNKS: usize = 4;
 /// Default for `--max-upload-size`: 16 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 16 << 30;
-/// What marks a temporary upload file: `.NAME` + this + 16 hex digits.
-pub const TEMP_MARKER: &str = ".fetchd-upload-";
-/// Hex digits of randomness at the end of a temporary file's name.
-const TEMP_RANDOM_DIGITS: usize = 16;
-/// Most entries [`sweep_leftovers`] looks at.
-pub const MAX_SWEEP_ENTRIES: usize = 1_000_000;
-/// Names tried before creating a temporary file gives up.
-const TEMP_ATTEMPTS: usize = 16;
-
 /// What a client asked to store.
 #[derive(Clone, Debug)]
 pub struct UploadSpec {
@@ -114,27 +91,21 @@ impl Upload {
     /// (creating missing folders inside the root), refuses an existing file
     /// unless `force`, creates the temporary file and starts the writer
     /// thread.
-    pub async fn begin(root: Arc<Root>, spec: UploadSpec, limit: u64) -> Result<Upload> {
+    pub async fn begin<S: Store>(store: Arc<S>, spec: UploadSpec, limit: u64) -> Result<Upload> {
         let shown = spec.path.shown();
         if spec.size.is_some_and(|size| size > limit) {
             return Err(Error::TooLarge { path: shown, limit });
         }
-        let temp = {
+        let staged = {
             let spec = spec.clone();
-            blocking(move || {
-                let shown = spec.path.shown();
-                let destination = root.destination(&spec.path)?;
-                if destination.existing.is_some() && !spec.force {
-                    return Err(Error::AlreadyExists { path: shown });
-                }
-                TempFile::create(destination.folder, destination.name, shown)
-            })
-            .await?
+            blocking(move || store.stage(&spec.path, spec.force)).await?
         };
-        tracing::debug!(path = %shown, temp = %temp.name, size = ?spec.size, "upload started");
+        tracing::debug!(path = %shown, size = ?spec.size, "upload started");
         let (to_writer, pieces) = mpsc::channel(WRITE_QUEUE_CHUNKS);
-        let force = spec.force;
-        let writer = tokio::task::spawn_blocking(move || write_pieces(temp, pieces, force));
+        let writer = {
+            let shown = shown.clone();
+            tokio::task::spawn_blocking(move || write_pieces(staged, pieces, &shown))
+        };
         let (to_hasher, mut chunks) = mpsc::channel::<Bytes>(WRITE_QUEUE_CHUNKS);
         let hasher = tokio::task::spawn_blocking(move || {
             let mut hasher = Hasher::new();
@@ -274,226 +245,27 @@ fn thread_failed(shown: &str, which: &str, err: tokio::task::JoinError) -> Error
     )
 }
 
-/// The writer thread: append every chunk; when told to, sync and place.
-/// Returning early drops `temp`, which removes the file.
-fn write_pieces(mut temp: TempFile, mut pieces: mpsc::Receiver<Piece>, force: bool) -> Result<()> {
+/// The writer thread: append every chunk; when told to, commit. Returning
+/// early drops `staged`, which leaves nothing behind.
+fn write_pieces(
+    mut staged: impl Staged,
+    mut pieces: mpsc::Receiver<Piece>,
+    shown: &str,
+) -> Result<()> {
     loop {
         match pieces.blocking_recv() {
-            Some(Piece::Data(data)) => temp.append(&data)?,
-            Some(Piece::Place) => return temp.place(force),
+            Some(Piece::Data(data)) => staged.append(&data)?,
+            Some(Piece::Place) => return staged.commit(),
             // The network loop gave up (client gone, a limit, a bad
             // message); it reports why. Nothing may stay behind.
             None => {
                 return Err(Error::InvalidRequest {
-                    path: temp.shown.clone(),
+                    path: shown.to_string(),
                     reason: "the upload ended before its sha256".into(),
                 });
             }
         }
     }
-}
-
-/// `.NAME.fetchd-upload-XXXXXXXXXXXXXXXX` beside the target, removed on
-/// drop unless it was placed.
-#[derive(Debug)]
-struct TempFile {
-    folder: Dir,
-    /// The temporary file's name in `folder`.
-    name: String,
-    /// The target's name in `folder`.
-    target: String,
-    /// The target as the request named it, for messages.
-    shown: String,
-    file: File,
-    placed: bool,
-}
-
-impl TempFile {
-    /// Creates a new, exclusively locked temporary file for `target` in
-    /// `folder`.
-    fn create(folder: Dir, target: String, shown: String) -> Result<TempFile> {
-        let mut options = OpenOptions::new();
-        options
-            .write(true)
-            .create_new(true)
-            .follow(FollowSymlinks::No);
-        let mut last = None;
-        for _ in 0..TEMP_ATTEMPTS {
-            let name = temp_name(&target, random_u64());
-            match folder.open_with(&name, &options) {
-                Ok(file) => {
-                    let temp = TempFile {
-                        folder,
-                        name,
-                        target,
-                        shown,
-                        file: file.into_std(),
-                        placed: false,
-                    };
-                    // Tells a start-up sweep of another server on this
-                    // root that the file is in use (see `sweep_leftovers`).
-                    if let Err(err) = temp.file.try_lock() {
-                        tracing::debug!(temp = %temp.name, ?err, "cannot lock the upload file");
-                    }
-                    return Ok(temp);
-                }
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => last = Some(err),
-                Err(err) => return Err(Error::from_server_io(&shown, err)),
-            }
-        }
-        Err(Error::from_server_io(
-            &shown,
-            last.unwrap_or_else(|| io::Error::other("no free temporary name")),
-        ))
-    }
-
-    fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all(data)
-            .map_err(|err| Error::from_server_io(&self.shown, err))
-    }
-
-    /// Syncs the data, renames the file onto the target (replacing it only
-    /// with `force`) and syncs the folder.
-    fn place(mut self, force: bool) -> Result<()> {
-        let io_error = |err: io::Error| Error::from_server_io(&self.shown, err);
-        self.file.sync_all().map_err(io_error)?;
-        let renamed = if force {
-            rustix::fs::renameat(&self.folder, &self.name, &self.folder, &self.target)
-        } else {
-            crate::partfile::rename_noreplace(
-                &self.folder,
-                self.name.as_str(),
-                self.target.as_str(),
-            )
-        };
-        match renamed {
-            Ok(()) => self.placed = true,
-            Err(Errno::EXIST) if !force => {
-                return Err(Error::AlreadyExists {
-                    path: self.shown.clone(),
-                });
-            }
-            Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST) => {
-                return Err(Error::TargetIsDirectory {
-                    path: self.shown.clone(),
-                });
-            }
-            Err(errno) => return Err(io_error(errno.into())),
-        }
-        sync_folder(&self.folder).map_err(|errno| io_error(errno.into()))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.placed
-            && let Err(err) = self.folder.remove_file(&self.name)
-        {
-            tracing::warn!(path = %self.shown, temp = %self.name, %err, "cannot remove an unfinished upload");
-        }
-    }
-}
-
-/// Syncs `folder`, making a rename in it durable. The handle itself may be
-/// an `O_PATH` descriptor, which cannot be synced: `.` is opened from it.
-fn sync_folder(folder: &Dir) -> rustix::io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    let opened = rustix::fs::openat(
-        folder,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    rustix::fs::fsync(&opened)
-}
-
-/// The temporary name for `target`: `.` + target (cut to fit) + marker +
-/// 16 hex digits, at most [`MAX_NAME_BYTES`] long.
-fn temp_name(target: &str, random: u64) -> String {
-    let room = MAX_NAME_BYTES - 1 - TEMP_MARKER.len() - TEMP_RANDOM_DIGITS;
-    let mut cut = target.len().min(room);
-    while !target.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!(".{}{TEMP_MARKER}{random:016x}", &target[..cut])
-}
-
-/// True for a name [`temp_name`] makes.
-pub fn is_temp_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.') else {
-        return false;
-    };
-    let Some((target, random)) = rest.rsplit_once(TEMP_MARKER) else {
-        return false;
-    };
-    !target.is_empty()
-        && random.len() == TEMP_RANDOM_DIGITS
-        && random
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// 64 random bits, from the standard library's randomly keyed hasher (no
-/// secret is needed: names only have to differ, and `O_EXCL` catches the
-/// rare clash).
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    hasher.finish()
-}
-
-/// What a start-up sweep did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Swept {
-    /// Temporary upload files removed.
-    pub removed: usize,
-    /// Entries looked at.
-    pub visited: usize,
-    /// True when the walk stopped at [`MAX_SWEEP_ENTRIES`].
-    pub truncated: bool,
-}
-
-/// Removes temporary upload files that a crash left anywhere below the
-/// root: a walk of at most [`MAX_SWEEP_ENTRIES`] entries (symlinked folders
-/// are not entered). Files another live server holds locked are kept.
-pub fn sweep_leftovers(root: &Root) -> Result<Swept> {
-    let mut swept = Swept::default();
-    let top = RequestPath::parse("/")?;
-    root.walk(&top, true, &mut |listed| {
-        swept.visited += 1;
-        if listed.info.kind == EntryKind::File
-            && is_temp_name(listed.name)
-            && remove_if_unlocked(listed.folder, listed.name)
-        {
-            swept.removed += 1;
-            tracing::info!(path = %listed.info.path, "removed an unfinished upload left by an earlier run");
-        }
-        if swept.visited >= MAX_SWEEP_ENTRIES {
-            swept.truncated = true;
-            return false;
-        }
-        true
-    })?;
-    Ok(swept)
-}
-
-/// Removes `name` from `folder` unless someone holds a lock on it.
-fn remove_if_unlocked(folder: &Dir, name: &str) -> bool {
-    let mut options = OpenOptions::new();
-    options.read(true).follow(FollowSymlinks::No);
-    let Ok(file) = folder.open_with(name, &options) else {
-        return false;
-    };
-    let file = file.into_std();
-    if file.try_lock().is_err() {
-        return false;
-    }
-    let removed = folder.remove_file(name).is_ok();
-    drop(file);
-    removed
 }
 
 /// Runs blocking file work off the async threads.
@@ -508,40 +280,10 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::local::LocalStore;
 
-    /// Temporary names are hidden, keep the target's name, fit NAME_MAX and
-    /// are recognised by the sweep; other names are not.
-    #[test]
-    fn temp_names_round_trip() {
-        let name = temp_name("report.pdf", 0xabc);
-        assert_eq!(name, ".report.pdf.fetchd-upload-0000000000000abc");
-        assert!(is_temp_name(&name));
-        let long = "é".repeat(200);
-        let name = temp_name(&long, u64::MAX);
-        assert!(name.len() <= MAX_NAME_BYTES, "{}", name.len());
-        assert!(is_temp_name(&name));
-        for other in [
-            "report.pdf",
-            ".report.pdf",
-            ".fetchd-upload-0000000000000abc",
-            ".x.fetchd-upload-0000000000000ab",
-            ".x.fetchd-upload-0000000000000ABC",
-            "x.fetchd-upload-0000000000000abc",
-        ] {
-            assert!(!is_temp_name(other), "{other}");
-        }
-    }
-
-    /// Random parts differ from call to call.
-    #[test]
-    fn random_parts_differ() {
-        let a = random_u64();
-        let b = random_u64();
-        assert_ne!(a, b);
-    }
-
-    fn root_in(dir: &std::path::Path) -> Arc<Root> {
-        Arc::new(Root::open(dir).expect("root"))
+    fn root_in(dir: &std::path::Path) -> Arc<LocalStore> {
+        Arc::new(LocalStore::open(dir).expect("root"))
     }
 
     fn digest_of(data: &[u8]) -> Digest {
@@ -709,27 +451,5 @@ mod tests {
             b"meanwhile"
         );
         assert_eq!(names_in(dir.path()), ["new", "old"]);
-    }
-
-    /// The sweep removes unlocked temporary files anywhere below the root and
-    /// keeps locked ones and everything else.
-    #[test]
-    fn sweep_removes_leftovers_only() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("a/b")).expect("mkdir");
-        let left = temp_name("f", 1);
-        let held = temp_name("g", 2);
-        std::fs::write(dir.path().join("a/b").join(&left), b"x").expect("write");
-        std::fs::write(dir.path().join(&held), b"x").expect("write");
-        std::fs::write(dir.path().join("a/keep.fetchd-upload-x"), b"x").expect("write");
-        let lock = File::open(dir.path().join(&held)).expect("open");
-        lock.try_lock().expect("lock");
-        let root = Root::open(dir.path()).expect("root");
-        let swept = sweep_leftovers(&root).expect("sweep");
-        assert_eq!(swept.removed, 1);
-        assert!(!swept.truncated);
-        assert!(!dir.path().join("a/b").join(&left).exists());
-        assert!(dir.path().join(&held).exists());
-        assert!(dir.path().join("a/keep.fetchd-upload-x").exists());
     }
 }

@@ -43,13 +43,12 @@ use std::sync::Arc;
 
 use async_fn_stream::{StreamEmitter, fn_stream};
 use bytes::Bytes;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::sandbox::{Place, RequestPath, Root};
-use crate::server::watches::{Subscription, TAIL_POLL_INTERVAL, Watches};
+use crate::store::local::root::{Place, Root};
+use crate::store::local::watches::{Subscription, TAIL_POLL_INTERVAL, Watches};
+use crate::store::{RequestPath, TailEvents, TailSpec};
 use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Most bytes in one data message.
@@ -67,43 +66,27 @@ const SCAN_BYTES: usize = 64 * 1024;
 /// One item of a tail stream: a message, or the error that ends it.
 pub type TailItem = Result<TailEvent>;
 
-/// What a client asked to follow.
-#[derive(Clone, Debug)]
-pub struct TailSpec {
-    /// The file, by name.
-    pub path: RequestPath,
-    /// Where to start.
-    pub start: TailStart,
-    /// Keep following after the current end.
-    pub follow: bool,
-}
-
-/// Starts a tail. Resolving, opening and finding the start happen before
-/// this returns, so a refused or (without follow) missing file is the
-/// call's error rather than a message; the returned stream does the rest
-/// as it is polled. It ends on `stopping`, on an error, or (without follow)
-/// at the end of the data; dropping it (the client left) stops following.
-/// `permit` is held until then.
-pub async fn start(
+/// Starts following (blocking: call it on the blocking pool). Resolving,
+/// opening and finding the start happen before this returns, so a refused
+/// or (without follow) missing file is the call's error rather than a
+/// message; the returned stream does the rest as it is polled. It ends on
+/// `stopping`, on an error, or (without follow) at the end of the data;
+/// dropping it (the client left) stops following.
+pub fn start(
     root: Arc<Root>,
     watches: Watches,
     spec: TailSpec,
     stopping: CancellationToken,
-    permit: OwnedSemaphorePermit,
-) -> Result<impl Stream<Item = TailItem> + Send + 'static> {
-    let shown = spec.path.shown();
-    let (tailer, first) = tokio::task::spawn_blocking(move || Tailer::open(root, watches, spec))
-        .await
-        .map_err(|err| join_error(&shown, err))??;
-    Ok(fn_stream(move |emitter| async move {
-        let _permit = permit;
+) -> Result<TailEvents> {
+    let (tailer, first) = Tailer::open(root, watches, spec)?;
+    Ok(Box::pin(fn_stream(move |emitter| async move {
         let out = Out {
             emitter,
             stopping,
             delivered: tailer.cursor(),
         };
         tailer.run(first, out).await;
-    }))
+    })))
 }
 
 /// Why a stream stops before its end.

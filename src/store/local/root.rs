@@ -28,124 +28,7 @@ use rustix::fs::AtFlags;
 
 use crate::entry::{EntryInfo, EntryKind};
 use crate::error::{Error, Result};
-
-/// Longest request path accepted, in bytes (Linux `PATH_MAX`).
-pub const MAX_PATH_BYTES: usize = 4096;
-/// Longest single name accepted, in bytes (Linux `NAME_MAX`).
-pub const MAX_NAME_BYTES: usize = 255;
-/// Most symlinks followed while resolving one path (Linux `MAXSYMLINKS`).
-pub const MAX_SYMLINK_HOPS: usize = 40;
-/// Deepest folder level a recursive listing descends to.
-pub const MAX_LIST_DEPTH: usize = 256;
-
-/// A parsed request path: `/`-separated, relative to the root.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestPath {
-    parts: Vec<Part>,
-    display: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Parent,
-    Name(String),
-}
-
-impl RequestPath {
-    /// Parses a path as a client sent it. A leading `/` is the root itself;
-    /// empty strings, NUL bytes and over-long paths or names are refused.
-    pub fn parse(raw: &str) -> Result<RequestPath> {
-        let invalid = |reason| Error::InvalidPath {
-            path: printable(raw),
-            reason,
-        };
-        if raw.is_empty() {
-            return Err(invalid("the path is empty (use / for the root)"));
-        }
-        if raw.contains('\0') {
-            return Err(invalid("it contains a NUL byte"));
-        }
-        if raw.len() > MAX_PATH_BYTES {
-            return Err(invalid("it is longer than 4096 bytes"));
-        }
-        let mut parts = Vec::new();
-        for name in raw.split('/') {
-            match name {
-                "" | "." => {}
-                ".." => parts.push(Part::Parent),
-                name if name.len() > MAX_NAME_BYTES => {
-                    return Err(invalid("a name in it is longer than 255 bytes"));
-                }
-                name => parts.push(Part::Name(name.to_string())),
-            }
-        }
-        let display = lexical_display(&parts);
-        Ok(RequestPath { parts, display })
-    }
-
-    /// The path as messages and listings show it: normalised, no leading
-    /// `/`, empty for the root.
-    pub fn display(&self) -> &str {
-        &self.display
-    }
-
-    /// The path relative to the root when it is plain names only (no `..`,
-    /// not the root itself): what a single kernel walk may resolve.
-    fn plain(&self) -> Option<&str> {
-        let plain =
-            !self.parts.is_empty() && self.parts.iter().all(|part| matches!(part, Part::Name(_)));
-        plain.then_some(self.display.as_str())
-    }
-
-    /// True when the path's own `..` names climb above where it starts
-    /// (`../x`, `a/../../x`): it aims outside the root whatever exists.
-    fn climbs_out(&self) -> bool {
-        self.display == ".." || self.display.starts_with("../")
-    }
-
-    /// The path for error messages: like [`display`](Self::display), but `/`
-    /// for the root.
-    pub fn shown(&self) -> String {
-        if self.display.is_empty() {
-            "/".to_string()
-        } else {
-            self.display.clone()
-        }
-    }
-}
-
-/// `a/./b/../c` -> `a/c`; a leading `..` stays (and will be refused).
-fn lexical_display(parts: &[Part]) -> String {
-    let mut names: Vec<&str> = Vec::new();
-    for part in parts {
-        match part {
-            Part::Parent => {
-                if matches!(names.last(), Some(last) if *last != "..") {
-                    names.pop();
-                } else {
-                    names.push("..");
-                }
-            }
-            Part::Name(name) => names.push(name),
-        }
-    }
-    names.join("/")
-}
-
-/// A path string safe to print: control characters escaped.
-fn printable(raw: &str) -> String {
-    const SHOWN_BYTES: usize = 120;
-    let mut shown: String = raw.chars().flat_map(char::escape_debug).collect();
-    if shown.len() > SHOWN_BYTES {
-        let mut cut = SHOWN_BYTES;
-        while !shown.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        shown.truncate(cut);
-        shown.push_str("...");
-    }
-    shown
-}
+use crate::store::path::{Part, RequestPath};
 
 /// The served directory tree.
 #[derive(Debug)]
@@ -222,6 +105,10 @@ enum Resolved {
     },
 }
 
+/// Most symlinks followed while resolving one path (Linux `MAXSYMLINKS`).
+pub const MAX_SYMLINK_HOPS: usize = 40;
+/// Deepest folder level a recursive listing descends to.
+pub const MAX_LIST_DEPTH: usize = 256;
 /// Most folder entries [`Root::find_in`] looks at.
 pub const MAX_FIND_ENTRIES: usize = 100_000;
 
@@ -311,7 +198,7 @@ impl Root {
         }
 
         let mut stack: Vec<Dir> = Vec::new();
-        let mut queue: VecDeque<Part> = path.parts.iter().cloned().collect();
+        let mut queue: VecDeque<Part> = path.parts().iter().cloned().collect();
         let mut hops = 0;
         loop {
             let current = stack.last().unwrap_or(&self.dir);
@@ -534,12 +421,8 @@ impl Root {
                 let not_found = || Error::NotFound {
                     path: shown.clone(),
                 };
-                let Some((Part::Name(name), rest)) = path.parts.split_last() else {
+                let Some((parent, name)) = path.split_last() else {
                     return Err(not_found());
-                };
-                let parent = RequestPath {
-                    parts: rest.to_vec(),
-                    display: lexical_display(rest),
                 };
                 let located = match self.locate(&parent) {
                     Ok(located) => located,
@@ -562,7 +445,7 @@ impl Root {
                 Ok(Place {
                     folder,
                     folder_id: (folder_meta.dev(), folder_meta.ino()),
-                    name: name.clone(),
+                    name: name.to_string(),
                     file: None,
                 })
             }
@@ -888,22 +771,6 @@ fn libc_flags() -> i32 {
 mod tests {
     use super::*;
 
-    /// Paths parse the way the contract describes them.
-    #[test]
-    fn parse_and_display() {
-        let cases = [
-            ("/", ""),
-            ("/etc/passwd", "etc/passwd"),
-            ("a//b/./c/", "a/b/c"),
-            ("a/../b", "b"),
-            ("../x", "../x"),
-        ];
-        for (raw, shown) in cases {
-            let path = RequestPath::parse(raw).expect(raw);
-            assert_eq!(path.display(), shown, "{raw}");
-        }
-    }
-
     /// The one-walk open takes plain paths to regular files only: a symlink
     /// anywhere on the way, a folder, a FIFO, a missing file or a path with
     /// `..` make it step aside for the walk, which then decides (an inside
@@ -951,17 +818,6 @@ mod tests {
         assert!(matches!(refused, Error::OutsideRoot { .. }), "{refused}");
     }
 
-    /// Empty, NUL and over-long paths are invalid arguments.
-    #[test]
-    fn parse_refuses_bad_strings() {
-        let long_name = "n".repeat(MAX_NAME_BYTES + 1);
-        let long_path = "a/".repeat(MAX_PATH_BYTES);
-        for raw in ["", "a\0b", long_name.as_str(), long_path.as_str()] {
-            let err = RequestPath::parse(raw).expect_err("must be refused");
-            assert!(matches!(err, Error::InvalidPath { .. }), "{err}");
-        }
-    }
-
     /// An upload's destination: missing folders are created inside the
     /// root; a folder symlink leading out is refused before anything is
     /// created; the root, `..` endings and folders are not files.
@@ -1003,12 +859,5 @@ mod tests {
         assert!(!root_dir.join("gone").exists());
         let err = dest("a/b/c.txt/x").expect_err("a file on the way");
         assert!(matches!(err, Error::NotDirectory { .. }), "{err}");
-    }
-
-    /// Printed paths escape control characters and stay short.
-    #[test]
-    fn printable_escapes_and_truncates() {
-        assert_eq!(printable("a\0b\n"), "a\\0b\\n");
-        assert!(printable(&"x".repeat(1000)).len() < 200);
     }
 }

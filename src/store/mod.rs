@@ -1,0 +1,168 @@
+//! The store seam: what the server needs from the tree it exports.
+//!
+//! The gRPC service ([`crate::server`]) never touches a file system itself.
+//! It asks a [`Store`] to stat, list, open a version of a file for ranged
+//! reads, check that the version is still the current one, stage a new
+//! version and commit it, sweep what an earlier run left behind, and (where
+//! the store can) follow a file as it grows. Everything above this trait —
+//! the chunk reader, hashing, the digest cache, limits, the wire — is the
+//! same for every store.
+//!
+//! - [`path`]: request paths, parsed and normalised before a store sees
+//!   them.
+//! - [`local`]: a local directory tree, confined by the sandbox (`openat2`
+//!   one-walk opens, a component-by-component walk otherwise), with inotify
+//!   folder watches for `tail`.
+//!
+//! A store's methods block (they do file I/O); the server calls them on
+//! tokio's blocking pool. A store that speaks to the network can bridge with
+//! its runtime handle there.
+
+pub mod local;
+pub mod path;
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+
+use crate::entry::{EntryInfo, FileVersion};
+use crate::error::{Error, Result};
+use crate::tail::{TailEvent, TailStart};
+pub use path::RequestPath;
+
+/// One version of a file, as a store tells versions apart: if it is the
+/// same, so is the content. Opaque to the server, which only compares it,
+/// keys the digest cache by it and describes it on the wire.
+pub trait Version: Copy + Eq + Hash + Debug + Send + Sync + 'static {
+    /// The version as the wire describes it (`FileVersion` in the proto).
+    fn describe(&self) -> FileVersion;
+
+    /// The modification time when the version could change without this
+    /// value changing (a write within the same timestamp tick as a hash:
+    /// git's "racy clean"), so that a digest is only trusted once the file
+    /// has settled; `None` when the version names the content exactly.
+    fn racy_mtime_ns(&self) -> Option<i64>;
+}
+
+/// A version of a file opened for reading: ranged reads of exactly the
+/// bytes of that version, and a check that it is still current.
+pub trait Reader: Debug + Send + 'static {
+    /// The store's version type.
+    type Version: Version;
+
+    /// The version opened.
+    fn version(&self) -> Self::Version;
+
+    /// The file as `Stat` describes it (its size is the version's).
+    fn entry(&self) -> &EntryInfo;
+
+    /// Appends up to `len` bytes from `offset` to `buf`, after whatever the
+    /// caller put there already (a frame header): the bytes go straight
+    /// from the store into the buffer that goes out. Fewer than `len` only
+    /// at the end of the data; 0 at or past it.
+    fn read_into(&mut self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<usize>;
+
+    /// True when the opened version is still what the path names: same
+    /// version, and the path still leads to it. A read checks this at its
+    /// end, so that a digest never covers a mix of versions.
+    fn is_current(&self) -> Result<bool>;
+}
+
+/// A new version being written; [`commit`](Staged::commit) makes it the
+/// current one atomically. Dropped without a commit, it leaves nothing.
+pub trait Staged: Debug + Send + 'static {
+    /// Appends the next bytes.
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Makes the staged bytes the file at the path: durable, atomic, and
+    /// replacing an existing file only when the stage asked for it.
+    fn commit(self) -> Result<()>;
+}
+
+/// One entry met by [`Store::list`].
+pub struct Listed<'a, R: Reader> {
+    /// The entry as listings show it.
+    pub info: EntryInfo,
+    /// The version the listing saw, for a regular file.
+    pub version: Option<R::Version>,
+    /// Opens the listed regular file as the listing saw it (for its digest).
+    pub open: &'a dyn Fn() -> Result<R>,
+}
+
+/// What a sweep of leftovers did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Leftovers of unfinished uploads removed.
+    pub removed: usize,
+    /// Entries looked at.
+    pub visited: usize,
+    /// True when the sweep stopped at its entry limit.
+    pub truncated: bool,
+}
+
+/// What a client asked to follow.
+#[derive(Clone, Debug)]
+pub struct TailSpec {
+    /// The file, by name.
+    pub path: RequestPath,
+    /// Where to start.
+    pub start: TailStart,
+    /// Keep following after the current end.
+    pub follow: bool,
+}
+
+/// A followed file's messages; an error is the last item.
+pub type TailEvents = Pin<Box<dyn Stream<Item = Result<TailEvent>> + Send>>;
+
+/// What the server needs from the tree it exports.
+pub trait Store: Debug + Send + Sync + 'static {
+    /// How this store tells versions of a file apart.
+    type Version: Version;
+    /// A file version opened for reading.
+    type Reader: Reader<Version = Self::Version>;
+    /// A new version being written.
+    type Staged: Staged;
+
+    /// What the store serves, for the server's log (never sent to clients).
+    fn describe(&self) -> String;
+
+    /// The object `path` names: a file, a folder or (in listings only) a
+    /// symlink. FIFOs, sockets and devices are refused.
+    fn stat(&self, path: &RequestPath) -> Result<EntryInfo>;
+
+    /// Lists `path`: a file yields its own entry; a folder yields its
+    /// entries (with `recursive`, theirs too, depth first, names sorted in
+    /// each folder). `emit` returns `false` to stop early.
+    fn list(
+        &self,
+        path: &RequestPath,
+        recursive: bool,
+        emit: &mut dyn FnMut(Listed<'_, Self::Reader>) -> bool,
+    ) -> Result<()>;
+
+    /// Opens the current version of the regular file `path` names.
+    fn open(&self, path: &RequestPath) -> Result<Self::Reader>;
+
+    /// Starts a new version of the file at `path`. An existing file is
+    /// [`Error::AlreadyExists`] unless `replace`; and without `replace` the
+    /// commit refuses one that appeared meanwhile.
+    fn stage(&self, path: &RequestPath, replace: bool) -> Result<Self::Staged>;
+
+    /// Removes what unfinished uploads of an earlier run left behind.
+    fn sweep(&self) -> Result<Swept>;
+
+    /// Follows the file at `spec.path` as it grows, across truncation and
+    /// rotation, until `stopping` (then a last `Stopping` notice). Resolving
+    /// and finding the start happen before this returns, so a refused or
+    /// (without follow) missing file is this call's error. A store that
+    /// cannot follow says so with FAILED_PRECONDITION.
+    fn follow(&self, spec: TailSpec, stopping: CancellationToken) -> Result<TailEvents> {
+        let _ = stopping;
+        Err(Error::CannotFollow {
+            path: spec.path.shown(),
+        })
+    }
+}
