@@ -77,7 +77,7 @@ impl<V: Version> DigestCache<V> {
         let hashing_started = SystemTime::now();
         let size = reader.entry().size;
         let mut hasher = crate::checksum::Hasher::new();
-        crate::server::read::hash_range(reader, &mut hasher, 0, size + 1)?;
+        crate::store::hash_range(reader, &mut hasher, 0, size + 1)?;
         if hasher.bytes() != size || !reader.is_current()? {
             return Ok(None);
         }

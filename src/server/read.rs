@@ -30,7 +30,7 @@ use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
 use crate::error::{Error, Result};
 use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
-use crate::store::{Reader, RequestPath, Store, Version};
+use crate::store::{Reader, RequestPath, Store, Version, hash_range};
 
 /// Bytes per data message. 1 MiB chunks cost the server 0.70 CPU-s per GiB
 /// sent against 0.80 for 256 KiB (fewer hand-offs between the reader thread
@@ -493,29 +493,4 @@ impl<S: Store> OpenRead<S> {
             })
         }
     }
-}
-
-/// Feeds the bytes of `reader` from `from` until `until` (or its end) into
-/// `hasher`. A range of a few bytes (a check that a file did not grow) reads
-/// just those.
-pub fn hash_range<R: Reader>(
-    reader: &mut R,
-    hasher: &mut Hasher,
-    from: u64,
-    until: u64,
-) -> Result<()> {
-    let mut position = from;
-    let mut buf = Vec::new();
-    while position < until {
-        let want = crate::checksum::HASH_BUFFER_BYTES
-            .min(usize::try_from(until - position).unwrap_or(usize::MAX));
-        buf.clear();
-        let read = reader.read_into(position, want, &mut buf)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buf[..read]);
-        position += read as u64;
-    }
-    Ok(())
 }

@@ -80,8 +80,8 @@ impl<S: Store> FetchdService<S> {
             digests: Arc::new(DigestCache::default()),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             max_transfers,
-            tails: Arc::new(Semaphore::new(crate::server::DEFAULT_MAX_TAILS)),
-            max_tails: crate::server::DEFAULT_MAX_TAILS,
+            tails: Arc::new(Semaphore::new(crate::server::config::DEFAULT_MAX_TAILS)),
+            max_tails: crate::server::config::DEFAULT_MAX_TAILS,
             stopping: CancellationToken::new(),
             max_upload_bytes: None,
         }

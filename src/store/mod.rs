@@ -28,6 +28,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
+use crate::checksum::{HASH_BUFFER_BYTES, Hasher};
 use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
 use crate::tail::{TailEvent, TailStart};
@@ -165,4 +166,28 @@ pub trait Store: Debug + Send + Sync + 'static {
             path: spec.path.shown(),
         })
     }
+}
+
+/// Feeds the bytes of `reader` from `from` until `until` (or its end) into
+/// `hasher`. A range of a few bytes (a check that a file did not grow) reads
+/// just those.
+pub fn hash_range<R: Reader>(
+    reader: &mut R,
+    hasher: &mut Hasher,
+    from: u64,
+    until: u64,
+) -> Result<()> {
+    let mut position = from;
+    let mut buf = Vec::new();
+    while position < until {
+        let want = HASH_BUFFER_BYTES.min(usize::try_from(until - position).unwrap_or(usize::MAX));
+        buf.clear();
+        let read = reader.read_into(position, want, &mut buf)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buf[..read]);
+        position += read as u64;
+    }
+    Ok(())
 }
