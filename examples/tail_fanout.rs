@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fetchd::client::{Client, ConnectOptions};
+use fetchd::client::{Client, ConnectOptions, Target};
 use fetchd::tail::{TailEvent, TailStart};
 
 /// What one client saw.
@@ -54,11 +54,7 @@ async fn one_client(
         error: None,
     };
     let opened = async {
-        let client = Client::connect(&ConnectOptions {
-            server: url,
-            ..Default::default()
-        })
-        .await?;
+        let client = Client::connect(&Target::parse(&url)?, &ConnectOptions::default()).await?;
         client.tail(&path, TailStart::LastLines(0), true).await
     };
     let mut stream = match opened.await {

@@ -560,10 +560,8 @@ fn windows_follow_the_round_trip() {
     let relay = &link.relay;
     let far = rt
         .block_on(fetchd::client::Client::connect(
-            &fetchd::client::ConnectOptions {
-                server: relay.url(),
-                ..Default::default()
-            },
+            &fetchd::client::Target::parse(&relay.url()).unwrap(),
+            &fetchd::client::ConnectOptions::default(),
         ))
         .unwrap();
     let windows = far.windows();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use common::*;
-use fetchd::client::{Client, ConnectOptions};
+use fetchd::client::{Client, ConnectOptions, Target};
 use fetchd::server::ServerConfig;
 use fetchd::server::auth::Tokens;
 use fetchd::tail::{TailEvent, TailStart};
@@ -603,19 +603,19 @@ async fn health_is_open_reflection_is_not() {
         "{answer:?}"
     );
 
-    let unauthenticated = Client::connect(&ConnectOptions {
-        server: server.url.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let target = Target::parse(&server.url).unwrap();
+    let unauthenticated = Client::connect(&target, &ConnectOptions::default())
+        .await
+        .unwrap();
     let err = unauthenticated.stat("blob.bin", false).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
-    let authenticated = Client::connect(&ConnectOptions {
-        server: server.url.clone(),
-        token: Some(GOOD_TOKEN.into()),
-        ..Default::default()
-    })
+    let authenticated = Client::connect(
+        &target,
+        &ConnectOptions {
+            token: Some(GOOD_TOKEN.into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
     authenticated.stat("blob.bin", false).await.unwrap();
@@ -698,12 +698,9 @@ fn in_process(root: &Path, tune: impl FnOnce(&mut ServerConfig)) -> InProcessSer
 }
 
 async fn connect(url: &str) -> Client {
-    Client::connect(&ConnectOptions {
-        server: url.to_string(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    Client::connect(&Target::parse(url).unwrap(), &ConnectOptions::default())
+        .await
+        .unwrap()
 }
 
 /// Asserts a RESOURCE_EXHAUSTED whose message names `flag`.

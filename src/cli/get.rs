@@ -155,7 +155,11 @@ pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
     if !single && args.output.as_deref() == Some("-") {
         return Err(Error::Usage("-o - takes a single file, not several".into()));
     }
-    let client = Client::connect(&client_args.options_with(args.compress)).await?;
+    let client = Client::connect(
+        &client_args.target()?,
+        &client_args.options_with(args.compress),
+    )
+    .await?;
     if single {
         let remote = &paths[0];
         if args.recursive {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::retry::{DEFAULT_RETRY_FOR, RetryPolicy};
-use crate::client::{Client, Compression, ConnectOptions, DEFAULT_SERVER};
+use crate::client::{Client, Compression, ConnectOptions, DEFAULT_SERVER, Target};
 use crate::error::{Error, Result};
 
 /// Exit status: everything worked (or was already in place).
@@ -136,16 +136,17 @@ impl std::fmt::Debug for ClientArgs {
 impl ClientArgs {
     /// Connects to the server these options name.
     pub async fn connect(&self) -> Result<Client> {
-        Client::connect(&self.options()).await
+        Client::connect(&self.target()?, &self.options()).await
     }
 
-    /// The connection options these arguments name (for reconnecting).
+    /// The server these arguments name (`--server`, else the default).
+    pub fn target(&self) -> Result<Target> {
+        Target::parse(self.server.as_deref().unwrap_or(DEFAULT_SERVER))
+    }
+
+    /// How to connect, as these arguments say.
     pub fn options(&self) -> ConnectOptions {
         ConnectOptions {
-            server: self
-                .server
-                .clone()
-                .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             token: self.token.clone(),
             ca_cert: self.ca_cert.clone(),
             client_cert: self.client_cert.clone(),

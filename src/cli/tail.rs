@@ -61,8 +61,8 @@ pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
 
     let options = client_args.options_with(args.compress);
-    let client = Client::connect(&options).await?;
-    let mut follower = Follower::new(client, options, &args.path, args.lines, !args.no_follow);
+    let client = Client::connect(&client_args.target()?, &options).await?;
+    let mut follower = Follower::new(client, &args.path, args.lines, !args.no_follow);
     let mut stdout = StdoutSink::open()?;
     let mut notices = Notices::new(&args.path);
 

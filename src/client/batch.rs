@@ -26,12 +26,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tonic::Code;
 
 use crate::checksum::{Digest, Hasher};
 use crate::client::bulk::{self, Item, prepare_parent};
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
-use crate::client::retry::Cause;
+use crate::client::retry::{Cause, changed_while_read};
 use crate::client::{Client, ManyResult};
 use crate::entry::EntryInfo;
 use crate::error::{Error, Result};
@@ -225,7 +224,7 @@ async fn read_batch(
                     });
                 }
                 ManyResult::TooLarge(_) => single.push(item),
-                ManyResult::Failed(err) if err.code() == Code::Aborted => {
+                ManyResult::Failed(err) if changed_while_read(&err) => {
                     single.push(item);
                 }
                 ManyResult::Failed(err) => {

@@ -19,6 +19,7 @@ use tonic::Code;
 use crate::checksum::{self, Digest, Hasher};
 use crate::client::Client;
 use crate::client::assemble::{Assembler, Sink, StdoutSink};
+use crate::client::retry::{AfterRead, changed_while_read};
 use crate::entry::{EntryKind, ReadEvent};
 use crate::error::{Error, Result};
 use crate::partfile::PartFile;
@@ -356,7 +357,7 @@ async fn download_small(
 ) -> Option<Result<Report>> {
     let mut stream = match client.read(remote, 0, None).await {
         Ok(stream) => stream,
-        Err(err) if err.code() == Code::Aborted => return None,
+        Err(err) if changed_while_read(&err) => return None,
         Err(err) => return Some(Err(err)),
     };
     let start = match stream.next().await {
@@ -368,7 +369,7 @@ async fn download_small(
                 reason: "the stream did not start with a header".into(),
             }));
         }
-        Err(err) if err.code() == Code::Aborted => return None,
+        Err(err) if changed_while_read(&err) => return None,
         Err(err) => return Some(Err(err)),
     };
     options.progress_start(start.entry.size, 0);
@@ -782,17 +783,13 @@ async fn pace(started: Instant, received: u64, rate: u64) {
     }
 }
 
-/// Sorts a failed call into restart, discard or keep.
+/// Sorts a failed call into restart, discard or keep, as the retry policy
+/// judges it ([`AfterRead`]).
 fn classify(err: Error) -> Failure {
-    match err.code() {
-        Code::Aborted => {
-            Failure::Restart("the file changed on the server while it was read".into())
-        }
-        Code::OutOfRange => {
-            Failure::Restart("the server's file is now shorter than the partial download".into())
-        }
-        Code::DataLoss => Failure::Discard(err),
-        _ => Failure::Keep(err),
+    match AfterRead::of(&err) {
+        AfterRead::Restart(reason) => Failure::Restart(reason.into()),
+        AfterRead::Discard => Failure::Discard(err),
+        AfterRead::Keep => Failure::Keep(err),
     }
 }
 

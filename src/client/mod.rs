@@ -16,18 +16,18 @@ pub mod batch;
 pub mod bulk;
 mod connector;
 pub mod download;
+pub mod options;
 mod raw_read;
 pub mod retry;
 pub mod tail;
+pub mod target;
 pub mod upload;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
@@ -37,8 +37,10 @@ use crate::error::{Error, Result};
 use crate::proto::{self, fetchd_client::FetchdClient, read_response};
 use crate::tls::ClientTls;
 use connector::{PlainDialer, TlsDialer, TlsFailure};
+pub use options::{BearerToken, Compression, ConnectOptions};
 use raw_read::{Calls, Piece, RawRead};
 use retry::RetryPolicy;
+pub use target::Target;
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -67,90 +69,6 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// An unanswered ping this old ends the connection.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Where and how to connect.
-#[derive(Clone, Default)]
-pub struct ConnectOptions {
-    /// Server URL: `http://HOST:PORT` or `https://HOST:PORT` (TLS); a bare
-    /// `HOST:PORT` means http.
-    pub server: String,
-    /// Bearer token sent with every call.
-    pub token: Option<String>,
-    /// CA certificate(s) to trust for `https://` instead of the system's.
-    pub ca_cert: Option<PathBuf>,
-    /// Client certificate for mutual TLS (with `client_key`).
-    pub client_cert: Option<PathBuf>,
-    /// Private key of `client_cert`.
-    pub client_key: Option<PathBuf>,
-    /// Ask for file data (`Read`, `Tail`) compressed this way; `None` for
-    /// plain bytes.
-    pub compression: Option<Compression>,
-    /// How long calls that fail on a busy, draining or lost server are
-    /// tried again (`--retry-for`).
-    pub retry: RetryPolicy,
-}
-
-impl std::fmt::Debug for ConnectOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOptions")
-            .field("server", &self.server)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("ca_cert", &self.ca_cert)
-            .field("client_cert", &self.client_cert)
-            .field("client_key", &self.client_key)
-            .field("compression", &self.compression)
-            .field("retry", &self.retry)
-            .finish()
-    }
-}
-
-/// A compression a client can ask the server to apply to file data.
-///
-/// A client asks by compressing its request the same way; the server then
-/// compresses its answer (see [`crate::server::read_route`]). Answers in
-/// either encoding are always accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    /// gzip (deflate), level 6: what every gRPC implementation speaks.
-    Gzip,
-    /// zstd, level 3: several times faster than gzip at a similar ratio;
-    /// not in every gRPC implementation (grpcio has none).
-    Zstd,
-}
-
-impl Compression {
-    fn encoding(self) -> CompressionEncoding {
-        match self {
-            Compression::Gzip => CompressionEncoding::Gzip,
-            Compression::Zstd => CompressionEncoding::Zstd,
-        }
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl std::fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = self.0.as_ref().map(|_| "<redacted>");
-        f.debug_tuple("BearerToken").field(&shown).finish()
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
 type Rpc = FetchdClient<Calls>;
 
 /// A connection to one fetchd server. Cheap to clone: clones share the
@@ -160,7 +78,9 @@ pub struct Client {
     rpc: Rpc,
     /// The same channel, for calls read below tonic's codec.
     calls: Calls,
-    server: String,
+    target: Target,
+    /// How it connected, to connect again the same way.
+    options: std::sync::Arc<ConnectOptions>,
     tls_failure: TlsFailure,
     compression: Option<Compression>,
     retry: RetryPolicy,
@@ -188,15 +108,15 @@ impl Client {
     /// the round trip ([`Windows::for_rtt`]), since HTTP/2 lets one stream
     /// move at most a window per round trip. Near links keep small windows,
     /// so a fast local download does not buffer more.
-    pub async fn connect(options: &ConnectOptions) -> Result<Client> {
-        let server = normalize_server(&options.server)?;
+    pub async fn connect(target: &Target, options: &ConnectOptions) -> Result<Client> {
+        let server = target.url();
         crate::tls::check_client_identity_pair(
             options.client_cert.as_deref(),
             options.client_key.as_deref(),
         )?;
         let tls = if server.starts_with("https://") {
             Some(ClientTls::load(
-                &server,
+                server,
                 options.ca_cert.as_deref(),
                 options.client_cert.as_deref(),
                 options.client_key.as_deref(),
@@ -206,33 +126,22 @@ impl Client {
         };
         let tls_failure = TlsFailure::default();
         let near = Windows::NEAR;
-        let mut channel = dial(&server, tls.as_ref(), &tls_failure, near).await?;
+        let mut channel = dial(target, tls.as_ref(), &tls_failure, near).await?;
         let mut windows = near;
         let rtt = round_trip(&channel).await;
         if let Some(rtt) = rtt {
             let wanted = Windows::for_rtt(rtt);
             if wanted != near {
                 // On failure the first connection serves, with its windows.
-                if let Ok(wide) = dial(&server, tls.as_ref(), &tls_failure, wanted).await {
+                if let Ok(wide) = dial(target, tls.as_ref(), &tls_failure, wanted).await {
                     tracing::debug!(?rtt, ?wanted, "a far server: wider windows");
                     channel = wide;
                     windows = wanted;
                 }
             }
         }
-        let token = match &options.token {
-            None => None,
-            Some(token) => {
-                let mut value =
-                    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-                        Error::Usage("the token contains characters not allowed in a header".into())
-                    })?;
-                // Never put it in HPACK's table or a debug dump.
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
-        let calls = InterceptedService::new(channel, BearerToken(token));
+        let token = BearerToken::new(options.token.as_deref())?;
+        let calls = InterceptedService::new(channel, token);
         let rpc = FetchdClient::new(calls.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .accept_compressed(CompressionEncoding::Gzip)
@@ -240,7 +149,8 @@ impl Client {
         Ok(Client {
             rpc,
             calls,
-            server,
+            target: target.clone(),
+            options: std::sync::Arc::new(options.clone()),
             compression: options.compression,
             tls_failure,
             retry: options.retry,
@@ -269,9 +179,20 @@ impl Client {
         }
     }
 
+    /// Connects again to the same server, the same way (after the
+    /// connection was lost).
+    pub async fn reconnect(&self) -> Result<Client> {
+        Client::connect(&self.target, &self.options).await
+    }
+
+    /// The server this client talks to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// The server's URL.
     pub fn server(&self) -> &str {
-        &self.server
+        self.target.url()
     }
 
     /// How failed calls are tried again.
@@ -312,14 +233,14 @@ impl Client {
                 | tonic::Code::Internal
         ) && let Some(reason) = self.tls_failure.get()
         {
-            let server = self.server.clone();
-            return if server.starts_with("https://") {
+            let server = self.target.name();
+            return if self.target.is_tls() {
                 Error::Tls { server, reason }
             } else {
                 Error::Unreachable { server, reason }
             };
         }
-        Error::from_status(status, &self.server)
+        Error::from_status(status, &self.target.name())
     }
 
     /// Metadata of `path`; with `want_sha256`, also the file's digest.
@@ -721,16 +642,17 @@ impl Windows {
     }
 }
 
-/// Opens a connection to `server` with `windows`, doing TLS in the dialer
+/// Opens a connection to `target` with `windows`, doing TLS in the dialer
 /// when `tls` is given.
 async fn dial(
-    server: &str,
+    target: &Target,
     tls: Option<&ClientTls>,
     tls_failure: &TlsFailure,
     windows: Windows,
 ) -> Result<tonic::transport::Channel> {
     // For https:// the dialer does TLS (see `connector`): tonic is given
     // the address as plain http so that it adds no TLS of its own.
+    let server = target.url();
     let endpoint = Endpoint::from_shared(server.replacen("https://", "http://", 1))
         .map_err(|err| Error::Usage(format!("--server {server}: not a valid URL ({err})")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -754,11 +676,11 @@ async fn dial(
     };
     connected.map_err(|err| match crate::tls::diagnose(&err) {
         Some(reason) => Error::Tls {
-            server: server.to_string(),
+            server: target.name(),
             reason,
         },
         None => Error::Unreachable {
-            server: server.to_string(),
+            server: target.name(),
             reason: first_connect_reason(&err),
         },
     })
@@ -787,23 +709,6 @@ async fn round_trip(channel: &tonic::transport::Channel) -> Option<Duration> {
             Some(started.elapsed())
         }
         _ => None,
-    }
-}
-
-/// `host:port` -> `http://host:port`; `http://` and `https://` as given.
-fn normalize_server(server: &str) -> Result<String> {
-    let server = server.trim().trim_end_matches('/');
-    if server.is_empty() {
-        return Err(Error::Usage("--server is empty".into()));
-    }
-    if server.starts_with("http://") || server.starts_with("https://") {
-        Ok(server.to_string())
-    } else if server.contains("://") {
-        Err(Error::Usage(format!(
-            "--server {server}: unknown scheme (use http://HOST:PORT or https://HOST:PORT)"
-        )))
-    } else {
-        Ok(format!("http://{server}"))
     }
 }
 
@@ -858,18 +763,5 @@ mod tests {
             just_past.stream, STREAM_WINDOW_BYTES,
             "never below the near window"
         );
-    }
-
-    /// Server addresses without a scheme mean plain http.
-    #[test]
-    fn server_urls_are_normalised() {
-        assert_eq!(
-            normalize_server("127.0.0.1:9").expect("ok"),
-            "http://127.0.0.1:9"
-        );
-        assert_eq!(normalize_server("http://h:1/").expect("ok"), "http://h:1");
-        assert_eq!(normalize_server("https://h:1").expect("ok"), "https://h:1");
-        assert!(normalize_server("ftp://h:1").is_err());
-        assert!(normalize_server("").is_err());
     }
 }

@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
-use crate::client::BearerToken;
+use crate::client::options::BearerToken;
 use crate::proto::{ReadRequest, ReadResponse};
 use crate::wire::{DATA_HEAD_MAX, DATA_KEY, PREFIX_BYTES, READ_PATH, message_frame};
 

@@ -220,6 +220,38 @@ pub fn notice(subject: &str, retry: Retry) -> String {
     )
 }
 
+/// What a failed read says about the bytes a client received so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterRead {
+    /// The file changed on the server, or is now shorter than what was
+    /// received: start again from byte 0 (why, in words).
+    Restart(&'static str),
+    /// What arrived is wrong (DATA_LOSS): throw it away.
+    Discard,
+    /// Keep it for a later resume.
+    Keep,
+}
+
+impl AfterRead {
+    /// The verdict on a read that failed with `err`.
+    pub fn of(err: &Error) -> AfterRead {
+        match err.code() {
+            Code::Aborted => AfterRead::Restart("the file changed on the server while it was read"),
+            Code::OutOfRange => {
+                AfterRead::Restart("the server's file is now shorter than the partial download")
+            }
+            Code::DataLoss => AfterRead::Discard,
+            _ => AfterRead::Keep,
+        }
+    }
+}
+
+/// True when the file changed on the server while it was read (ABORTED):
+/// a fresh read of it gets one consistent version.
+pub fn changed_while_read(err: &Error) -> bool {
+    err.code() == Code::Aborted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
+use crate::client::Client;
 use crate::client::retry::{self, Cause, RetryPolicy, Streak};
-use crate::client::{Client, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::proto::{self, tail_response};
 use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
@@ -122,8 +122,10 @@ pub enum Followed {
 /// Follows one file across reconnects.
 #[derive(Debug)]
 pub struct Follower {
-    options: ConnectOptions,
-    client: Option<Client>,
+    /// The last connection; reconnects go to the same server, the same way.
+    client: Client,
+    /// False once the connection was lost: the next open reconnects.
+    connected: bool,
     path: String,
     lines: u32,
     follow: bool,
@@ -139,18 +141,14 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// A follower of `path` over `client` (reconnects use `options`),
-    /// starting with its last `lines` lines; `follow` false stops at the end
-    /// of what the file held at the start.
-    pub fn new(
-        client: Client,
-        options: ConnectOptions,
-        path: &str,
-        lines: u32,
-        follow: bool,
-    ) -> Follower {
+    /// A follower of `path` over `client` (reconnecting to the same server
+    /// when the connection is lost), starting with its last `lines` lines;
+    /// `follow` false stops at the end of what the file held at the start.
+    pub fn new(client: Client, path: &str, lines: u32, follow: bool) -> Follower {
+        let retry = client.retry_policy();
         Follower {
-            client: Some(client),
+            client,
+            connected: true,
             path: path.to_string(),
             lines,
             follow,
@@ -163,9 +161,8 @@ impl Follower {
                     retry_for: Duration::MAX,
                 }
                 .streak(),
-                false => options.retry.streak(),
+                false => retry.streak(),
             },
-            options,
             wait: None,
             reconnecting: false,
         }
@@ -190,7 +187,7 @@ impl Follower {
                 None => match self.open().await {
                     Ok(stream) => self.stream.insert(stream),
                     Err(err) => {
-                        self.client = None;
+                        self.connected = false;
                         return self.retry(err).map(Some);
                     }
                 },
@@ -208,10 +205,10 @@ impl Follower {
                             cursor,
                         } => {
                             self.stream = None;
-                            self.client = None;
+                            self.connected = false;
                             if !self.follow {
                                 return Err(Error::Unreachable {
-                                    server: self.options.server.clone(),
+                                    server: self.client.target().name(),
                                     reason: "the server is shutting down".into(),
                                 });
                             }
@@ -243,14 +240,14 @@ impl Follower {
                     self.stream = None;
                     return self
                         .retry(Error::Unreachable {
-                            server: self.options.server.clone(),
+                            server: self.client.target().name(),
                             reason: "the server ended the stream".into(),
                         })
                         .map(Some);
                 }
                 Err(err) => {
                     self.stream = None;
-                    self.client = None;
+                    self.connected = false;
                     return self.retry(err).map(Some);
                 }
             }
@@ -277,14 +274,11 @@ impl Follower {
 
     /// Connects (again, if need be) and starts a stream after the cursor.
     async fn open(&mut self) -> Result<TailStream> {
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => {
-                let client = Client::connect(&self.options).await?;
-                self.client = Some(client.clone());
-                client
-            }
-        };
+        if !self.connected {
+            self.client = self.client.reconnect().await?;
+            self.connected = true;
+        }
+        let client = &self.client;
         let start = match self.cursor {
             Some(cursor) => TailStart::Cursor(cursor),
             None => TailStart::LastLines(self.lines),

@@ -386,12 +386,10 @@ impl InProcessServer {
     }
 
     pub async fn client(&self) -> fetchd::client::Client {
-        fetchd::client::Client::connect(&fetchd::client::ConnectOptions {
-            server: self.url.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("connect")
+        let target = fetchd::client::Target::parse(&self.url).expect("target");
+        fetchd::client::Client::connect(&target, &Default::default())
+            .await
+            .expect("connect")
     }
 }
 
