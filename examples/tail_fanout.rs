@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fetchd::client::{Client, ConnectOptions, Target};
-use fetchd::tail::{TailEvent, TailStart};
+use fetchd::tail_stream::{TailEvent, TailStart};
 
 /// What one client saw.
 struct Outcome {

@@ -14,8 +14,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fetc
 mod convert {
     use super::{Entry, EntryType, FileVersion as WireVersion, ReadHeader, ReadTrailer};
     use crate::checksum::Digest;
-    use crate::entry::{EntryInfo, EntryKind, FileVersion, ReadStart};
-    use crate::tail::{FileId, TailCursor};
+    use crate::entry::{EntryInfo, EntryKind, FileVersion};
+    use crate::read_stream::ReadStart;
+    use crate::tail_stream::{FileId, TailCursor};
 
     impl From<EntryKind> for EntryType {
         fn from(kind: EntryKind) -> EntryType {

@@ -18,7 +18,7 @@ use common::{
     InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, lines_of, random_bytes,
     sha256_hex, wait_until, wait_with_timeout,
 };
-use fetchd::entry::ReadEvent;
+use fetchd::read_stream::ReadEvent;
 
 const MIB: usize = 1024 * 1024;
 

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, sha256_hex};
-use fetchd::entry::ReadEvent;
+use fetchd::read_stream::ReadEvent;
 use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fetchd::client::Client;
-use fetchd::entry::{EntryInfo, EntryKind, ReadEvent};
-use fetchd::tail::{TailEvent, TailStart};
+use fetchd::entry::{EntryInfo, EntryKind};
+use fetchd::read_stream::ReadEvent;
+use fetchd::tail_stream::{TailEvent, TailStart};
 use tonic::Code;
 
 /// Content of the file outside the root that every escape aims at.

@@ -23,7 +23,7 @@ use common::*;
 use fetchd::client::{Client, ConnectOptions, Target};
 use fetchd::server::ServerConfig;
 use fetchd::server::auth::Tokens;
-use fetchd::tail::{TailEvent, TailStart};
+use fetchd::tail_stream::{TailEvent, TailStart};
 use fetchd::tls::ServerTls;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,

@@ -4,7 +4,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::{ClientArgs, EXIT_OK, Output};
-use crate::entry::{EntryInfo, format_mtime};
+use crate::entry::EntryInfo;
 use crate::error::Result;
 
 /// Arguments of `fetchd ls`.
@@ -97,10 +97,30 @@ pub fn json_line(entry: &EntryInfo) -> serde_json::Value {
     })
 }
 
+/// Formats a nanosecond timestamp as RFC 3339 in UTC, to the second
+/// (`2026-11-24T01:02:03Z`).
+pub fn format_mtime(mtime_ns: i64) -> String {
+    let secs = mtime_ns.div_euclid(1_000_000_000);
+    let time = u64::try_from(secs)
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::entry::EntryKind;
+
+    /// Timestamps print as RFC 3339 UTC seconds, as `fetchd ls` promises.
+    #[test]
+    fn mtime_formats_as_rfc3339_seconds() {
+        assert_eq!(format_mtime(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_mtime(1_795_482_123_999_999_999),
+            "2026-11-24T01:02:03Z"
+        );
+    }
 
     /// Lines look exactly like the contract's example.
     #[test]

@@ -3,8 +3,8 @@
 use clap::Args;
 use serde_json::json;
 
+use crate::cli::ls::format_mtime;
 use crate::cli::{ClientArgs, EXIT_OK, Output};
-use crate::entry::format_mtime;
 use crate::error::Result;
 
 /// Arguments of `fetchd stat`.

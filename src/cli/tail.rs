@@ -18,9 +18,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{ClientArgs, CompressArg, EXIT_OK};
 use crate::client::Client;
-use crate::client::tail::{Followed, Follower};
+use crate::client::follow::{Followed, Follower};
 use crate::error::{Error, Result};
-use crate::tail::{TailCursor, TailNotice};
+use crate::tail_stream::{TailCursor, TailNotice};
 
 /// Arguments of `fetchd tail`.
 #[derive(Debug, Args)]
@@ -63,7 +63,7 @@ pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let options = client_args.options_with(args.compress);
     let client = Client::connect(&client_args.target()?, &options).await?;
     let mut follower = Follower::new(client, &args.path, args.lines, !args.no_follow);
-    let mut stdout = StdoutSink::open()?;
+    let mut stdout = TailOut::open()?;
     let mut notices = Notices::new(&args.path);
 
     loop {
@@ -156,13 +156,13 @@ fn resumed(path: &str, cursor: &TailCursor) -> String {
 /// SIGINT or SIGTERM that arrives during a write ends the process at once
 /// with status 0 (tokio's handlers only run between writes).
 #[derive(Debug)]
-struct StdoutSink {
+struct TailOut {
     out: File,
     writing: Arc<AtomicBool>,
 }
 
-impl StdoutSink {
-    fn open() -> Result<StdoutSink> {
+impl TailOut {
+    fn open() -> Result<TailOut> {
         let out = io::stdout()
             .as_fd()
             .try_clone_to_owned()
@@ -176,7 +176,7 @@ impl StdoutSink {
             )
             .map_err(|err| Error::io("<signals>", err))?;
         }
-        Ok(StdoutSink {
+        Ok(TailOut {
             out: File::from(out),
             writing,
         })

@@ -20,9 +20,10 @@ use crate::checksum::{self, Digest, Hasher};
 use crate::client::Client;
 use crate::client::assemble::{Assembler, Sink, StdoutSink};
 use crate::client::retry::{AfterRead, changed_while_read};
-use crate::entry::{EntryKind, ReadEvent};
+use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::partfile::PartFile;
+use crate::read_stream::ReadEvent;
 
 /// Attempts per file when the file changes on the server or a partial copy
 /// turns out stale.

@@ -7,7 +7,7 @@
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
 //! - [`batch`]: small files many to a call, written and synced as a batch.
 //! - [`retry`]: the one retry policy (what is retried, how long, the notice).
-//! - [`tail`]: following a file across reconnects, resuming from a cursor.
+//! - [`follow`]: following a file across reconnects, resuming from a cursor.
 //! - [`upload`]: one local file (or stdin) to the server, read and hashed on
 //!   a blocking thread.
 
@@ -16,10 +16,10 @@ pub mod batch;
 pub mod bulk;
 mod connector;
 pub mod download;
+pub mod follow;
 pub mod options;
 mod raw_read;
 pub mod retry;
-pub mod tail;
 pub mod target;
 pub mod upload;
 
@@ -32,9 +32,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 use crate::checksum::Digest;
-use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
+use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
 use crate::proto::{self, fetchd_client::FetchdClient, read_response};
+use crate::read_stream::{ReadEvent, ReadStart};
 use crate::tls::ClientTls;
 use connector::{PlainDialer, TlsDialer, TlsFailure};
 pub use options::{BearerToken, Compression, ConnectOptions};

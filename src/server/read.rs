@@ -26,8 +26,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::Stream;
 
 use crate::checksum::{Digest, Hasher};
-use crate::entry::{EntryInfo, FileVersion, ReadEvent, ReadStart};
+use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
+use crate::read_stream::{ReadEvent, ReadStart};
 use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
 use crate::store::{Reader, RequestPath, Store, Version, hash_range};

@@ -31,8 +31,8 @@ use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use crate::entry::ReadEvent;
 use crate::proto::{self, ReadRequest, ReadResponse, read_response};
+use crate::read_stream::ReadEvent;
 use crate::server::calls::CallRecord;
 use crate::server::read::ReadEvents;
 use crate::server::service::FetchdService;

@@ -13,18 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::checksum::Digest;
-use crate::entry::{EntryInfo, EntryKind, ReadEvent};
+use crate::entry::{EntryInfo, EntryKind};
 use crate::error::{Error, Result};
 use crate::proto::{
     self, ListRequest, ListResponse, ReadRequest, ReadResponse, StatRequest, StatResponse,
     file_result, read_response, write_request,
 };
+use crate::read_stream::ReadEvent;
 use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
 use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::store::{RequestPath, Store, TailSpec};
-use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
 pub const LIST_BATCH_ENTRIES: usize = 512;

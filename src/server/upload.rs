@@ -59,7 +59,7 @@ pub struct Stored {
 
 /// What the network loop hands the writer thread.
 #[derive(Debug)]
-enum Piece {
+enum ToWriter {
     /// The next bytes.
     Data(Bytes),
     /// Every byte is written and the digest matched: sync and place.
@@ -77,7 +77,7 @@ pub struct Upload {
     limit: u64,
     received: u64,
     /// `None` once the writer was told to stop.
-    to_writer: Option<mpsc::Sender<Piece>>,
+    to_writer: Option<mpsc::Sender<ToWriter>>,
     /// `None` once the writer thread was joined.
     writer: Option<JoinHandle<Result<()>>>,
     /// `None` once the hasher was told the end.
@@ -155,7 +155,7 @@ impl Upload {
                 io::Error::other("the hasher thread stopped"),
             ));
         }
-        self.send(Piece::Data(data)).await
+        self.send(ToWriter::Data(data)).await
     }
 
     /// Bytes received so far.
@@ -191,7 +191,7 @@ impl Upload {
                 actual,
             });
         }
-        self.send(Piece::Place).await?;
+        self.send(ToWriter::Place).await?;
         self.join_writer().await?;
         Ok(Stored {
             path: self.shown.clone(),
@@ -209,7 +209,7 @@ impl Upload {
     }
 
     /// Hands `piece` to the writer; if it stopped, its error.
-    async fn send(&mut self, piece: Piece) -> Result<()> {
+    async fn send(&mut self, piece: ToWriter) -> Result<()> {
         let sent = match &self.to_writer {
             Some(to_writer) => to_writer.send(piece).await.is_ok(),
             None => false,
@@ -249,13 +249,13 @@ fn thread_failed(shown: &str, which: &str, err: tokio::task::JoinError) -> Error
 /// early drops `staged`, which leaves nothing behind.
 fn write_pieces(
     mut staged: impl Staged,
-    mut pieces: mpsc::Receiver<Piece>,
+    mut pieces: mpsc::Receiver<ToWriter>,
     shown: &str,
 ) -> Result<()> {
     loop {
         match pieces.blocking_recv() {
-            Some(Piece::Data(data)) => staged.append(&data)?,
-            Some(Piece::Place) => return staged.commit(),
+            Some(ToWriter::Data(data)) => staged.append(&data)?,
+            Some(ToWriter::Place) => return staged.commit(),
             // The network loop gave up (client gone, a limit, a bad
             // message); it reports why. Nothing may stay behind.
             None => {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checksum::{HASH_BUFFER_BYTES, Hasher};
 use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
-use crate::tail::{TailEvent, TailStart};
+use crate::tail_stream::{TailEvent, TailStart};
 pub use path::RequestPath;
 
 /// One version of a file, as a store tells versions apart: if it is the

@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::store::local::root::{Place, Root};
 use crate::store::local::watches::{Subscription, TAIL_POLL_INTERVAL, Watches};
 use crate::store::{RequestPath, TailEvents, TailSpec};
-use crate::tail::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail_stream::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Most bytes in one data message.
 pub const TAIL_CHUNK_BYTES: usize = 16 * 1024;

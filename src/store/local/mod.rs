@@ -111,11 +111,11 @@ impl Store for LocalStore {
 
     fn stage(&self, path: &RequestPath, replace: bool) -> Result<TempFile> {
         let shown = path.shown();
-        let destination = self.root.destination(path)?;
-        if destination.existing.is_some() && !replace {
+        let place = self.root.stage_place(path)?;
+        if place.existing.is_some() && !replace {
             return Err(Error::AlreadyExists { path: shown });
         }
-        TempFile::create(destination.folder, destination.name, shown, replace)
+        TempFile::create(place.folder, place.name, shown, replace)
     }
 
     fn sweep(&self) -> Result<Swept> {

@@ -73,7 +73,7 @@ pub struct Place {
 /// Where an upload goes: the folder that will hold the file (after every
 /// symlink on the way was followed) and the file's name in it.
 #[derive(Debug)]
-pub struct Destination {
+pub struct StagePlace {
     /// The folder, created if it was missing.
     pub folder: Dir,
     /// The file's name in `folder`.
@@ -150,10 +150,10 @@ impl Root {
     /// without following symlinks; so they are created inside the root only.
     /// A path whose last name is `..`, or the root itself, is
     /// [`Error::TargetIsDirectory`].
-    pub fn destination(&self, path: &RequestPath) -> Result<Destination> {
+    pub fn stage_place(&self, path: &RequestPath) -> Result<StagePlace> {
         let shown = path.shown();
         match self.resolve(path, Missing::Create)? {
-            Resolved::Absent { folder, name } => Ok(Destination {
+            Resolved::Absent { folder, name } => Ok(StagePlace {
                 folder,
                 name,
                 existing: None,
@@ -173,7 +173,7 @@ impl Root {
                         kind: special_kind(&meta),
                     });
                 }
-                Ok(Destination {
+                Ok(StagePlace {
                     folder: parent,
                     name,
                     existing: Some(meta),
@@ -185,7 +185,7 @@ impl Root {
         }
     }
 
-    /// The walk behind [`Root::locate`] and [`Root::destination`]: from the
+    /// The walk behind [`Root::locate`] and [`Root::stage_place`]: from the
     /// root, one name at a time, symlinks read and fed back into the walk.
     fn resolve(&self, path: &RequestPath, missing: Missing) -> Result<Resolved> {
         let shown = path.shown();
@@ -831,7 +831,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root_dir.join("out")).expect("symlink");
         std::os::unix::fs::symlink("a/b", root_dir.join("in")).expect("symlink");
         let root = Root::open(&root_dir).expect("root");
-        let dest = |raw: &str| root.destination(&RequestPath::parse(raw).expect("parse"));
+        let dest = |raw: &str| root.stage_place(&RequestPath::parse(raw).expect("parse"));
 
         let made = dest("a/b/c.txt").expect("created");
         assert_eq!(made.name, "c.txt");

@@ -19,7 +19,7 @@ use crate::client::Client;
 use crate::client::retry::{self, Cause, RetryPolicy, Streak};
 use crate::error::{Error, Result};
 use crate::proto::{self, tail_response};
-use crate::tail::{TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
 
 impl Client {
     /// Opens one `Tail` stream of `path`.
