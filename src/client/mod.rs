@@ -5,14 +5,12 @@
 //!   skip, resume and retry.
 //! - [`assemble`]: the writer thread that appends chunks and hashes them.
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
-//! - [`batch`]: small files many to a call, written and synced as a batch.
 //! - [`retry`]: the one retry policy (what is retried, how long, the notice).
 //! - [`follow`]: following a file across reconnects, resuming from a cursor.
 //! - [`upload`]: one local file (or stdin) to the server, read and hashed on
 //!   a blocking thread.
 
 pub mod assemble;
-pub mod batch;
 pub mod bulk;
 mod connector;
 pub mod download;

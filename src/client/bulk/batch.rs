@@ -28,7 +28,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::checksum::{Digest, Hasher};
-use crate::client::bulk::{self, Item, prepare_parent};
+use crate::client::bulk::confine::prepare_parent;
+use crate::client::bulk::item::Item;
 use crate::client::download::{self, DownloadOptions, Outcome, Report};
 use crate::client::retry::{Cause, changed_while_read};
 use crate::client::{Client, ManyResult};
@@ -159,7 +160,7 @@ pub async fn fetch_batch(
     }
     single.extend(slots.into_iter().flatten());
     for item in single {
-        let result = bulk::fetch_one(client, out, &item, options).await;
+        let result = item.fetch(client, out, options).await;
         let _ = finished.send((item, result));
     }
 }
