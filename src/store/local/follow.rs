@@ -46,7 +46,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::store::local::root::{Place, Root};
+use crate::store::local::places::Place;
+use crate::store::local::root::Root;
 use crate::store::local::watches::{Subscription, TAIL_POLL_INTERVAL, Watches};
 use crate::store::{RequestPath, TailEvents, TailSpec};
 use crate::tail_stream::{FileId, TailCursor, TailEvent, TailNotice, TailStart};

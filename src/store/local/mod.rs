@@ -2,6 +2,8 @@
 //!
 //! - [`root`]: the sandbox itself: every request path resolved beneath the
 //!   root through directory handles, never by a path string.
+//! - [`listing`]: walking a folder's entries for `ls` and `get -r`.
+//! - [`places`]: where an upload goes and where a followed file lives.
 //! - [`staging`]: uploads staged as hidden temporary files beside their
 //!   target, committed by an atomic rename; the start-up sweep of
 //!   leftovers.
@@ -14,6 +16,8 @@
 //! descriptor into the caller's buffer.
 
 pub mod follow;
+pub mod listing;
+pub mod places;
 pub mod root;
 pub mod staging;
 pub mod watches;

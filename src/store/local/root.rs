@@ -47,44 +47,17 @@ pub struct Root {
 pub struct Located {
     /// The folder that holds the object; the object itself when `name` is
     /// `None`.
-    parent: Dir,
+    pub(super) parent: Dir,
     /// The object's name in `parent`, or `None` for a folder reached as a
     /// whole (the root, or a path ending in `..`).
-    name: Option<String>,
+    pub(super) name: Option<String>,
     /// The object's metadata, symlinks followed.
-    meta: cap_std::fs::Metadata,
-}
-
-/// Where a followed path's file lives (`tail`): a handle on the folder that
-/// holds it, or would hold it once it is created, and its name there.
-#[derive(Debug)]
-pub struct Place {
-    /// The folder (after following every symlink on the way).
-    pub folder: Dir,
-    /// Device and inode of `folder`.
-    pub folder_id: (u64, u64),
-    /// The file's name in `folder`.
-    pub name: String,
-    /// The regular file there now (symlinks followed); `None` when nothing
-    /// is there.
-    pub file: Option<cap_std::fs::Metadata>,
-}
-
-/// Where an upload goes: the folder that will hold the file (after every
-/// symlink on the way was followed) and the file's name in it.
-#[derive(Debug)]
-pub struct StagePlace {
-    /// The folder, created if it was missing.
-    pub folder: Dir,
-    /// The file's name in `folder`.
-    pub name: String,
-    /// The regular file at that name now; `None` when nothing is there.
-    pub existing: Option<cap_std::fs::Metadata>,
+    pub(super) meta: cap_std::fs::Metadata,
 }
 
 /// What [`Root::resolve`] does with a name that does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Missing {
+pub(super) enum Missing {
     /// Fail with NOT_FOUND (reads).
     Fail,
     /// Create a missing folder; report a missing last name (uploads).
@@ -93,7 +66,7 @@ enum Missing {
 
 /// Where a walk ended.
 #[derive(Debug)]
-enum Resolved {
+pub(super) enum Resolved {
     /// Something is there.
     Found(Located),
     /// The folder exists (or was created) but nothing has the last name.
@@ -107,10 +80,6 @@ enum Resolved {
 
 /// Most symlinks followed while resolving one path (Linux `MAXSYMLINKS`).
 pub const MAX_SYMLINK_HOPS: usize = 40;
-/// Deepest folder level a recursive listing descends to.
-pub const MAX_LIST_DEPTH: usize = 256;
-/// Most folder entries [`Root::find_in`] looks at.
-pub const MAX_FIND_ENTRIES: usize = 100_000;
 
 impl Root {
     /// Opens `dir` as the root to serve.
@@ -141,53 +110,9 @@ impl Root {
         }
     }
 
-    /// Resolves `path` for an upload: the folder that will hold the file and
-    /// its name there, with the object now at that name, if any. Symlinks
-    /// are followed like [`Root::locate`] follows them, also a final one
-    /// (the file is written where the link leads, if that is inside the
-    /// root). Missing folders on the way are created, one at a time, each
-    /// by its name in a folder handle the walk already holds, and opened
-    /// without following symlinks; so they are created inside the root only.
-    /// A path whose last name is `..`, or the root itself, is
-    /// [`Error::TargetIsDirectory`].
-    pub fn stage_place(&self, path: &RequestPath) -> Result<StagePlace> {
-        let shown = path.shown();
-        match self.resolve(path, Missing::Create)? {
-            Resolved::Absent { folder, name } => Ok(StagePlace {
-                folder,
-                name,
-                existing: None,
-            }),
-            Resolved::Found(Located {
-                parent,
-                name: Some(name),
-                meta,
-            }) => {
-                let file_type = meta.file_type();
-                if file_type.is_dir() {
-                    return Err(Error::TargetIsDirectory { path: shown });
-                }
-                if !file_type.is_file() {
-                    return Err(Error::NotRegular {
-                        path: shown,
-                        kind: special_kind(&meta),
-                    });
-                }
-                Ok(StagePlace {
-                    folder: parent,
-                    name,
-                    existing: Some(meta),
-                })
-            }
-            Resolved::Found(Located { name: None, .. }) => {
-                Err(Error::TargetIsDirectory { path: shown })
-            }
-        }
-    }
-
     /// The walk behind [`Root::locate`] and [`Root::stage_place`]: from the
     /// root, one name at a time, symlinks read and fed back into the walk.
-    fn resolve(&self, path: &RequestPath, missing: Missing) -> Result<Resolved> {
+    pub(super) fn resolve(&self, path: &RequestPath, missing: Missing) -> Result<Resolved> {
         let shown = path.shown();
         let outside = || Error::OutsideRoot {
             path: shown.clone(),
@@ -387,174 +312,15 @@ impl Root {
         let meta = file.metadata().ok()?;
         meta.is_file().then_some((file, meta))
     }
-
-    /// Resolves `path` for following it: the folder that holds its file (or
-    /// would hold it: a missing file is `Place::file == None` as long as its
-    /// folder exists) and the file's name there. A missing folder is
-    /// [`Error::NotFound`]; a directory, FIFO, socket or device at the path
-    /// is refused like [`Root::open_file`] refuses it.
-    pub fn place(&self, path: &RequestPath) -> Result<Place> {
-        let shown = path.shown();
-        let os_error = |err: io::Error| Error::from_server_io(&shown, err);
-        match self.locate(path) {
-            Ok(located) => {
-                let file_type = located.meta.file_type();
-                let name = match located.name {
-                    Some(name) if file_type.is_file() => name,
-                    _ if file_type.is_dir() => return Err(Error::IsDirectory { path: shown }),
-                    _ => {
-                        return Err(Error::NotRegular {
-                            path: shown,
-                            kind: special_kind(&located.meta),
-                        });
-                    }
-                };
-                let folder_meta = located.parent.dir_metadata().map_err(os_error)?;
-                Ok(Place {
-                    folder: located.parent,
-                    folder_id: (folder_meta.dev(), folder_meta.ino()),
-                    name,
-                    file: Some(located.meta),
-                })
-            }
-            Err(Error::NotFound { .. }) => {
-                let not_found = || Error::NotFound {
-                    path: shown.clone(),
-                };
-                let Some((parent, name)) = path.split_last() else {
-                    return Err(not_found());
-                };
-                let located = match self.locate(&parent) {
-                    Ok(located) => located,
-                    Err(Error::NotFound { .. } | Error::NotDirectory { .. }) => {
-                        return Err(not_found());
-                    }
-                    Err(err) => return Err(err),
-                };
-                if !located.meta.is_dir() {
-                    return Err(not_found());
-                }
-                let folder = match &located.name {
-                    None => located.parent,
-                    Some(dir_name) => located
-                        .parent
-                        .open_dir_nofollow(dir_name)
-                        .map_err(|err| dir_open_error(&shown, err))?,
-                };
-                let folder_meta = folder.dir_metadata().map_err(os_error)?;
-                Ok(Place {
-                    folder,
-                    folder_id: (folder_meta.dev(), folder_meta.ino()),
-                    name: name.to_string(),
-                    file: None,
-                })
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Opens the regular file `name` in `folder` (a handle from
-    /// [`Root::place`]) for reading. A symlink there now is
-    /// [`Error::Changed`] (the place was resolved past symlinks); folders,
-    /// FIFOs, sockets and devices are refused without being opened.
-    pub fn open_in(folder: &Dir, name: &str, shown: &str) -> Result<(fs::File, fs::Metadata)> {
-        let meta = folder
-            .symlink_metadata(name)
-            .map_err(|err| Error::from_server_io(shown, err))?;
-        let file_type = meta.file_type();
-        if file_type.is_symlink() {
-            return Err(Error::Changed { path: shown.into() });
-        }
-        if file_type.is_dir() {
-            return Err(Error::IsDirectory { path: shown.into() });
-        }
-        if !file_type.is_file() {
-            return Err(Error::NotRegular {
-                path: shown.into(),
-                kind: special_kind(&meta),
-            });
-        }
-        open_checked(folder, name, shown)
-    }
-
-    /// Finds and opens the regular file in `folder` with this device and
-    /// inode: a log rotated by rename keeps its inode under its new name.
-    /// Looks at most [`MAX_FIND_ENTRIES`] entries; `None` when it is not
-    /// there.
-    pub fn find_in(
-        folder: &Dir,
-        device: u64,
-        inode: u64,
-        shown: &str,
-    ) -> Result<Option<(fs::File, fs::Metadata)>> {
-        use rustix::fs::DirEntryExt as _;
-        use std::os::unix::fs::MetadataExt as _;
-        let entries = folder
-            .entries()
-            .map_err(|err| Error::from_server_io(shown, err))?;
-        for entry in entries.take(MAX_FIND_ENTRIES) {
-            let Ok(entry) = entry else { continue };
-            if entry.ino() != inode {
-                continue;
-            }
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            match Root::open_in(folder, &name, shown) {
-                Ok((file, meta)) if meta.dev() == device && meta.ino() == inode => {
-                    return Ok(Some((file, meta)));
-                }
-                Ok(_) | Err(_) => continue,
-            }
-        }
-        Ok(None)
-    }
-
-    /// Walks `path`: a file yields its own entry; a folder yields its
-    /// entries (and, with `recursive`, theirs, depth first, names sorted in
-    /// each folder). `emit` returns `false` to stop early. Symlinks are
-    /// reported, not followed; FIFOs, sockets and devices are left out.
-    pub fn walk(
-        &self,
-        path: &RequestPath,
-        recursive: bool,
-        emit: &mut dyn FnMut(Listed<'_>) -> bool,
-    ) -> Result<()> {
-        let shown = path.shown();
-        let located = self.locate(path)?;
-        if !located.meta.is_dir()
-            && let Some(name) = &located.name
-        {
-            let info = entry_info(path.display().to_string(), &located.meta).ok_or_else(|| {
-                Error::NotRegular {
-                    path: shown,
-                    kind: special_kind(&located.meta),
-                }
-            })?;
-            emit(Listed {
-                info,
-                folder: &located.parent,
-                name,
-                identity: (located.meta.dev(), located.meta.ino()),
-            });
-            return Ok(());
-        }
-        let dir = match &located.name {
-            None => located.parent,
-            Some(name) => located
-                .parent
-                .open_dir_nofollow(name)
-                .map_err(|err| dir_open_error(&shown, err))?,
-        };
-        walk_dir(&dir, path.display(), recursive, 0, emit)
-            .map(|_| ())
-            .map_err(|err| Error::from_server_io(&shown, err))
-    }
 }
 
 /// Opens `name` in `parent` for reading, never following a symlink, and
 /// checks on the open descriptor that it is a regular file.
-fn open_checked(parent: &Dir, name: &str, shown: &str) -> Result<(fs::File, fs::Metadata)> {
+pub(super) fn open_checked(
+    parent: &Dir,
+    name: &str,
+    shown: &str,
+) -> Result<(fs::File, fs::Metadata)> {
     let mut options = OpenOptions::new();
     options.read(true).follow(FollowSymlinks::No);
     // Non-blocking, so that a FIFO swapped in after the check above
@@ -579,100 +345,8 @@ fn open_checked(parent: &Dir, name: &str, shown: &str) -> Result<(fs::File, fs::
     Ok((file, meta))
 }
 
-/// One entry met by [`Root::walk`], with the folder handle that holds it.
-#[derive(Debug)]
-pub struct Listed<'a> {
-    /// The entry as listings show it.
-    pub info: EntryInfo,
-    /// The folder that holds it.
-    pub folder: &'a Dir,
-    /// Its name in that folder.
-    pub name: &'a str,
-    /// Its device and inode, as the listing saw them.
-    pub identity: (u64, u64),
-}
-
-impl Listed<'_> {
-    /// The file version the listing saw (for a regular file).
-    pub fn version(&self) -> crate::entry::FileVersion {
-        crate::entry::FileVersion {
-            device: self.identity.0,
-            inode: self.identity.1,
-            size: self.info.size,
-            mtime_ns: self.info.mtime_ns,
-        }
-    }
-}
-
-impl Listed<'_> {
-    /// Opens a listed regular file for reading (never following a symlink,
-    /// checked on the open descriptor).
-    pub fn open(&self) -> Result<(fs::File, fs::Metadata)> {
-        open_checked(self.folder, self.name, &self.info.path)
-    }
-}
-
-/// Lists one folder; returns `false` when `emit` asked to stop.
-fn walk_dir(
-    dir: &Dir,
-    base: &str,
-    recursive: bool,
-    depth: usize,
-    emit: &mut dyn FnMut(Listed<'_>) -> bool,
-) -> io::Result<bool> {
-    let mut names = Vec::new();
-    for entry in dir.entries()? {
-        let name = entry?.file_name();
-        match name.into_string() {
-            Ok(name) => names.push(name),
-            Err(name) => tracing::warn!(?name, folder = base, "skipping a name that is not UTF-8"),
-        }
-    }
-    names.sort_unstable();
-    for name in names {
-        let path = if base.is_empty() {
-            name.clone()
-        } else {
-            format!("{base}/{name}")
-        };
-        let meta = match dir.symlink_metadata(&name) {
-            Ok(meta) => meta,
-            // Removed while listing: not an error, just gone.
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(err),
-        };
-        let Some(info) = entry_info(path.clone(), &meta) else {
-            continue;
-        };
-        let is_dir = info.kind == EntryKind::Dir;
-        if !emit(Listed {
-            info,
-            folder: dir,
-            name: &name,
-            identity: (meta.dev(), meta.ino()),
-        }) {
-            return Ok(false);
-        }
-        if recursive && is_dir {
-            if depth + 1 >= MAX_LIST_DEPTH {
-                tracing::warn!(folder = path, "listing stops at the depth limit");
-                continue;
-            }
-            match dir.open_dir_nofollow(&name) {
-                Ok(child) => {
-                    if !walk_dir(&child, &path, recursive, depth + 1, emit)? {
-                        return Ok(false);
-                    }
-                }
-                Err(err) => tracing::warn!(folder = path, %err, "skipping a folder"),
-            }
-        }
-    }
-    Ok(true)
-}
-
 /// The entry for `meta`, or `None` for a FIFO, socket or device.
-fn entry_info(path: String, meta: &cap_std::fs::Metadata) -> Option<EntryInfo> {
+pub(super) fn entry_info(path: String, meta: &cap_std::fs::Metadata) -> Option<EntryInfo> {
     let file_type = meta.file_type();
     let kind = if file_type.is_symlink() {
         EntryKind::Symlink
@@ -697,7 +371,7 @@ fn entry_info(path: String, meta: &cap_std::fs::Metadata) -> Option<EntryInfo> {
 }
 
 /// The word for a special file in error messages.
-fn special_kind(meta: &cap_std::fs::Metadata) -> &'static str {
+pub(super) fn special_kind(meta: &cap_std::fs::Metadata) -> &'static str {
     let file_type = meta.file_type();
     if file_type.is_fifo() {
         "fifo"
@@ -750,7 +424,7 @@ fn is_symlink_race(err: &io::Error) -> bool {
 /// The error for a folder that could not be opened although the lstat just
 /// before saw a folder: `ELOOP` or `ENOTDIR` mean a symlink or file was
 /// swapped in since.
-fn dir_open_error(shown: &str, err: io::Error) -> Error {
+pub(super) fn dir_open_error(shown: &str, err: io::Error) -> Error {
     if is_symlink_race(&err) || err.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
     {
         Error::Changed {
