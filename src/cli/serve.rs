@@ -294,7 +294,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
 /// the socket (on these threads) and reading the file (on the reader
 /// threads), and every extra worker costs wake-ups on each event: on 2 CPUs
 /// one worker served one client as fast as two and cut tail latency (see
-/// README, Performance).
+/// bench/README.md).
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |cpus| cpus.get().div_ceil(2))
 }

@@ -2,7 +2,7 @@
 //! out instead of twice.
 //!
 //! Through tonic, each message is encoded into the codec's own buffer: a
-//! 256 KiB chunk read from the file is copied again into a freshly allocated
+//! 1 MiB chunk read from the file is copied again into a freshly allocated
 //! encode buffer before h2 writes it. Here the reader thread reads each chunk
 //! straight into a buffer that already starts with the gRPC frame header and
 //! the protobuf field header of a `ReadResponse { data }`
