@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fetchd::client::{Client, ConnectOptions, Target};
-use fetchd::tail_stream::{TailEvent, TailStart};
+use fetchd::{Client, ConnectOptions, Target};
+use fetchd::{TailEvent, TailStart};
 
 /// What one client saw.
 struct Outcome {

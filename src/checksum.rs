@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use sha2::{Digest as _, Sha256};
 
 /// Bytes read per call when hashing a local file.
-pub const HASH_BUFFER_BYTES: usize = 256 * 1024;
+pub(crate) const HASH_BUFFER_BYTES: usize = 256 * 1024;
 
 /// A sha256 digest of a whole file.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,7 +86,7 @@ impl Hasher {
 
 /// Hashes up to `limit` bytes of `reader` (all of it when `None`) into a
 /// new hasher, which the caller can keep feeding.
-pub fn hash_prefix(reader: impl Read, limit: Option<u64>) -> io::Result<Hasher> {
+pub(crate) fn hash_prefix(reader: impl Read, limit: Option<u64>) -> io::Result<Hasher> {
     let mut hasher = Hasher::new();
     feed(reader, &mut hasher, limit)?;
     Ok(hasher)
@@ -94,7 +94,11 @@ pub fn hash_prefix(reader: impl Read, limit: Option<u64>) -> io::Result<Hasher> 
 
 /// Feeds `reader` into `hasher` until the hasher has seen `until` bytes in
 /// all (or the reader ends, when `None` or when it is shorter).
-pub fn feed(mut reader: impl Read, hasher: &mut Hasher, until: Option<u64>) -> io::Result<()> {
+pub(crate) fn feed(
+    mut reader: impl Read,
+    hasher: &mut Hasher,
+    until: Option<u64>,
+) -> io::Result<()> {
     // No bigger buffer than the bytes wanted: a server checking that a small
     // file did not grow reads one byte, and must not zero 256 KiB for it.
     let wanted = until.map_or(u64::MAX, |until| until.saturating_sub(hasher.bytes()));

@@ -79,7 +79,7 @@ impl FileVersion {
 }
 
 /// Modification time of `meta` in nanoseconds since the Unix epoch.
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())

@@ -424,12 +424,12 @@ impl Error {
 /// be tried again, and after how many milliseconds (gRPC's retry design,
 /// A6). fetchd's own client retries only what carries it, besides broken
 /// connections; other gRPC clients with a retry policy honour it too.
-pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+pub(crate) const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
 
 /// The wait a server suggests before a busy call is tried again.
-pub const BUSY_PUSHBACK: Duration = Duration::from_millis(200);
+pub(crate) const BUSY_PUSHBACK: Duration = Duration::from_millis(200);
 /// The wait a draining server suggests: about what a restart takes.
-pub const DRAINING_PUSHBACK: Duration = Duration::from_millis(500);
+pub(crate) const DRAINING_PUSHBACK: Duration = Duration::from_millis(500);
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {

@@ -26,18 +26,38 @@
 //!   by server and client (entries and file versions; what a read stream
 //!   says; what a tail stream says).
 
-pub mod checksum;
-pub mod cli;
-pub mod client;
-pub mod entry;
-pub mod error;
-pub mod partfile;
+mod checksum;
+mod cli;
+mod client;
+mod entry;
+mod error;
+mod partfile;
 pub mod proto;
-pub mod read_stream;
-pub mod server;
-pub mod store;
-pub mod tail_stream;
-pub mod tls;
-pub mod wire;
+mod read_stream;
+mod server;
+mod store;
+mod tail_stream;
+mod tls;
+mod wire;
 
+// The public surface: the command line (for the binary), the Rust client,
+// the server, and the plain types they exchange. Everything else is the
+// crate's own.
+pub use checksum::{Digest, Hasher};
+pub use cli::{Cli, init_logging, run as run_cli};
+pub use client::follow::TailStream;
+pub use client::options::{Compression, ConnectOptions};
+pub use client::retry::RetryPolicy;
+pub use client::target::Target;
+pub use client::upload::UPLOAD_CHUNK_BYTES;
+pub use client::{Client, ManyResult, NEAR_RTT, ReadStream, RemoteStat, Windows};
+pub use entry::{EntryInfo, EntryKind, FileVersion};
 pub use error::{Error, Result};
+pub use read_stream::{ReadEvent, ReadStart};
+pub use server::auth::Tokens;
+pub use server::config::ServerConfig;
+pub use server::read::CHUNK_BYTES;
+pub use server::run as run_server;
+pub use store::local::staging::is_temp_name;
+pub use tail_stream::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
+pub use tls::ServerTls;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = fetchd::cli::Cli::parse();
-    fetchd::cli::init_logging(&cli);
-    fetchd::cli::run(cli)
+    let cli = fetchd::Cli::parse();
+    fetchd::init_logging(&cli);
+    fetchd::run_cli(cli)
 }

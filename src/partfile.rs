@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// Suffix of a part file's name.
-pub const PART_SUFFIX: &str = ".part";
+pub(crate) const PART_SUFFIX: &str = ".part";
 
 /// A locked, open `DEST.part`.
 #[derive(Debug)]
-pub struct PartFile {
+pub(crate) struct PartFile {
     file: File,
     path: PathBuf,
     dest: PathBuf,
@@ -27,7 +27,7 @@ pub struct PartFile {
 }
 
 /// The part file path for `dest`: same folder, `.part` appended.
-pub fn part_path(dest: &Path) -> PathBuf {
+pub(crate) fn part_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().map(OsString::from).unwrap_or_default();
     name.push(PART_SUFFIX);
     dest.with_file_name(name)
@@ -36,7 +36,7 @@ pub fn part_path(dest: &Path) -> PathBuf {
 impl PartFile {
     /// Opens (or creates) the part file of `dest`, keeping what it holds.
     /// Fails if another process holds it.
-    pub fn open(dest: &Path) -> Result<PartFile> {
+    pub(crate) fn open(dest: &Path) -> Result<PartFile> {
         let path = part_path(dest);
         let file = OpenOptions::new()
             .read(true)
@@ -74,27 +74,22 @@ impl PartFile {
     }
 
     /// Bytes already in the part file.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// True when the part file holds nothing.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The part file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The destination it will become.
-    pub fn dest(&self) -> &Path {
-        &self.dest
-    }
-
     /// Drops everything after the first `len` bytes.
-    pub fn truncate(&mut self, len: u64) -> Result<()> {
+    pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
             .and_then(|()| self.file.seek(SeekFrom::Start(len)))
@@ -104,12 +99,12 @@ impl PartFile {
     }
 
     /// A reader over the bytes already present, for hashing them.
-    pub fn reader(&self) -> Result<File> {
+    pub(crate) fn reader(&self) -> Result<File> {
         File::open(&self.path).map_err(|err| Error::io(&self.path, err))
     }
 
     /// Appends `data` at the end.
-    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+    pub(crate) fn append(&mut self, data: &[u8]) -> Result<()> {
         self.file
             .write_all(data)
             .map_err(|err| self.write_error(err))?;
@@ -119,7 +114,7 @@ impl PartFile {
 
     /// Syncs the data, renames the part file onto the destination and syncs
     /// the folder, so the destination is whole even after a crash.
-    pub fn commit(self) -> Result<()> {
+    pub(crate) fn commit(self) -> Result<()> {
         self.file.sync_all().map_err(|err| self.write_error(err))?;
         fs::rename(&self.path, &self.dest).map_err(|err| Error::io(&self.dest, err))?;
         sync_parent(&self.dest).map_err(|err| Error::io(&self.dest, err))
@@ -136,7 +131,7 @@ impl PartFile {
     }
 
     /// Removes the part file (its content is known to be useless).
-    pub fn discard(self) -> Result<()> {
+    pub(crate) fn discard(self) -> Result<()> {
         match fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -160,7 +155,11 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 /// refuses an existing `to` just the same. Used wherever a verified file is
 /// put in place without ever replacing one that appeared meanwhile (the
 /// batch writer, uploads without `--force`).
-pub fn rename_noreplace<Fd: AsFd, P: rustix::path::Arg + Copy, Q: rustix::path::Arg + Copy>(
+pub(crate) fn rename_noreplace<
+    Fd: AsFd,
+    P: rustix::path::Arg + Copy,
+    Q: rustix::path::Arg + Copy,
+>(
     dir: Fd,
     from: P,
     to: Q,

@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Identity};
 use crate::error::{Error, Result};
 
 /// Largest PEM file fetchd reads (certificate chains are a few KiB).
-pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// The server's TLS material, read and checked: `--tls-cert`, `--tls-key`
 /// and, for mutual TLS, `--client-ca`.
@@ -111,7 +111,7 @@ fn check_identity(
 /// roots) and, for mutual TLS, the certificate to present
 /// (`--client-cert --client-key`), as a rustls configuration.
 #[derive(Clone)]
-pub struct ClientTls {
+pub(crate) struct ClientTls {
     config: Arc<rustls::ClientConfig>,
 }
 
@@ -129,7 +129,7 @@ impl std::fmt::Debug for ClientTls {
 impl ClientTls {
     /// Reads and checks the files the client options name; `server` is
     /// only for messages.
-    pub fn load(
+    pub(crate) fn load(
         server: &str,
         ca: Option<&Path>,
         client_cert: Option<&Path>,
@@ -198,7 +198,7 @@ impl ClientTls {
     }
 
     /// The rustls configuration.
-    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
         Arc::clone(&self.config)
     }
 }
@@ -277,7 +277,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
 }
 
 /// `--client-cert` and `--client-key` come together or not at all.
-pub fn check_client_identity_pair(cert: Option<&Path>, key: Option<&Path>) -> Result<()> {
+pub(crate) fn check_client_identity_pair(cert: Option<&Path>, key: Option<&Path>) -> Result<()> {
     match (cert, key) {
         (Some(_), None) => Err(Error::Usage(
             "--client-cert needs --client-key (the private key of that certificate)".into(),
@@ -353,7 +353,7 @@ fn describe_io(err: &io::Error) -> String {
 /// What went wrong in a TLS handshake, as a sentence for the user, when the
 /// error's source chain holds a rustls error (or a TLS-level symptom); `None`
 /// when the failure has nothing to do with TLS.
-pub fn diagnose(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn diagnose(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(err) = current {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {

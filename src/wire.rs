@@ -13,23 +13,23 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use crate::server::read::Framing;
 
 /// The HTTP/2 path of the `Read` method.
-pub const READ_PATH: &str = "/fetchd.v1.Fetchd/Read";
+pub(crate) const READ_PATH: &str = "/fetchd.v1.Fetchd/Read";
 /// The gRPC message prefix: a compression flag and a 4-byte length.
-pub const PREFIX_BYTES: usize = 5;
+pub(crate) const PREFIX_BYTES: usize = 5;
 /// The field number of `ReadResponse.data` in `fetchd.proto`.
-pub const DATA_FIELD: u32 = 2;
+pub(crate) const DATA_FIELD: u32 = 2;
 /// The key of `ReadResponse.data`: field 2, length-delimited.
-pub const DATA_KEY: u8 = ((DATA_FIELD as u8) << 3) | 2;
+pub(crate) const DATA_KEY: u8 = ((DATA_FIELD as u8) << 3) | 2;
 /// The key byte and the longest length varint: how much of a message shows
 /// whether it is one data field.
-pub const DATA_HEAD_MAX: usize = 1 + 10;
+pub(crate) const DATA_HEAD_MAX: usize = 1 + 10;
 /// Most bytes [`put_data_frame_header`] writes: the message prefix, the
 /// field key and the length as a varint.
-pub const DATA_FRAME_HEADER_MAX: usize = PREFIX_BYTES + DATA_HEAD_MAX;
+pub(crate) const DATA_FRAME_HEADER_MAX: usize = PREFIX_BYTES + DATA_HEAD_MAX;
 
 /// Whole gRPC message frames of `ReadResponse { data }`, for the reader to
 /// fill: each chunk starts with its frame header.
-pub const READ_DATA_FRAMES: Framing = Framing {
+pub(crate) const READ_DATA_FRAMES: Framing = Framing {
     header_max: DATA_FRAME_HEADER_MAX,
     put_header: put_data_frame_header,
     payload_len: data_frame_payload_len,
@@ -37,7 +37,7 @@ pub const READ_DATA_FRAMES: Framing = Framing {
 
 /// Appends the header of a gRPC message frame holding a `ReadResponse` whose
 /// `data` is the next `len` bytes; the caller appends those bytes.
-pub fn put_data_frame_header(len: usize, buf: &mut Vec<u8>) {
+pub(crate) fn put_data_frame_header(len: usize, buf: &mut Vec<u8>) {
     let message_len = key_len(DATA_FIELD) + encoded_len_varint(len as u64) + len;
     buf.push(0); // not compressed
     buf.extend_from_slice(&frame_len(message_len).to_be_bytes());
@@ -48,7 +48,7 @@ pub fn put_data_frame_header(len: usize, buf: &mut Vec<u8>) {
 /// The file bytes in a whole data frame of `frame_len` bytes made by
 /// [`put_data_frame_header`]: the frame less its header, whose size depends
 /// on the payload's.
-pub fn data_frame_payload_len(frame_len: usize) -> usize {
+pub(crate) fn data_frame_payload_len(frame_len: usize) -> usize {
     let fixed = PREFIX_BYTES + key_len(DATA_FIELD);
     (1..=10)
         .filter_map(|varint| frame_len.checked_sub(fixed + varint))
@@ -66,7 +66,7 @@ fn frame_len(len: usize) -> u32 {
 /// writes it: a zero compression flag, the length as 4 big-endian bytes,
 /// then the encoded message. For the paths that bypass the codec
 /// (`server::read_route`, `client::raw_read`).
-pub fn message_frame(message: &impl prost::Message) -> bytes::Bytes {
+pub(crate) fn message_frame(message: &impl prost::Message) -> bytes::Bytes {
     let len = message.encoded_len();
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);

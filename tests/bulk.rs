@@ -249,7 +249,7 @@ fn bulk_usage_errors() {
 /// outside the root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_many_answers_each_path_in_order() {
-    use fetchd::client::ManyResult;
+    use fetchd::ManyResult;
     use tonic::Code;
 
     let root = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use common::{
     InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, lines_of, random_bytes,
     sha256_hex, wait_until, wait_with_timeout,
 };
-use fetchd::read_stream::ReadEvent;
+use fetchd::ReadEvent;
 
 const MIB: usize = 1024 * 1024;
 
@@ -167,7 +167,7 @@ fn busy_server_is_retried_until_a_slot_frees() {
     let wanted = random_bytes(300_000, 2);
     std::fs::write(root.path().join("held.bin"), &held).unwrap();
     std::fs::write(root.path().join("wanted.bin"), &wanted).unwrap();
-    let mut config = fetchd::server::ServerConfig::new(root.path());
+    let mut config = fetchd::ServerConfig::new(root.path());
     config.max_transfers = 1;
     let server = InProcessServer::start(config);
     let rt = runtime();
@@ -205,7 +205,7 @@ fn busy_server_is_retried_until_a_slot_frees() {
 fn busy_server_put_is_retried() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("held.bin"), random_bytes(48 * MIB, 3)).unwrap();
-    let mut config = fetchd::server::ServerConfig::new(root.path());
+    let mut config = fetchd::ServerConfig::new(root.path());
     config.max_transfers = 1;
     config.allow_upload = true;
     let server = InProcessServer::start(config);
@@ -550,18 +550,18 @@ fn windows_follow_the_round_trip() {
     let rt = &link.runtime;
     let near = rt.block_on(server.client());
     let rtt = near.round_trip().expect("a loopback round trip");
-    if rtt <= fetchd::client::NEAR_RTT {
-        assert_eq!(near.windows(), fetchd::client::Windows::NEAR, "{rtt:?}");
+    if rtt <= fetchd::NEAR_RTT {
+        assert_eq!(near.windows(), fetchd::Windows::NEAR, "{rtt:?}");
     } else {
         // A machine this loaded measured loopback as a far link; what
         // matters then is that the windows follow what it measured.
-        assert_eq!(near.windows(), fetchd::client::Windows::for_rtt(rtt));
+        assert_eq!(near.windows(), fetchd::Windows::for_rtt(rtt));
     }
     let relay = &link.relay;
     let far = rt
-        .block_on(fetchd::client::Client::connect(
-            &fetchd::client::Target::parse(&relay.url()).unwrap(),
-            &fetchd::client::ConnectOptions::default(),
+        .block_on(fetchd::Client::connect(
+            &fetchd::Target::parse(&relay.url()).unwrap(),
+            &fetchd::ConnectOptions::default(),
         ))
         .unwrap();
     let windows = far.windows();

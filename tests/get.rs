@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 
-const CHUNK: usize = fetchd::server::read::CHUNK_BYTES;
+const CHUNK: usize = fetchd::CHUNK_BYTES;
 
 fn tree_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();

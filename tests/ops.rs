@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, sha256_hex};
-use fetchd::read_stream::ReadEvent;
+use fetchd::ReadEvent;
 use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -187,7 +187,7 @@ fn health_turns_not_serving_while_a_transfer_drains() {
     // stays open while the test does not consume it.
     let data = common::random_bytes(48 << 20, 8);
     std::fs::write(dir.path().join("big.bin"), &data).unwrap();
-    let mut config = fetchd::server::ServerConfig::new(dir.path());
+    let mut config = fetchd::ServerConfig::new(dir.path());
     config.grace = Duration::from_secs(30);
     let metrics = config.metrics.clone();
     let mut server = InProcessServer::start(config);
@@ -249,7 +249,7 @@ fn health_turns_not_serving_while_a_transfer_drains() {
         assert_eq!(value(&samples, "fetchd_transfers_active", &[]), 1.0);
 
         // The transfer that was running finishes, verified.
-        let mut hasher = fetchd::checksum::Hasher::new();
+        let mut hasher = fetchd::Hasher::new();
         let mut digest = None;
         while let Some(event) = read.next().await.expect("read goes on while draining") {
             match event {
@@ -682,7 +682,7 @@ fn completions_and_man_pages_are_written() {
 #[test]
 fn every_flag_has_help() {
     use clap::CommandFactory;
-    let mut command = fetchd::cli::Cli::command();
+    let mut command = fetchd::Cli::command();
     command.build();
     let mut missing = Vec::new();
     let mut check = |path: &str, command: &clap::Command| {

@@ -15,15 +15,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
+use fetchd::is_temp_name;
 use fetchd::proto::fetchd_client::FetchdClient;
 use fetchd::proto::{WriteHeader, WriteRequest, WriteResponse, WriteTrailer, write_request};
-use fetchd::store::local::staging::is_temp_name;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const CHUNK: usize = fetchd::client::upload::UPLOAD_CHUNK_BYTES;
+const CHUNK: usize = fetchd::UPLOAD_CHUNK_BYTES;
 
 /// Every temporary upload file below `dir`.
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
@@ -97,7 +97,7 @@ fn upload_server(root: &Path, extra: &[&str]) -> ServerProcess {
 
 /// An in-process server on `root` that accepts uploads up to `max` bytes.
 fn in_process(root: &Path, max: u64) -> InProcessServer {
-    let mut config = fetchd::server::ServerConfig::new(root);
+    let mut config = fetchd::ServerConfig::new(root);
     config.grace = Duration::from_secs(2);
     config.allow_upload = true;
     config.max_upload_bytes = max;

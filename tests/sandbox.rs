@@ -14,10 +14,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fetchd::client::Client;
-use fetchd::entry::{EntryInfo, EntryKind};
-use fetchd::read_stream::ReadEvent;
-use fetchd::tail_stream::{TailEvent, TailStart};
+use fetchd::Client;
+use fetchd::ReadEvent;
+use fetchd::{EntryInfo, EntryKind};
+use fetchd::{TailEvent, TailStart};
 use tonic::Code;
 
 /// Content of the file outside the root that every escape aims at.

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use common::*;
-use fetchd::client::{Client, ConnectOptions, Target};
-use fetchd::server::ServerConfig;
-use fetchd::server::auth::Tokens;
-use fetchd::tail_stream::{TailEvent, TailStart};
-use fetchd::tls::ServerTls;
+use fetchd::ServerConfig;
+use fetchd::ServerTls;
+use fetchd::Tokens;
+use fetchd::{Client, ConnectOptions, Target};
+use fetchd::{TailEvent, TailStart};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,

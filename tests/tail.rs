@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fetchd::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
+use fetchd::{TailCursor, TailEvent, TailNotice, TailStart};
 
 /// How long any one expected output may take to show up.
 const OUTPUT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -35,7 +35,7 @@ pub struct ManArgs {
 }
 
 /// Writes the completion script for `args.shell` to stdout.
-pub fn run_completions(args: CompletionsArgs) -> Result<u8> {
+pub(crate) fn run_completions(args: CompletionsArgs) -> Result<u8> {
     let mut command = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut command, "fetchd", &mut out);
@@ -43,7 +43,7 @@ pub fn run_completions(args: CompletionsArgs) -> Result<u8> {
 }
 
 /// Writes a roff manual page to stdout.
-pub fn run_man(args: ManArgs) -> Result<u8> {
+pub(crate) fn run_man(args: ManArgs) -> Result<u8> {
     let mut command = Cli::command();
     command.build();
     let page = match &args.verb {

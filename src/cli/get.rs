@@ -77,7 +77,7 @@ pub struct GetArgs {
 
 /// Where one downloaded file goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// Standard output (`-o -`).
     Stdout,
     /// A local file; `create_parent` when `-o DIR/` named a folder that may
@@ -91,7 +91,7 @@ pub enum Destination {
 }
 
 /// Applies the contract's rules for one PATH and an optional `-o`.
-pub fn destination(remote: &str, output: Option<&str>) -> Result<Destination> {
+pub(crate) fn destination(remote: &str, output: Option<&str>) -> Result<Destination> {
     let basename = || -> Result<String> {
         let parsed = RequestPath::parse(remote)?;
         match parsed.display().rsplit('/').next() {
@@ -140,7 +140,7 @@ fn parse_rate(text: &str) -> std::result::Result<u64, String> {
 }
 
 /// Runs `fetchd get`.
-pub async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
+pub(crate) async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
     if args.jobs == 0 {
         return Err(Error::Usage("-j must be at least 1".into()));
     }
@@ -442,7 +442,7 @@ fn print_failure(args: &GetArgs, remote: &str, dest: &Path, err: Error) -> Resul
 }
 
 /// The `--json` object for one file.
-pub fn json_line(remote: &str, dest: &str, result: &Result<Report>) -> serde_json::Value {
+pub(crate) fn json_line(remote: &str, dest: &str, result: &Result<Report>) -> serde_json::Value {
     let path = remote.trim_start_matches('/');
     match result {
         Ok(report) => json!({

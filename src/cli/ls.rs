@@ -28,7 +28,7 @@ pub struct LsArgs {
 }
 
 /// Runs `fetchd ls`.
-pub async fn run(args: LsArgs, client_args: ClientArgs) -> Result<u8> {
+pub(crate) async fn run(args: LsArgs, client_args: ClientArgs) -> Result<u8> {
     let client = client_args.connect().await?;
     let notify = |line: &str| eprintln!("fetchd: {line}");
     let subject = crate::client::download::shown(&args.dir);
@@ -77,7 +77,7 @@ pub async fn run(args: LsArgs, client_args: ClientArgs) -> Result<u8> {
 }
 
 /// `f 4096 2026-11-24T01:02:03Z logs/app.log`
-pub fn text_line(entry: &EntryInfo) -> String {
+pub(crate) fn text_line(entry: &EntryInfo) -> String {
     format!(
         "{} {} {} {}",
         entry.kind.letter(),
@@ -88,7 +88,7 @@ pub fn text_line(entry: &EntryInfo) -> String {
 }
 
 /// `{"path":"logs/app.log","type":"file","size":4096,"mtime":"2026-11-24T01:02:03Z"}`
-pub fn json_line(entry: &EntryInfo) -> serde_json::Value {
+pub(crate) fn json_line(entry: &EntryInfo) -> serde_json::Value {
     json!({
         "path": entry.path,
         "type": entry.kind.word(),
@@ -99,7 +99,7 @@ pub fn json_line(entry: &EntryInfo) -> serde_json::Value {
 
 /// Formats a nanosecond timestamp as RFC 3339 in UTC, to the second
 /// (`2026-11-24T01:02:03Z`).
-pub fn format_mtime(mtime_ns: i64) -> String {
+pub(crate) fn format_mtime(mtime_ns: i64) -> String {
     let secs = mtime_ns.div_euclid(1_000_000_000);
     let time = u64::try_from(secs)
         .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))

@@ -2,13 +2,13 @@
 //! a `run`; this module holds the options every client verb shares and the
 //! exit codes.
 
-pub mod completions;
-pub mod get;
-pub mod ls;
-pub mod put;
-pub mod serve;
-pub mod stat;
-pub mod tail;
+pub(crate) mod completions;
+pub(crate) mod get;
+pub(crate) mod ls;
+pub(crate) mod put;
+pub(crate) mod serve;
+pub(crate) mod stat;
+pub(crate) mod tail;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -22,11 +22,11 @@ use crate::client::{Client, Compression, ConnectOptions, DEFAULT_SERVER, Target}
 use crate::error::{Error, Result};
 
 /// Exit status: everything worked (or was already in place).
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit status: something failed (not found, refused, unreachable, mismatch).
-pub const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit status: bad flags or arguments.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// Verified file and log streaming over gRPC.
 #[derive(Debug, Parser)]
@@ -250,7 +250,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// The exit code an error ends the process with.
-pub fn exit_code(err: &Error) -> u8 {
+pub(crate) fn exit_code(err: &Error) -> u8 {
     match err {
         Error::Usage(_) => EXIT_USAGE,
         _ => EXIT_FAILURE,
@@ -258,7 +258,7 @@ pub fn exit_code(err: &Error) -> u8 {
 }
 
 /// Prints an error as the one line the contract promises.
-pub fn report(err: &Error) {
+pub(crate) fn report(err: &Error) {
     eprintln!("fetchd: {err}");
 }
 
@@ -280,7 +280,7 @@ where
 /// `path`, the local side under its key (`dest` or `source`), null bytes and
 /// sha256, status `error`, and the error without the path it starts with
 /// (the object names the paths already).
-pub fn json_error(path: &str, (key, local): (&str, &str), err: &Error) -> serde_json::Value {
+pub(crate) fn json_error(path: &str, (key, local): (&str, &str), err: &Error) -> serde_json::Value {
     let message = err.to_string();
     let reason = message
         .strip_prefix(&format!("{path}: "))
@@ -298,13 +298,13 @@ pub fn json_error(path: &str, (key, local): (&str, &str), err: &Error) -> serde_
 }
 
 /// True when progress may be drawn on stderr.
-pub fn stderr_is_terminal() -> bool {
+pub(crate) fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
 }
 
 /// Writes lines to stdout; a closed pipe (`| head`) stops quietly.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     out: io::BufWriter<io::Stdout>,
     closed: bool,
 }
@@ -320,7 +320,7 @@ impl Default for Output {
 
 impl Output {
     /// Writes one line; returns `false` once the reader has gone.
-    pub fn line(&mut self, line: &str) -> Result<bool> {
+    pub(crate) fn line(&mut self, line: &str) -> Result<bool> {
         if self.closed {
             return Ok(false);
         }
@@ -331,7 +331,7 @@ impl Output {
     }
 
     /// Flushes what is buffered (e.g. after each JSON line).
-    pub fn flush(&mut self) -> Result<bool> {
+    pub(crate) fn flush(&mut self) -> Result<bool> {
         if self.closed {
             return Ok(false);
         }

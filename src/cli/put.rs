@@ -51,7 +51,7 @@ pub struct PutArgs {
 
 /// The remote path for `local`: `remote` itself, or with a trailing `/`,
 /// `remote` + LOCAL's file name.
-pub fn remote_path(local: &str, remote: &str) -> Result<String> {
+pub(crate) fn remote_path(local: &str, remote: &str) -> Result<String> {
     if !remote.ends_with('/') {
         return Ok(remote.to_string());
     }
@@ -69,7 +69,7 @@ pub fn remote_path(local: &str, remote: &str) -> Result<String> {
 }
 
 /// Runs `fetchd put`.
-pub async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
+pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
     let remote = remote_path(&args.local, &args.remote)?;
     let source = Source::from_arg(&args.local);
     let result = async {
@@ -132,7 +132,11 @@ fn progress_bar(args: &PutArgs, size_known: bool) -> ProgressBar {
 
 /// The `--json` object: like `get`'s, with `source` (the local path, `-`
 /// for stdin) where `get` has `dest`.
-pub fn json_line(remote: &str, source: &str, result: &Result<Uploaded>) -> serde_json::Value {
+pub(crate) fn json_line(
+    remote: &str,
+    source: &str,
+    result: &Result<Uploaded>,
+) -> serde_json::Value {
     let path = remote.trim_start_matches('/');
     match result {
         Ok(uploaded) => json!({

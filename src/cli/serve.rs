@@ -132,7 +132,7 @@ pub struct ServeArgs {
 }
 
 /// Parses `16G`, `512M`, `100K` or a plain number of bytes.
-pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let text = text.trim();
     let scale = match text.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => 1 << 10,
@@ -166,7 +166,7 @@ fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
 }
 
 /// Runs `fetchd serve` until SIGINT or SIGTERM.
-pub fn run(args: ServeArgs) -> Result<u8> {
+pub(crate) fn run(args: ServeArgs) -> Result<u8> {
     match std::fs::metadata(&args.root) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {

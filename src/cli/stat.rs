@@ -24,7 +24,7 @@ pub struct StatArgs {
 }
 
 /// Runs `fetchd stat`.
-pub async fn run(args: StatArgs, client_args: ClientArgs) -> Result<u8> {
+pub(crate) async fn run(args: StatArgs, client_args: ClientArgs) -> Result<u8> {
     let client = client_args.connect().await?;
     let notify = |line: &str| eprintln!("fetchd: {line}");
     let subject = crate::client::download::shown(&args.path);

@@ -54,7 +54,7 @@ pub struct TailArgs {
 
 /// Runs `fetchd tail` until Ctrl-C / SIGTERM (or, with `--no-follow`, the
 /// end of the data).
-pub async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
+pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     // Handlers first: a signal that comes early still ends with status 0.
     let signal_error = |err| Error::io("<signals>", err);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;

@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::partfile::PartFile;
 
 /// Chunks queued between the network loop and the writer thread.
-pub const ASSEMBLE_QUEUE_CHUNKS: usize = 4;
+pub(crate) const ASSEMBLE_QUEUE_CHUNKS: usize = 4;
 
 /// Where assembled bytes go.
-pub trait Sink: Send + 'static {
+pub(crate) trait Sink: Send + 'static {
     /// Appends `data`. `Ok(false)` means the reader is gone (a closed pipe)
     /// and nothing more needs writing.
     fn append(&mut self, data: &[u8]) -> Result<bool>;
@@ -31,13 +31,13 @@ impl Sink for PartFile {
 
 /// Standard output; a closed pipe ends the download quietly.
 #[derive(Debug, Default)]
-pub struct StdoutSink {
+pub(crate) struct StdoutSink {
     closed: bool,
 }
 
 impl StdoutSink {
     /// True when the reader closed the pipe.
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closed
     }
 }
@@ -63,7 +63,7 @@ impl Sink for StdoutSink {
 /// chunk through its own bounded channel, so hashing and writing overlap on
 /// two cores while the network loop only receives.
 #[derive(Debug)]
-pub struct Assembler<S> {
+pub(crate) struct Assembler<S> {
     to_writer: mpsc::Sender<Bytes>,
     to_hasher: mpsc::Sender<Bytes>,
     writer: JoinHandle<(S, Result<()>)>,
@@ -73,7 +73,7 @@ pub struct Assembler<S> {
 /// What the threads hand back: the sink, the hasher over every byte it was
 /// given, and whether every write succeeded.
 #[derive(Debug)]
-pub struct Assembled<S> {
+pub(crate) struct Assembled<S> {
     /// The sink, for committing or keeping.
     pub sink: S,
     /// Hash of everything the sink held before plus every chunk pushed.
@@ -85,7 +85,7 @@ pub struct Assembled<S> {
 impl<S: Sink> Assembler<S> {
     /// Starts writing to `sink`, continuing `hasher` (which has already seen
     /// whatever the sink holds).
-    pub fn start(mut sink: S, mut hasher: Hasher) -> Assembler<S> {
+    pub(crate) fn start(mut sink: S, mut hasher: Hasher) -> Assembler<S> {
         let (to_writer, mut writer_rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
         let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
         let writer = tokio::task::spawn_blocking(move || {
@@ -116,13 +116,13 @@ impl<S: Sink> Assembler<S> {
 
     /// Queues the next chunk. `false` means the writer thread stopped (a
     /// write failed): stop pushing and call [`finish`](Self::finish).
-    pub async fn push(&mut self, chunk: Bytes) -> bool {
+    pub(crate) async fn push(&mut self, chunk: Bytes) -> bool {
         self.to_hasher.send(chunk.clone()).await.is_ok() && self.to_writer.send(chunk).await.is_ok()
     }
 
     /// Waits for every queued chunk to be written and hashed, and hands back
     /// the sink.
-    pub async fn finish(self) -> Result<Assembled<S>> {
+    pub(crate) async fn finish(self) -> Result<Assembled<S>> {
         drop(self.to_writer);
         drop(self.to_hasher);
         let joined = |err| Error::io("<assembler thread>", io::Error::other(err));

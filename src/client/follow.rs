@@ -101,7 +101,7 @@ impl TailStream {
 
 /// What a [`Follower`] hands out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Followed {
+pub(crate) enum Followed {
     /// The next bytes of the file, exactly as written.
     Data(Bytes),
     /// Something happened to the file (`Opened` is reported only after a
@@ -121,7 +121,7 @@ pub enum Followed {
 
 /// Follows one file across reconnects.
 #[derive(Debug)]
-pub struct Follower {
+pub(crate) struct Follower {
     /// The last connection; reconnects go to the same server, the same way.
     client: Client,
     /// False once the connection was lost: the next open reconnects.
@@ -144,7 +144,7 @@ impl Follower {
     /// A follower of `path` over `client` (reconnecting to the same server
     /// when the connection is lost), starting with its last `lines` lines;
     /// `follow` false stops at the end of what the file held at the start.
-    pub fn new(client: Client, path: &str, lines: u32, follow: bool) -> Follower {
+    pub(crate) fn new(client: Client, path: &str, lines: u32, follow: bool) -> Follower {
         let retry = client.retry_policy();
         Follower {
             client,
@@ -168,16 +168,11 @@ impl Follower {
         }
     }
 
-    /// The position after the last byte handed out.
-    pub fn cursor(&self) -> Option<TailCursor> {
-        self.cursor
-    }
-
     /// The next thing to show, or `None` when a `--no-follow` tail is done.
     /// Errors that reconnecting cannot fix (refused, not found without
     /// follow, a broken protocol) end it; with follow, lost connections and
     /// server restarts never do.
-    pub async fn next(&mut self) -> Result<Option<Followed>> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Followed>> {
         loop {
             if let Some(wait) = self.wait.take() {
                 tokio::time::sleep(wait).await;

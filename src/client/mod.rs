@@ -10,16 +10,16 @@
 //! - [`upload`]: one local file (or stdin) to the server, read and hashed on
 //!   a blocking thread.
 
-pub mod assemble;
-pub mod bulk;
+pub(crate) mod assemble;
+pub(crate) mod bulk;
 mod connector;
-pub mod download;
-pub mod follow;
-pub mod options;
+pub(crate) mod download;
+pub(crate) mod follow;
+pub(crate) mod options;
 mod raw_read;
-pub mod retry;
-pub mod target;
-pub mod upload;
+pub(crate) mod retry;
+pub(crate) mod target;
+pub(crate) mod upload;
 
 use std::time::Duration;
 
@@ -36,37 +36,37 @@ use crate::proto::{self, fetchd_client::FetchdClient, read_response};
 use crate::read_stream::{ReadEvent, ReadStart};
 use crate::tls::ClientTls;
 use connector::{PlainDialer, TlsDialer, TlsFailure};
-pub use options::{BearerToken, Compression, ConnectOptions};
+pub(crate) use options::{BearerToken, Compression, ConnectOptions};
 use raw_read::{Calls, Piece, RawRead};
 use retry::RetryPolicy;
-pub use target::Target;
+pub(crate) use target::Target;
 
 /// Server used when neither `--server` nor `FETCHD_SERVER` is given.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 /// How long connecting may take before the server counts as unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 receive window per stream on a near link (round trip up to
 /// [`NEAR_RTT`]).
-pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// HTTP/2 receive window per connection on a near link.
-pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Round trips up to this get the near windows: 8 MiB per stream still
 /// allows 1.6 GB/s at 5 ms, and a loaded machine's loopback stays below it.
 pub const NEAR_RTT: Duration = Duration::from_millis(5);
 /// The rate the windows of a far link are sized for (10 Gbit/s): one
 /// stream may have this rate times the round trip in flight.
-pub const WINDOW_TARGET_BYTES_PER_SEC: f64 = 1.25e9;
+pub(crate) const WINDOW_TARGET_BYTES_PER_SEC: f64 = 1.25e9;
 /// Largest receive window per stream on a far link.
-pub const MAX_STREAM_WINDOW_BYTES: u32 = 256 * 1024 * 1024;
+pub(crate) const MAX_STREAM_WINDOW_BYTES: u32 = 256 * 1024 * 1024;
 /// Largest HTTP/2 frame the client accepts (the server's data frames).
-pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+pub(crate) const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Largest message the client decodes (a data chunk is 1 MiB).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How often the client pings a server while calls are open, so that a
 /// server that vanished (rather than closed the connection) is noticed.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// An unanswered ping this old ends the connection.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 type Rpc = FetchdClient<Calls>;
 

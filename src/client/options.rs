@@ -68,7 +68,7 @@ impl Compression {
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub(crate) struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl BearerToken {
     /// The header value for `token` (`None`: no header), marked sensitive

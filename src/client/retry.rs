@@ -25,11 +25,11 @@ use tonic::Code;
 use crate::error::Error;
 
 /// Default for `--retry-for`: how long a streak of retries may last.
-pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
 /// The first wait of a streak.
-pub const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+pub(crate) const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(250);
 /// The longest wait between two tries.
-pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How long the client keeps trying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,7 +212,7 @@ impl Streak {
 }
 
 /// The notice of one retry: `PATH: server busy, retrying in 2.0 s`.
-pub fn notice(subject: &str, retry: Retry) -> String {
+pub(crate) fn notice(subject: &str, retry: Retry) -> String {
     format!(
         "{subject}: {}, retrying in {:.1} s",
         retry.cause.describe(),
@@ -222,7 +222,7 @@ pub fn notice(subject: &str, retry: Retry) -> String {
 
 /// What a failed read says about the bytes a client received so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AfterRead {
+pub(crate) enum AfterRead {
     /// The file changed on the server, or is now shorter than what was
     /// received: start again from byte 0 (why, in words).
     Restart(&'static str),
@@ -234,7 +234,7 @@ pub enum AfterRead {
 
 impl AfterRead {
     /// The verdict on a read that failed with `err`.
-    pub fn of(err: &Error) -> AfterRead {
+    pub(crate) fn of(err: &Error) -> AfterRead {
         match err.code() {
             Code::Aborted => AfterRead::Restart("the file changed on the server while it was read"),
             Code::OutOfRange => {
@@ -248,7 +248,7 @@ impl AfterRead {
 
 /// True when the file changed on the server while it was read (ABORTED):
 /// a fresh read of it gets one consistent version.
-pub fn changed_while_read(err: &Error) -> bool {
+pub(crate) fn changed_while_read(err: &Error) -> bool {
     err.code() == Code::Aborted
 }
 

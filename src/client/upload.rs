@@ -28,11 +28,11 @@ use crate::error::{Error, Result};
 /// Bytes per data message.
 pub const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
 /// Chunks queued between the reader thread and the network.
-pub const UPLOAD_QUEUE_CHUNKS: usize = 4;
+pub(crate) const UPLOAD_QUEUE_CHUNKS: usize = 4;
 
 /// Where the bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A local path (a regular file; a pipe or FIFO is read as a stream).
     File(PathBuf),
     /// Standard input (`-`).
@@ -41,7 +41,7 @@ pub enum Source {
 
 impl Source {
     /// `-` is stdin, anything else a path.
-    pub fn from_arg(arg: &str) -> Source {
+    pub(crate) fn from_arg(arg: &str) -> Source {
         if arg == "-" {
             Source::Stdin
         } else {
@@ -50,7 +50,7 @@ impl Source {
     }
 
     /// The source as messages show it (`-` for stdin).
-    pub fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         match self {
             Source::File(path) => path.display().to_string(),
             Source::Stdin => "-".to_string(),
@@ -60,7 +60,7 @@ impl Source {
 
 /// How an upload behaves.
 #[derive(Clone)]
-pub struct UploadOptions {
+pub(crate) struct UploadOptions {
     /// Replace an existing file on the server.
     pub force: bool,
     /// Progress display (use [`ProgressBar::hidden`] for none).
@@ -88,7 +88,7 @@ impl Default for UploadOptions {
 }
 
 /// A source opened for reading.
-pub struct Opened {
+pub(crate) struct Opened {
     reader: Box<dyn Read + Send>,
     /// The size to declare; `None` for a stream.
     size: Option<u64>,
@@ -106,14 +106,14 @@ impl std::fmt::Debug for Opened {
 
 impl Opened {
     /// The size that will be declared; `None` for a stream.
-    pub fn size(&self) -> Option<u64> {
+    pub(crate) fn size(&self) -> Option<u64> {
         self.size
     }
 }
 
 /// Opens `source` (on the calling thread: it may block, e.g. on a FIFO
 /// with no writer yet). A directory is refused.
-pub fn open(source: &Source) -> Result<Opened> {
+pub(crate) fn open(source: &Source) -> Result<Opened> {
     match source {
         Source::Stdin => Ok(Opened {
             reader: Box::new(io::stdin()),
@@ -143,7 +143,7 @@ pub fn open(source: &Source) -> Result<Opened> {
 
 /// The result of a finished upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Uploaded {
+pub(crate) struct Uploaded {
     /// The path on the server, as the server names it.
     pub path: String,
     /// Bytes stored.
@@ -156,7 +156,7 @@ pub struct Uploaded {
 /// again under the client's retry policy when the source can be read again
 /// (a regular file, re-opened and sent from byte 0: the server keeps
 /// nothing of a broken upload). Stdin, a pipe or a FIFO is sent once.
-pub async fn upload_retrying(
+pub(crate) async fn upload_retrying(
     client: &Client,
     opened: Opened,
     remote: &str,
@@ -184,7 +184,7 @@ pub async fn upload_retrying(
 }
 
 /// Uploads `opened` to `remote`, once.
-pub async fn upload(
+pub(crate) async fn upload(
     client: &Client,
     opened: Opened,
     remote: &str,

@@ -23,9 +23,9 @@ use crate::error::{Error, Result};
 
 /// Calls under this path prefix never need a token (load balancers and
 /// orchestrators probe health without credentials).
-pub const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
+pub(crate) const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// Largest token file read.
-pub const MAX_TOKEN_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_TOKEN_FILE_BYTES: u64 = 1024 * 1024;
 
 type TokenDigest = [u8; 32];
 
@@ -200,13 +200,13 @@ fn warn_if_readable_by_others(file: &Path, opened: &std::fs::File) {
 /// UNAUTHENTICATED, except health checks. Without tokens it passes
 /// everything through.
 #[derive(Clone, Debug)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     tokens: Option<Tokens>,
 }
 
 impl AuthLayer {
     /// Checks calls against `tokens`; `None` lets every call through.
-    pub fn new(tokens: Option<Tokens>) -> AuthLayer {
+    pub(crate) fn new(tokens: Option<Tokens>) -> AuthLayer {
         AuthLayer { tokens }
     }
 }
@@ -224,7 +224,7 @@ impl<S> Layer<S> for AuthLayer {
 
 /// The service [`AuthLayer`] makes.
 #[derive(Clone, Debug)]
-pub struct Auth<S> {
+pub(crate) struct Auth<S> {
     inner: S,
     tokens: Option<Tokens>,
 }

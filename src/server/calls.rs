@@ -36,28 +36,28 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The gRPC service whose calls are logged at info level; the standard
 /// services (health checks, reflection) log at debug, so a load balancer's
 /// probes do not flood the log.
-pub const FETCHD_SERVICE: &str = "fetchd.v1.Fetchd";
+pub(crate) const FETCHD_SERVICE: &str = "fetchd.v1.Fetchd";
 /// Methods of [`FETCHD_SERVICE`] that move file data: counted in
 /// `fetchd_transfers_active` and timed in `fetchd_transfer_duration_seconds`.
-pub const TRANSFER_METHODS: &[&str] = &["Read", "Write"];
+pub(crate) const TRANSFER_METHODS: &[&str] = &["Read", "Write"];
 /// The method of [`FETCHD_SERVICE`] counted in `fetchd_tails_active`.
-pub const TAIL_METHOD: &str = "Tail";
+pub(crate) const TAIL_METHOD: &str = "Tail";
 /// Longest request path written to the log, in characters.
-pub const LOGGED_PATH_CHARS: usize = 1024;
+pub(crate) const LOGGED_PATH_CHARS: usize = 1024;
 /// Label value for a call to a method the server does not serve (so a
 /// client sending made-up paths cannot add label values without bound).
-pub const UNKNOWN_LABEL: &str = "unknown";
+pub(crate) const UNKNOWN_LABEL: &str = "unknown";
 
 /// The methods the server serves, read from the descriptor sets it
 /// registers for reflection: `/package.Service/Method` -> (service, method).
 #[derive(Debug, Default)]
-pub struct KnownMethods {
+pub(crate) struct KnownMethods {
     methods: std::collections::HashMap<String, (Arc<str>, Arc<str>)>,
 }
 
 impl KnownMethods {
     /// The methods of every service in the encoded `FileDescriptorSet`s.
-    pub fn from_descriptor_sets(sets: &[&[u8]]) -> KnownMethods {
+    pub(crate) fn from_descriptor_sets(sets: &[&[u8]]) -> KnownMethods {
         let mut methods = std::collections::HashMap::new();
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
@@ -96,14 +96,14 @@ impl KnownMethods {
 
 /// The tower layer that observes every call (see the module docs).
 #[derive(Clone, Debug)]
-pub struct CallLayer {
+pub(crate) struct CallLayer {
     metrics: Metrics,
     methods: Arc<KnownMethods>,
 }
 
 impl CallLayer {
     /// Observes calls into `metrics`; `methods` names the labels.
-    pub fn new(metrics: Metrics, methods: KnownMethods) -> CallLayer {
+    pub(crate) fn new(metrics: Metrics, methods: KnownMethods) -> CallLayer {
         CallLayer {
             metrics,
             methods: Arc::new(methods),
@@ -125,7 +125,7 @@ impl<S> tower_layer::Layer<S> for CallLayer {
 
 /// A service with every call observed.
 #[derive(Clone, Debug)]
-pub struct Observed<S> {
+pub(crate) struct Observed<S> {
     inner: S,
     metrics: Metrics,
     methods: Arc<KnownMethods>,
@@ -183,11 +183,11 @@ where
 /// pass the layer (a unit test calling a handler) gets a detached record
 /// that goes nowhere.
 #[derive(Clone, Debug, Default)]
-pub struct CallRecord(Option<Arc<CallState>>);
+pub(crate) struct CallRecord(Option<Arc<CallState>>);
 
 impl CallRecord {
     /// The record of the call whose request has these extensions.
-    pub fn of(extensions: &http::Extensions) -> CallRecord {
+    pub(crate) fn of(extensions: &http::Extensions) -> CallRecord {
         extensions.get::<CallRecord>().cloned().unwrap_or_default()
     }
 
@@ -195,7 +195,7 @@ impl CallRecord {
     /// it (control characters escaped, at most [`LOGGED_PATH_CHARS`]
     /// characters, so a hostile name cannot forge log lines). The first name
     /// given stays.
-    pub fn set_path(&self, path: &str) {
+    pub(crate) fn set_path(&self, path: &str) {
         if let Some(call) = &self.0 {
             let shown: String = path
                 .chars()
@@ -207,7 +207,7 @@ impl CallRecord {
     }
 
     /// Adds `bytes` of file data sent to the client.
-    pub fn add_sent(&self, bytes: u64) {
+    pub(crate) fn add_sent(&self, bytes: u64) {
         if let Some(call) = &self.0 {
             call.file_bytes.fetch_add(bytes, Ordering::Relaxed);
             call.metrics.sent_bytes.inc_by(bytes);
@@ -215,7 +215,7 @@ impl CallRecord {
     }
 
     /// Adds `bytes` of file data received from the client (uploads).
-    pub fn add_received(&self, bytes: u64) {
+    pub(crate) fn add_received(&self, bytes: u64) {
         if let Some(call) = &self.0 {
             call.file_bytes.fetch_add(bytes, Ordering::Relaxed);
             call.metrics.add_received_bytes(bytes);
@@ -505,7 +505,7 @@ where
 
 /// The canonical name of a status code, as the gRPC documentation and the
 /// metric labels spell it.
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -12,38 +12,38 @@ use crate::server::upload;
 use crate::tls::ServerTls;
 
 /// HTTP/2 receive window per stream.
-pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// HTTP/2 receive window per connection.
-pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame the server accepts.
-pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+pub(crate) const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Default for `--grace`: how long running transfers may finish after a
 /// shutdown signal.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Default for `--max-transfers`: reads served at once, over all clients.
-pub const DEFAULT_MAX_TRANSFERS: usize = 256;
+pub(crate) const DEFAULT_MAX_TRANSFERS: usize = 256;
 /// Default for [`ServerConfig::max_tails`]: tail streams open at once.
-pub const DEFAULT_MAX_TAILS: usize = 4096;
+pub(crate) const DEFAULT_MAX_TAILS: usize = 4096;
 /// Default for `--max-connections`: connections open at once, as many as
 /// the tail streams the server allows (a follower is a connection each).
-pub const DEFAULT_MAX_CONNECTIONS: usize = DEFAULT_MAX_TAILS;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = DEFAULT_MAX_TAILS;
 /// Default for `--max-streams-per-connection`: calls open at once on one
 /// connection.
-pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 256;
+pub(crate) const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 256;
 /// Default for `--max-request-bytes`: the largest request message.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default for `--idle-timeout`: a connection without calls for this long
 /// is closed.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default for `--handshake-timeout`: a connection must make its first call
 /// (TCP, TLS and HTTP/2 handshakes included) within this time.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `--keepalive-interval`: how often an HTTP/2 ping checks that
 /// the peer is still there.
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default for `--keepalive-timeout`: a ping unanswered for this long
 /// closes the connection, ending its calls.
-pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a server serves and how.
 #[derive(Clone, Debug)]
@@ -125,7 +125,7 @@ impl ServerConfig {
 }
 
 /// Refuses a root that is the whole filesystem unless `allow_root_slash`.
-pub fn check_root(root: &Path, allow_root_slash: bool) -> Result<()> {
+pub(crate) fn check_root(root: &Path, allow_root_slash: bool) -> Result<()> {
     let canonical = std::fs::canonicalize(root).map_err(|err| Error::io(root, err))?;
     if canonical == Path::new("/") && !allow_root_slash {
         return Err(Error::Usage(format!(

@@ -46,11 +46,11 @@ use crate::error::Error;
 
 /// How long the accept loop pauses after an error such as "too many open
 /// files", instead of spinning on it.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The per-connection limits.
 #[derive(Clone, Copy, Debug)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// Longest time from accept to the first call.
     pub handshake_timeout: Duration,
     /// Longest time a connection may stay open without a call.
@@ -63,7 +63,7 @@ pub struct ConnLimits {
 
 /// Accepted sockets, wrapped and ready for tonic.
 #[derive(Debug)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     listener: TcpListener,
     limits: ConnLimits,
     pause: Option<Pin<Box<Sleep>>>,
@@ -79,7 +79,11 @@ pub struct Incoming {
 impl Incoming {
     /// Accepts on `listener`, giving each connection `limits`, with at
     /// most `max_connections` (at least 1) open at once.
-    pub fn new(listener: TcpListener, limits: ConnLimits, max_connections: usize) -> Incoming {
+    pub(crate) fn new(
+        listener: TcpListener,
+        limits: ConnLimits,
+        max_connections: usize,
+    ) -> Incoming {
         let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Incoming {
             listener,
@@ -157,7 +161,7 @@ impl Stream for Incoming {
 
 /// What one connection's socket and its calls share.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     limits: ConnLimits,
     remote: SocketAddr,
     local: Option<SocketAddr>,
@@ -220,14 +224,14 @@ impl Drop for CallGuard {
 
 /// What every request on a connection carries (as tonic connect info).
 #[derive(Clone, Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     state: Arc<ConnState>,
 }
 
 /// An accepted socket that closes itself when its connection is no longer
 /// wanted (see the module documentation).
 #[derive(Debug)]
-pub struct Guarded {
+pub(crate) struct Guarded {
     stream: TcpStream,
     state: Arc<ConnState>,
     timer: Pin<Box<Sleep>>,
@@ -364,7 +368,7 @@ fn conn_of<B>(request: &http::Request<B>) -> Option<Arc<ConnState>> {
 }
 
 /// The peer address of a request's connection, if known.
-pub fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+pub(crate) fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
     conn_of(request).map(|conn| conn.remote).or_else(|| {
         request
             .extensions()
@@ -377,7 +381,7 @@ pub fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
 /// limit), bounds request messages, and gives requests the usual
 /// [`TcpConnectInfo`] so `Request::remote_addr` works.
 #[derive(Clone, Debug)]
-pub struct ConnLayer {
+pub(crate) struct ConnLayer {
     limits: ConnLimits,
     stopping: CancellationToken,
 }
@@ -387,7 +391,7 @@ impl ConnLayer {
     /// before a shutdown) it refuses every new call but health with
     /// UNAVAILABLE and a retry pushback, so clients try again elsewhere or
     /// after the restart instead of failing.
-    pub fn new(limits: ConnLimits, stopping: CancellationToken) -> ConnLayer {
+    pub(crate) fn new(limits: ConnLimits, stopping: CancellationToken) -> ConnLayer {
         ConnLayer { limits, stopping }
     }
 }
@@ -406,7 +410,7 @@ impl<S> Layer<S> for ConnLayer {
 
 /// The service [`ConnLayer`] makes.
 #[derive(Clone, Debug)]
-pub struct ConnService<S> {
+pub(crate) struct ConnService<S> {
     inner: S,
     limits: ConnLimits,
     stopping: CancellationToken,
@@ -560,7 +564,7 @@ impl http_body::Body for LimitedBody {
 /// Follows the gRPC length-prefixed framing (1 flag byte, 4 length bytes,
 /// the message) across arbitrary chunk boundaries.
 #[derive(Debug)]
-pub struct FrameScan {
+pub(crate) struct FrameScan {
     limit: usize,
     header: [u8; 5],
     header_len: usize,
@@ -569,7 +573,7 @@ pub struct FrameScan {
 
 impl FrameScan {
     /// A scanner refusing messages over `limit` bytes.
-    pub fn new(limit: usize) -> FrameScan {
+    pub(crate) fn new(limit: usize) -> FrameScan {
         FrameScan {
             limit,
             header: [0; 5],
@@ -580,7 +584,7 @@ impl FrameScan {
 
     /// Takes the next bytes of the stream; `Err(size)` when a message
     /// header announces `size` bytes, more than the limit.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), u64> {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> Result<(), u64> {
         while !data.is_empty() {
             if self.body_left > 0 {
                 let skip = self.body_left.min(data.len() as u64);

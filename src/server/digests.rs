@@ -20,13 +20,13 @@ use crate::error::Result;
 use crate::store::{Reader, Version};
 
 /// Digests remembered at most (about 100 bytes each).
-pub const DIGEST_CACHE_ENTRIES: usize = 65_536;
+pub(crate) const DIGEST_CACHE_ENTRIES: usize = 65_536;
 /// A file modified less than this long before hashing began is not cached.
-pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// A bounded, least-recently-used map from file version to digest.
 #[derive(Debug)]
-pub struct DigestCache<V: Version> {
+pub(crate) struct DigestCache<V: Version> {
     entries: Mutex<LruCache<V, Digest>>,
 }
 
@@ -38,7 +38,7 @@ impl<V: Version> Default for DigestCache<V> {
 
 impl<V: Version> DigestCache<V> {
     /// A cache holding at most `capacity` digests.
-    pub fn new(capacity: usize) -> DigestCache<V> {
+    pub(crate) fn new(capacity: usize) -> DigestCache<V> {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         DigestCache {
             entries: Mutex::new(LruCache::new(capacity)),
@@ -46,13 +46,13 @@ impl<V: Version> DigestCache<V> {
     }
 
     /// The digest of `version`, if known.
-    pub fn get(&self, version: &V) -> Option<Digest> {
+    pub(crate) fn get(&self, version: &V) -> Option<Digest> {
         self.lock().get(version).copied()
     }
 
     /// Remembers `digest` for `version`, hashed from `hashing_started` on,
     /// unless the file was modified too recently to trust its version.
-    pub fn insert(&self, version: V, digest: Digest, hashing_started: SystemTime) {
+    pub(crate) fn insert(&self, version: V, digest: Digest, hashing_started: SystemTime) {
         let started_ns = hashing_started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| {
@@ -69,7 +69,10 @@ impl<V: Version> DigestCache<V> {
 
     /// The digest of the opened file: remembered, or hashed now (and
     /// remembered). `None` when the file changed while it was hashed.
-    pub fn digest_of<R: Reader<Version = V>>(&self, reader: &mut R) -> Result<Option<Digest>> {
+    pub(crate) fn digest_of<R: Reader<Version = V>>(
+        &self,
+        reader: &mut R,
+    ) -> Result<Option<Digest>> {
         let version = reader.version();
         if let Some(digest) = self.get(&version) {
             return Ok(Some(digest));

@@ -25,11 +25,11 @@ use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The HTTP/2 path of the health service's `Watch` method.
-pub const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+pub(crate) const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
 
 /// The health service with its `Watch` streams ended at shutdown.
 #[derive(Clone, Debug)]
-pub struct EndWatches<S> {
+pub(crate) struct EndWatches<S> {
     inner: S,
     stopping: CancellationToken,
 }
@@ -37,7 +37,7 @@ pub struct EndWatches<S> {
 impl<S> EndWatches<S> {
     /// Wraps the health service `inner`; `stopping` is cancelled when
     /// shutdown begins (before the statuses turn NOT_SERVING).
-    pub fn new(inner: S, stopping: CancellationToken) -> EndWatches<S> {
+    pub(crate) fn new(inner: S, stopping: CancellationToken) -> EndWatches<S> {
         EndWatches { inner, stopping }
     }
 }

@@ -25,14 +25,14 @@ use tokio::net::TcpListener;
 use crate::error::{Error, Result};
 
 /// The path the metrics are served at.
-pub const METRICS_PATH: &str = "/metrics";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 /// Upper bounds (seconds) of the transfer duration histogram's buckets: a
 /// small file on a LAN to a large one on a slow link.
-pub const TRANSFER_SECONDS_BUCKETS: &[f64] = &[
+pub(crate) const TRANSFER_SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 /// How long one metrics request may take before its connection is dropped.
-pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of descriptors) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -169,7 +169,7 @@ impl Metrics {
 /// Serves `metrics` over HTTP/1.1 on `listener` until `shutdown`
 /// completes: `GET /metrics` answers the text format, anything else 404
 /// (or 405 for another method on `/metrics`).
-pub async fn serve_http(
+pub(crate) async fn serve_http(
     listener: TcpListener,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send,
@@ -213,7 +213,7 @@ pub async fn serve_http(
 
 /// Binds the metrics listener, so that `ADDR` with port 0 gets a real port
 /// the caller can print.
-pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|err| Error::Serve(format!("cannot listen on {addr} for metrics: {err}")))

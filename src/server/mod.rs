@@ -24,17 +24,17 @@
 //! The tree itself, and following a file for `tail`, are the store's
 //! ([`crate::store`]).
 
-pub mod auth;
-pub mod calls;
-pub mod config;
-pub mod conn;
-pub mod digests;
-pub mod health;
-pub mod metrics;
-pub mod read;
-pub mod read_route;
-pub mod service;
-pub mod upload;
+pub(crate) mod auth;
+pub(crate) mod calls;
+pub(crate) mod config;
+pub(crate) mod conn;
+pub(crate) mod digests;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod read;
+pub(crate) mod read_route;
+pub(crate) mod service;
+pub(crate) mod upload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,7 +51,7 @@ use crate::store::Store;
 use crate::store::local::LocalStore;
 use auth::{AuthLayer, Tokens};
 use calls::{CallLayer, KnownMethods};
-pub use config::*;
+pub(crate) use config::*;
 use conn::{ConnLayer, Incoming};
 use read_route::ReadRoute;
 use service::FetchdService;
@@ -96,7 +96,7 @@ pub async fn run(
 /// With `config.allow_upload`, temporary upload files that an earlier run
 /// left behind (a crash, a kill) are removed before the first call is
 /// served ([`Store::sweep`]).
-pub async fn serve<S: Store>(
+pub(crate) async fn serve<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
     config: ServerConfig,

@@ -38,16 +38,16 @@ use crate::store::{Reader, RequestPath, Store, Version, hash_range};
 /// and the network), and match the HTTP/2 frame size both ends allow.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Files up to this size are read whole when opened, with no reader thread.
-pub const SMALL_FILE_BYTES: u64 = CHUNK_BYTES as u64;
+pub(crate) const SMALL_FILE_BYTES: u64 = CHUNK_BYTES as u64;
 /// Chunks queued between the reader thread and the network.
-pub const READ_QUEUE_CHUNKS: usize = 2;
+pub(crate) const READ_QUEUE_CHUNKS: usize = 2;
 
 /// How the reader lays out each data chunk it sends: what goes before the
 /// file's bytes in the buffer. The reader does not know the wire; the wire
 /// edge that wants whole frames gives it their layout
 /// ([`crate::wire::READ_DATA_FRAMES`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Framing {
+pub(crate) struct Framing {
     /// Most bytes `put_header` writes.
     pub header_max: usize,
     /// Appends what goes before `len` data bytes.
@@ -58,7 +58,7 @@ pub struct Framing {
 
 impl Framing {
     /// A chunk is the file's bytes alone (for tonic's codec to encode).
-    pub const BARE: Framing = Framing {
+    pub(crate) const BARE: Framing = Framing {
         header_max: 0,
         put_header: |_, _| {},
         payload_len: |len| len,
@@ -133,7 +133,7 @@ impl Drop for PooledBuffer {
 
 /// A read ready to go out.
 #[derive(Debug)]
-pub enum Prepared<S: Store> {
+pub(crate) enum Prepared<S: Store> {
     /// A small file, already read: every event of the stream.
     Whole(Vec<Result<ReadEvent>>),
     /// A larger file, opened: stream it with [`OpenRead::stream`].
@@ -142,7 +142,7 @@ pub enum Prepared<S: Store> {
 
 /// A small file read whole by [`OpenRead::read_whole`].
 #[derive(Debug)]
-pub enum WholeRead {
+pub(crate) enum WholeRead {
     /// Every byte, consistent with `version`.
     File {
         /// The file as `Stat` would describe it.
@@ -161,7 +161,7 @@ pub enum WholeRead {
 /// The events of one read as they become ready, for either handler of
 /// `Read`; a failure is the last item. Logs how the read ended.
 #[derive(Debug)]
-pub struct ReadEvents {
+pub(crate) struct ReadEvents {
     source: EventSource,
     framing: Framing,
     record: CallRecord,
@@ -185,7 +185,7 @@ impl ReadEvents {
     /// read already, lets it go at once.
     /// Data chunks are laid out as `framing` says; the file bytes sent are
     /// added to `record`.
-    pub fn new<S: Store>(
+    pub(crate) fn new<S: Store>(
         prepared: Prepared<S>,
         permit: OwnedSemaphorePermit,
         path: String,
@@ -247,7 +247,7 @@ impl Drop for ReadEvents {
 
 /// An opened file, checked and ready to stream.
 #[derive(Debug)]
-pub struct OpenRead<S: Store> {
+pub(crate) struct OpenRead<S: Store> {
     reader: S::Reader,
     digests: Arc<DigestCache<S::Version>>,
     path: RequestPath,
@@ -261,7 +261,7 @@ pub struct OpenRead<S: Store> {
 impl<S: Store> OpenRead<S> {
     /// Resolves and opens `path` for a read of `length` bytes (to the end
     /// when `None`) from `offset`.
-    pub async fn open(
+    pub(crate) async fn open(
         store: Arc<S>,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
@@ -279,7 +279,7 @@ impl<S: Store> OpenRead<S> {
     /// [`SMALL_FILE_BYTES`], reads it right away in the same blocking call:
     /// small files then cost one hand-off instead of a reader thread.
     /// Data chunks are laid out as `framing` says.
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         store: Arc<S>,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
@@ -307,7 +307,7 @@ impl<S: Store> OpenRead<S> {
     /// Reads the file at `path` whole when it has at most `max` bytes, with
     /// the same consistency checks as a streamed read. Blocks: call it on a
     /// blocking thread.
-    pub fn read_whole(
+    pub(crate) fn read_whole(
         store: &S,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
@@ -377,17 +377,20 @@ impl<S: Store> OpenRead<S> {
     }
 
     /// The version opened, as the wire describes it.
-    pub fn version(&self) -> FileVersion {
+    pub(crate) fn version(&self) -> FileVersion {
         self.version.describe()
     }
 
     /// The file's entry.
-    pub fn entry(&self) -> &EntryInfo {
+    pub(crate) fn entry(&self) -> &EntryInfo {
         &self.entry
     }
 
     /// Starts the reader thread. The permit is held until it stops.
-    pub fn stream(mut self, permit: OwnedSemaphorePermit) -> mpsc::Receiver<Result<ReadEvent>> {
+    pub(crate) fn stream(
+        mut self,
+        permit: OwnedSemaphorePermit,
+    ) -> mpsc::Receiver<Result<ReadEvent>> {
         let (tx, rx) = mpsc::channel(READ_QUEUE_CHUNKS);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -400,7 +403,7 @@ impl<S: Store> OpenRead<S> {
     }
 
     /// Reads the whole file and returns its digest (for `Stat`).
-    pub async fn digest(mut self) -> Result<(EntryInfo, FileVersion, Digest)> {
+    pub(crate) async fn digest(mut self) -> Result<(EntryInfo, FileVersion, Digest)> {
         tokio::task::spawn_blocking(move || {
             let version = self.version.describe();
             if let Some(digest) = self.digests.get(&self.version) {

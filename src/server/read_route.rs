@@ -41,11 +41,11 @@ use crate::wire::{PREFIX_BYTES, READ_DATA_FRAMES, READ_PATH, message_frame};
 
 /// Largest `ReadRequest` accepted, framing included: a path of at most
 /// 4,096 bytes and two numbers need far less.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The generated service with `Read` taken over by [`serve_read`].
 #[derive(Debug)]
-pub struct ReadRoute<S, St: Store> {
+pub(crate) struct ReadRoute<S, St: Store> {
     inner: S,
     service: FetchdService<St>,
 }
@@ -62,7 +62,7 @@ impl<S: Clone, St: Store> Clone for ReadRoute<S, St> {
 impl<S, St: Store> ReadRoute<S, St> {
     /// Routes `Read` calls to `service` directly and the rest to `inner`
     /// (the generated server over the same `service`).
-    pub fn new(inner: S, service: FetchdService<St>) -> ReadRoute<S, St> {
+    pub(crate) fn new(inner: S, service: FetchdService<St>) -> ReadRoute<S, St> {
         ReadRoute { inner, service }
     }
 }
@@ -106,7 +106,7 @@ where
 /// compression by compressing its request — tonic's `send_compressed`,
 /// grpcio's `compression=`), and removed otherwise, so file data goes out
 /// uncompressed to every client that did not ask.
-pub fn answer_in_request_encoding(headers: &mut http::HeaderMap) -> bool {
+pub(crate) fn answer_in_request_encoding(headers: &mut http::HeaderMap) -> bool {
     let encoding = headers
         .get("grpc-encoding")
         .filter(|encoding| *encoding != "identity")

@@ -28,24 +28,24 @@ use crate::store::{RequestPath, Store, TailSpec};
 use crate::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
-pub const LIST_BATCH_ENTRIES: usize = 512;
+pub(crate) const LIST_BATCH_ENTRIES: usize = 512;
 /// `List` batches queued between the walker thread and the network.
-pub const LIST_QUEUE_BATCHES: usize = 2;
+pub(crate) const LIST_QUEUE_BATCHES: usize = 2;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Most paths one `ReadMany` call may name.
-pub const READ_MANY_MAX_PATHS: usize = 4096;
+pub(crate) const READ_MANY_MAX_PATHS: usize = 4096;
 /// A `ReadMany` message is sent once it holds this many bytes of file data...
-pub const READ_MANY_MESSAGE_BYTES: usize = 1024 * 1024;
+pub(crate) const READ_MANY_MESSAGE_BYTES: usize = 1024 * 1024;
 /// ... or this many files.
-pub const READ_MANY_MESSAGE_FILES: usize = 256;
+pub(crate) const READ_MANY_MESSAGE_FILES: usize = 256;
 /// `ReadMany` messages queued between the reading thread and the network.
-pub const READ_MANY_QUEUE_MESSAGES: usize = 2;
+pub(crate) const READ_MANY_QUEUE_MESSAGES: usize = 2;
 
 /// The file service over one store.
 #[derive(Debug)]
-pub struct FetchdService<S: Store> {
+pub(crate) struct FetchdService<S: Store> {
     store: Arc<S>,
     digests: Arc<DigestCache<S::Version>>,
     transfers: Arc<Semaphore>,
@@ -75,7 +75,7 @@ impl<S: Store> Clone for FetchdService<S> {
 
 impl<S: Store> FetchdService<S> {
     /// A service over `store` allowing `max_transfers` reads at once.
-    pub fn new(store: Arc<S>, max_transfers: usize) -> FetchdService<S> {
+    pub(crate) fn new(store: Arc<S>, max_transfers: usize) -> FetchdService<S> {
         FetchdService {
             store,
             digests: Arc::new(DigestCache::default()),
@@ -90,7 +90,7 @@ impl<S: Store> FetchdService<S> {
 
     /// Accepts uploads of at most `max_bytes` bytes; `None` refuses them
     /// all (PERMISSION_DENIED).
-    pub fn with_uploads(mut self, max_bytes: Option<u64>) -> FetchdService<S> {
+    pub(crate) fn with_uploads(mut self, max_bytes: Option<u64>) -> FetchdService<S> {
         self.max_upload_bytes = max_bytes;
         self
     }
@@ -98,7 +98,11 @@ impl<S: Store> FetchdService<S> {
     /// Allows `max_tails` tail streams at once and ends them all (cleanly,
     /// with a `STOPPING` event) when `stopping` is cancelled: graceful
     /// shutdown waits for open streams, and a tail never ends by itself.
-    pub fn with_tails(mut self, max_tails: usize, stopping: CancellationToken) -> FetchdService<S> {
+    pub(crate) fn with_tails(
+        mut self,
+        max_tails: usize,
+        stopping: CancellationToken,
+    ) -> FetchdService<S> {
         self.tails = Arc::new(Semaphore::new(max_tails));
         self.max_tails = max_tails;
         self.stopping = stopping;

@@ -32,12 +32,12 @@ use crate::store::{RequestPath, Staged, Store};
 /// Chunks queued between the network loop and each of the writer and hasher
 /// threads: memory per upload is about this many chunks plus the HTTP/2
 /// stream window.
-pub const WRITE_QUEUE_CHUNKS: usize = 4;
+pub(crate) const WRITE_QUEUE_CHUNKS: usize = 4;
 /// Default for `--max-upload-size`: 16 GiB.
-pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 16 << 30;
+pub(crate) const DEFAULT_MAX_UPLOAD_BYTES: u64 = 16 << 30;
 /// What a client asked to store.
 #[derive(Clone, Debug)]
-pub struct UploadSpec {
+pub(crate) struct UploadSpec {
     /// The target, relative to the root.
     pub path: RequestPath,
     /// The size the client declared; `None` when it does not know it.
@@ -48,7 +48,7 @@ pub struct UploadSpec {
 
 /// A file stored by a finished upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
+pub(crate) struct Stored {
     /// The target as the request named it (normalised).
     pub path: String,
     /// Bytes written.
@@ -71,7 +71,7 @@ enum ToWriter {
 /// sees the channel closed); [`abort`](Self::abort) does the same and waits
 /// for it.
 #[derive(Debug)]
-pub struct Upload {
+pub(crate) struct Upload {
     shown: String,
     declared: Option<u64>,
     limit: u64,
@@ -91,7 +91,11 @@ impl Upload {
     /// (creating missing folders inside the root), refuses an existing file
     /// unless `force`, creates the temporary file and starts the writer
     /// thread.
-    pub async fn begin<S: Store>(store: Arc<S>, spec: UploadSpec, limit: u64) -> Result<Upload> {
+    pub(crate) async fn begin<S: Store>(
+        store: Arc<S>,
+        spec: UploadSpec,
+        limit: u64,
+    ) -> Result<Upload> {
         let shown = spec.path.shown();
         if spec.size.is_some_and(|size| size > limit) {
             return Err(Error::TooLarge { path: shown, limit });
@@ -128,7 +132,7 @@ impl Upload {
 
     /// Queues the next chunk. Fails at once when the bytes so far pass the
     /// declared size or the server's limit, or when the writer failed.
-    pub async fn push(&mut self, data: Bytes) -> Result<()> {
+    pub(crate) async fn push(&mut self, data: Bytes) -> Result<()> {
         self.received += data.len() as u64;
         if let Some(declared) = self.declared
             && self.received > declared
@@ -159,14 +163,14 @@ impl Upload {
     }
 
     /// Bytes received so far.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// Ends the upload with the client's digest: checks size and digest,
     /// syncs, renames into place and syncs the folder. After an error, call
     /// [`abort`](Self::abort) (or drop the upload).
-    pub async fn finish(&mut self, expected: Digest) -> Result<Stored> {
+    pub(crate) async fn finish(&mut self, expected: Digest) -> Result<Stored> {
         if let Some(declared) = self.declared
             && self.received != declared
         {
@@ -202,7 +206,7 @@ impl Upload {
 
     /// Stops the upload and waits until its temporary file is removed, so
     /// that an error answered to the client describes a finished cleanup.
-    pub async fn abort(mut self) {
+    pub(crate) async fn abort(mut self) {
         self.to_writer = None;
         self.to_hasher = None;
         let _ = self.join_writer().await;

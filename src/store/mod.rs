@@ -18,8 +18,8 @@
 //! tokio's blocking pool. A store that speaks to the network can bridge with
 //! its runtime handle there.
 
-pub mod local;
-pub mod path;
+pub(crate) mod local;
+pub(crate) mod path;
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -32,12 +32,12 @@ use crate::checksum::{HASH_BUFFER_BYTES, Hasher};
 use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
 use crate::tail_stream::{TailEvent, TailStart};
-pub use path::RequestPath;
+pub(crate) use path::RequestPath;
 
 /// One version of a file, as a store tells versions apart: if it is the
 /// same, so is the content. Opaque to the server, which only compares it,
 /// keys the digest cache by it and describes it on the wire.
-pub trait Version: Copy + Eq + Hash + Debug + Send + Sync + 'static {
+pub(crate) trait Version: Copy + Eq + Hash + Debug + Send + Sync + 'static {
     /// The version as the wire describes it (`FileVersion` in the proto).
     fn describe(&self) -> FileVersion;
 
@@ -50,7 +50,7 @@ pub trait Version: Copy + Eq + Hash + Debug + Send + Sync + 'static {
 
 /// A version of a file opened for reading: ranged reads of exactly the
 /// bytes of that version, and a check that it is still current.
-pub trait Reader: Debug + Send + 'static {
+pub(crate) trait Reader: Debug + Send + 'static {
     /// The store's version type.
     type Version: Version;
 
@@ -74,7 +74,7 @@ pub trait Reader: Debug + Send + 'static {
 
 /// A new version being written; [`commit`](Staged::commit) makes it the
 /// current one atomically. Dropped without a commit, it leaves nothing.
-pub trait Staged: Debug + Send + 'static {
+pub(crate) trait Staged: Debug + Send + 'static {
     /// Appends the next bytes.
     fn append(&mut self, data: &[u8]) -> Result<()>;
 
@@ -84,7 +84,7 @@ pub trait Staged: Debug + Send + 'static {
 }
 
 /// One entry met by [`Store::list`].
-pub struct Listed<'a, R: Reader> {
+pub(crate) struct Listed<'a, R: Reader> {
     /// The entry as listings show it.
     pub info: EntryInfo,
     /// The version the listing saw, for a regular file.
@@ -95,7 +95,7 @@ pub struct Listed<'a, R: Reader> {
 
 /// What a sweep of leftovers did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// Leftovers of unfinished uploads removed.
     pub removed: usize,
     /// Entries looked at.
@@ -106,7 +106,7 @@ pub struct Swept {
 
 /// What a client asked to follow.
 #[derive(Clone, Debug)]
-pub struct TailSpec {
+pub(crate) struct TailSpec {
     /// The file, by name.
     pub path: RequestPath,
     /// Where to start.
@@ -116,10 +116,10 @@ pub struct TailSpec {
 }
 
 /// A followed file's messages; an error is the last item.
-pub type TailEvents = Pin<Box<dyn Stream<Item = Result<TailEvent>> + Send>>;
+pub(crate) type TailEvents = Pin<Box<dyn Stream<Item = Result<TailEvent>> + Send>>;
 
 /// What the server needs from the tree it exports.
-pub trait Store: Debug + Send + Sync + 'static {
+pub(crate) trait Store: Debug + Send + Sync + 'static {
     /// How this store tells versions of a file apart.
     type Version: Version;
     /// A file version opened for reading.
@@ -171,7 +171,7 @@ pub trait Store: Debug + Send + Sync + 'static {
 /// Feeds the bytes of `reader` from `from` until `until` (or its end) into
 /// `hasher`. A range of a few bytes (a check that a file did not grow) reads
 /// just those.
-pub fn hash_range<R: Reader>(
+pub(crate) fn hash_range<R: Reader>(
     reader: &mut R,
     hasher: &mut Hasher,
     from: u64,

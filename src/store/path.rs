@@ -5,13 +5,13 @@
 use crate::error::{Error, Result};
 
 /// Longest request path accepted, in bytes (Linux `PATH_MAX`).
-pub const MAX_PATH_BYTES: usize = 4096;
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
 /// Longest single name accepted, in bytes (Linux `NAME_MAX`).
-pub const MAX_NAME_BYTES: usize = 255;
+pub(crate) const MAX_NAME_BYTES: usize = 255;
 
 /// A parsed request path: `/`-separated, relative to the root.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestPath {
+pub(crate) struct RequestPath {
     parts: Vec<Part>,
     display: String,
 }
@@ -28,7 +28,7 @@ pub(crate) enum Part {
 impl RequestPath {
     /// Parses a path as a client sent it. A leading `/` is the root itself;
     /// empty strings, NUL bytes and over-long paths or names are refused.
-    pub fn parse(raw: &str) -> Result<RequestPath> {
+    pub(crate) fn parse(raw: &str) -> Result<RequestPath> {
         let invalid = |reason| Error::InvalidPath {
             path: printable(raw),
             reason,
@@ -59,7 +59,7 @@ impl RequestPath {
 
     /// The path as messages and listings show it: normalised, no leading
     /// `/`, empty for the root.
-    pub fn display(&self) -> &str {
+    pub(crate) fn display(&self) -> &str {
         &self.display
     }
 
@@ -96,7 +96,7 @@ impl RequestPath {
 
     /// The path for error messages: like [`display`](Self::display), but `/`
     /// for the root.
-    pub fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         if self.display.is_empty() {
             "/".to_string()
         } else {

@@ -342,7 +342,7 @@ pub struct InProcessServer {
 }
 
 impl InProcessServer {
-    pub fn start(config: fetchd::server::ServerConfig) -> InProcessServer {
+    pub fn start(config: fetchd::ServerConfig) -> InProcessServer {
         let (addr_tx, addr_rx) = mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = thread::spawn(move || {
@@ -354,7 +354,7 @@ impl InProcessServer {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                fetchd::server::run(listener, config, async {
+                fetchd::run_server(listener, config, async {
                     let _ = shutdown_rx.await;
                 })
                 .await
@@ -380,14 +380,14 @@ impl InProcessServer {
 
     /// Serves `root` with default settings.
     pub fn serve(root: &Path) -> InProcessServer {
-        let mut config = fetchd::server::ServerConfig::new(root);
+        let mut config = fetchd::ServerConfig::new(root);
         config.grace = Duration::from_secs(2);
         InProcessServer::start(config)
     }
 
-    pub async fn client(&self) -> fetchd::client::Client {
-        let target = fetchd::client::Target::parse(&self.url).expect("target");
-        fetchd::client::Client::connect(&target, &Default::default())
+    pub async fn client(&self) -> fetchd::Client {
+        let target = fetchd::Target::parse(&self.url).expect("target");
+        fetchd::Client::connect(&target, &Default::default())
             .await
             .expect("connect")
     }

@@ -39,14 +39,14 @@ use crate::partfile::part_path;
 use crate::partfile::rename_noreplace;
 
 /// Largest file fetched in a batch (the server's cap for `ReadMany`).
-pub const BATCH_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const BATCH_FILE_BYTES: u64 = 1024 * 1024;
 /// Most paths in one `ReadMany` call.
-pub const MAX_BATCH_PATHS: usize = 512;
+pub(crate) const MAX_BATCH_PATHS: usize = 512;
 /// Fewest paths worth a call of their own when splitting work over `-j`.
-pub const MIN_BATCH_PATHS: usize = 16;
+pub(crate) const MIN_BATCH_PATHS: usize = 16;
 
 /// A finished item, for the batch's caller.
-pub type Finished = (Item, Result<Report>);
+pub(crate) type Finished = (Item, Result<Report>);
 
 /// Splits `items` into those a batch can fetch and the rest. A batchable
 /// item is small or of unknown size, has no rate limit, and has nothing at
@@ -54,7 +54,10 @@ pub type Finished = (Item, Result<Report>);
 /// Each destination folder is read once instead of two `lstat`s per file;
 /// whatever appears after this look is caught when the batch writes (the
 /// part file is created with `O_EXCL`, the rename never replaces a file).
-pub fn split_batchable(items: Vec<Item>, options: &DownloadOptions) -> (Vec<Item>, Vec<Item>) {
+pub(crate) fn split_batchable(
+    items: Vec<Item>,
+    options: &DownloadOptions,
+) -> (Vec<Item>, Vec<Item>) {
     if options.limit_rate.is_some() {
         return (Vec::new(), items);
     }
@@ -94,7 +97,7 @@ fn names_in(folder: &Path) -> Option<HashSet<OsString>> {
 
 /// Paths per call for `count` batchable files spread over `jobs` calls at
 /// once.
-pub fn batch_size(count: usize, jobs: usize) -> usize {
+pub(crate) fn batch_size(count: usize, jobs: usize) -> usize {
     count
         .div_ceil(jobs.max(1))
         .clamp(MIN_BATCH_PATHS, MAX_BATCH_PATHS)
@@ -105,7 +108,7 @@ pub fn batch_size(count: usize, jobs: usize) -> usize {
 /// lost server is made again, after the policy's wait, for the items it had
 /// not delivered (those it did are verified and in place); items the server
 /// says to fetch alone go through the single-file path.
-pub async fn fetch_batch(
+pub(crate) async fn fetch_batch(
     client: &Client,
     out: &Path,
     items: Vec<Item>,
@@ -303,13 +306,10 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
         match write_part(out, &file, &mut ready_folders) {
             Ok(Some((part, handle))) => pending.push(Pending {
                 report: Report {
-                    path: download::shown(&file.item.remote),
-                    dest: file.item.dest.clone(),
                     bytes: file.data.len() as u64,
                     transferred: file.data.len() as u64,
                     sha256: file.sha256,
                     outcome: Outcome::Downloaded,
-                    resumed_from: 0,
                 },
                 item: file.item,
                 part,
@@ -459,7 +459,8 @@ mod tests {
         for written in written {
             match written {
                 Written::Done(item, Ok(report)) => {
-                    assert_eq!(report.dest, item.dest);
+                    assert!(item.dest.is_file(), "{}", item.dest.display());
+                    assert_eq!(report.outcome, Outcome::Downloaded);
                     outcomes.insert(item.remote, "ok".to_string());
                 }
                 Written::Done(item, Err(err)) => {

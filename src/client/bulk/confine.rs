@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// `out` joined with the server-supplied relative path `rel`, refusing
 /// anything that could land outside `out`: absolute paths, `..`, empty or
 /// NUL-bearing names.
-pub fn confine(out: &Path, rel: &str) -> Result<PathBuf> {
+pub(crate) fn confine(out: &Path, rel: &str) -> Result<PathBuf> {
     let refuse = |reason: &str| {
         Err(Error::UnsafeDestination {
             path: PathBuf::from(rel),
@@ -41,7 +41,7 @@ pub fn confine(out: &Path, rel: &str) -> Result<PathBuf> {
 
 /// Creates the folders between `out` and `dest`, refusing to go through a
 /// symlink (which could point anywhere) or a file.
-pub fn prepare_parent(out: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn prepare_parent(out: &Path, dest: &Path) -> Result<()> {
     let Ok(rel) = dest.strip_prefix(out) else {
         return Err(Error::UnsafeDestination {
             path: dest.to_path_buf(),

@@ -10,7 +10,7 @@ use crate::error::Result;
 
 /// One file to fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     /// The path on the server.
     pub remote: String,
     /// Where it goes.
@@ -22,7 +22,7 @@ pub struct Item {
 impl Item {
     /// Fetches the item through the single-file path, its folders below
     /// `out` made first.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         client: &Client,
         out: &Path,

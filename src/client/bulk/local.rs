@@ -25,7 +25,7 @@ type Found = Vec<(usize, PathBuf, Digest)>;
 /// unchanged tree hashes its local files while the listing still streams
 /// in, not after it.
 #[derive(Debug, Default)]
-pub struct LocalChecks {
+pub(crate) struct LocalChecks {
     queue: Option<std::sync::mpsc::Sender<Check>>,
     queued: usize,
     /// Places of checks whose items did not make it into the plan.
@@ -37,7 +37,7 @@ impl LocalChecks {
     /// Queues a check of `item`'s destination, when the listing gave the
     /// file's digest. Items are later matched to their checks by order:
     /// submit every item that has a digest, in the order of the plan.
-    pub fn submit(&mut self, item: &Item) {
+    pub(crate) fn submit(&mut self, item: &Item) {
         let Some(known) = item.known.filter(|known| known.sha256.is_some()) else {
             return;
         };
@@ -139,13 +139,10 @@ fn local_match(dest: &Path, known: Known) -> Option<Digest> {
 /// The report of a file skipped because its local copy is identical.
 fn skipped_report(item: &Item, sha256: Digest) -> Report {
     Report {
-        path: item.remote.trim_start_matches('/').to_string(),
-        dest: item.dest.clone(),
         bytes: item.known.map_or(0, |known| known.size),
         transferred: 0,
         sha256,
         outcome: download::Outcome::Skipped,
-        resumed_from: 0,
     }
 }
 

@@ -14,11 +14,11 @@
 //!
 //! This module schedules them: `-j` jobs at a time over one connection.
 
-pub mod batch;
-pub mod confine;
-pub mod item;
-pub mod local;
-pub mod plan;
+pub(crate) mod batch;
+pub(crate) mod confine;
+pub(crate) mod item;
+pub(crate) mod local;
+pub(crate) mod plan;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,21 +30,21 @@ use tokio::task::JoinSet;
 use crate::client::Client;
 use crate::client::download::{self, DownloadOptions, Report};
 use crate::error::Result;
-pub use confine::{confine, prepare_parent};
-pub use item::Item;
-pub use local::LocalChecks;
-pub use plan::plan_tree;
+pub(crate) use confine::confine;
+pub(crate) use item::Item;
+pub(crate) use local::LocalChecks;
+pub(crate) use plan::plan_tree;
 
 /// Transfers at once when `-j` is not given.
-pub const DEFAULT_JOBS: usize = 8;
+pub(crate) const DEFAULT_JOBS: usize = 8;
 /// The most transfers at once: every one is a call on the one connection,
 /// and `fetchd serve` refuses calls beyond its `--max-streams-per-connection`
 /// (256 by default) instead of queueing them. More would only fail.
-pub const MAX_JOBS: usize = 256;
+pub(crate) const MAX_JOBS: usize = 256;
 
 /// What a batch did, for the summary line.
 #[derive(Clone, Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Files downloaded.
     pub downloaded: u64,
     /// Files skipped as identical.
@@ -59,7 +59,7 @@ pub struct Summary {
 
 impl Summary {
     /// `fetchd: 297 files, 12.3 MB in 0.42 s (29.3 MB/s); 0 skipped, 3 failed`
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         format!(
             "{} files ({} downloaded, {} skipped, {} failed), {} received in {:.2} s ({}/s)",
@@ -92,7 +92,7 @@ fn human_bytes(bytes: u64) -> String {
 /// Fetches every item, `jobs` at a time; calls `done` as each one finishes
 /// (in completion order) and returns the summary. Items that `checks`
 /// found identical locally are reported skipped first.
-pub async fn fetch_all(
+pub(crate) async fn fetch_all(
     client: &Client,
     out: &Path,
     items: Vec<Item>,

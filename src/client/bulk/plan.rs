@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 /// A listing broken off by a busy, draining or lost server is made again
 /// under the client's retry policy (each retry one notice to `notify`);
 /// the checks the broken one queued are voided.
-pub async fn plan_tree(
+pub(crate) async fn plan_tree(
     client: &Client,
     dir: &str,
     out: &Path,

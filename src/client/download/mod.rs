@@ -32,10 +32,10 @@ use crate::partfile::PartFile;
 use crate::read_stream::ReadEvent;
 use receive::{Failure, Fetched, Gathered, blocking, classify, protocol, receive};
 pub(crate) use report::shown;
-pub use report::{DownloadOptions, Known, MAX_ATTEMPTS, Notify, Outcome, Report};
-pub use small::INLINE_FILE_BYTES;
+pub(crate) use report::{DownloadOptions, Known, MAX_ATTEMPTS, Notify, Outcome, Report};
+pub(crate) use small::INLINE_FILE_BYTES;
 use small::{append_hashed, download_small};
-pub use stdout::download_to_stdout;
+pub(crate) use stdout::download_to_stdout;
 
 /// Downloads `remote` to the local file `dest`. `known` (from a listing)
 /// saves a `Stat` when `dest` already exists; when it does not, the first
@@ -46,7 +46,7 @@ pub use stdout::download_to_stdout;
 /// `DEST.part` already holds (the server's prefix digest checks them, the
 /// final whole-file check covers everything), and every try that added
 /// bytes starts a new streak.
-pub async fn download_file(
+pub(crate) async fn download_file(
     client: &Client,
     remote: &str,
     dest: &Path,
@@ -146,13 +146,10 @@ async fn download_once(
                 committed?;
                 options.progress_done();
                 return Ok(Report {
-                    path: shown(remote),
-                    dest: dest.to_path_buf(),
                     bytes: size,
                     transferred,
                     sha256: digest,
                     outcome: Outcome::Downloaded,
-                    resumed_from: offset,
                 });
             }
             Err(Failure::Restart(reason)) => {
@@ -225,13 +222,10 @@ async fn skip_if_identical(
     Ok(matching_local_copy(client, remote, dest, known.sha256)
         .await?
         .map(|digest| Report {
-            path: shown(remote),
-            dest: dest.to_path_buf(),
             bytes: known.size,
             transferred: 0,
             sha256: digest,
             outcome: Outcome::Skipped,
-            resumed_from: 0,
         }))
 }
 

@@ -1,7 +1,6 @@
 //! What a download is asked to do and what it reports: the options, the
 //! outcome, and what a listing already knew about the file.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use indicatif::ProgressBar;
@@ -10,14 +9,14 @@ use crate::checksum::Digest;
 
 /// Attempts per file when the file changes on the server or a partial copy
 /// turns out stale.
-pub const MAX_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Callback for notices meant for a human (resuming, restarting).
-pub type Notify = Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type Notify = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// How a download behaves.
 #[derive(Clone)]
-pub struct DownloadOptions {
+pub(crate) struct DownloadOptions {
     /// Download even when the destination already matches.
     pub force: bool,
     /// Progress display (use [`ProgressBar::hidden`] for none).
@@ -77,7 +76,7 @@ impl Default for DownloadOptions {
 
 /// How a file ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Bytes were transferred and verified.
     Downloaded,
     /// The destination already had the server's size and sha256.
@@ -86,11 +85,7 @@ pub enum Outcome {
 
 /// The result of one successful download.
 #[derive(Clone, Debug)]
-pub struct Report {
-    /// The remote path as requested.
-    pub path: String,
-    /// Where it went (`-` for stdout).
-    pub dest: PathBuf,
+pub(crate) struct Report {
     /// Size of the file.
     pub bytes: u64,
     /// Bytes that crossed the network in this run.
@@ -99,13 +94,11 @@ pub struct Report {
     pub sha256: Digest,
     /// Downloaded or skipped.
     pub outcome: Outcome,
-    /// Offset the final attempt started from (non-zero: resumed).
-    pub resumed_from: u64,
 }
 
 /// What a listing already told about a remote file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Known {
+pub(crate) struct Known {
     /// Its size.
     pub size: u64,
     /// Its sha256, when the listing carried one.

@@ -17,7 +17,7 @@ use crate::partfile::PartFile;
 use crate::read_stream::ReadEvent;
 
 /// Files up to this size are gathered in memory and written in one go.
-pub const INLINE_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const INLINE_FILE_BYTES: u64 = 1024 * 1024;
 
 /// A small file with no part file to resume: read it whole into memory, then
 /// create the part file, write, hash, verify and commit in one blocking
@@ -87,13 +87,10 @@ pub(super) async fn download_small(
     .await;
     options.progress_done();
     Some(result.map(|sha256| Report {
-        path: shown(remote),
-        dest: dest.to_path_buf(),
         bytes: size,
         transferred: start.length,
         sha256,
         outcome: Outcome::Downloaded,
-        resumed_from: 0,
     }))
 }
 

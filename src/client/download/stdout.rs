@@ -3,7 +3,6 @@
 //! retry continues after the bytes already written.
 
 use std::io;
-use std::path::PathBuf;
 
 use crate::checksum::Hasher;
 use crate::client::Client;
@@ -18,7 +17,7 @@ use crate::read_stream::ReadEvent;
 /// closed pipe ends the download successfully. A busy, draining or lost
 /// server is tried again under the client's retry policy, continuing after
 /// the bytes already written once the server's digest of them matches.
-pub async fn download_to_stdout(
+pub(crate) async fn download_to_stdout(
     client: &Client,
     remote: &str,
     options: &DownloadOptions,
@@ -33,7 +32,7 @@ pub async fn download_to_stdout(
             stdout_attempt(client, remote, sink, hasher, options).await;
         (sink, hasher) = (returned_sink, returned_hasher);
         let failure = match result {
-            Ok(size) => return Ok(stdout_report(remote, size, hasher)),
+            Ok(size) => return Ok(stdout_report(size, hasher)),
             Err(failure) => failure,
         };
         if hasher.bytes() > before {
@@ -142,15 +141,12 @@ async fn stdout_attempt(
     (sink, hasher, Ok(size))
 }
 
-fn stdout_report(remote: &str, size: u64, hasher: Hasher) -> Report {
+fn stdout_report(size: u64, hasher: Hasher) -> Report {
     let transferred = hasher.bytes();
     Report {
-        path: shown(remote),
-        dest: PathBuf::from("-"),
         bytes: size,
         transferred,
         sha256: hasher.finalize(),
         outcome: Outcome::Downloaded,
-        resumed_from: 0,
     }
 }

@@ -53,19 +53,19 @@ use crate::store::{RequestPath, TailEvents, TailSpec};
 use crate::tail_stream::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Most bytes in one data message.
-pub const TAIL_CHUNK_BYTES: usize = 16 * 1024;
+pub(crate) const TAIL_CHUNK_BYTES: usize = 16 * 1024;
 /// How many of the last bytes sent are compared again before reading on,
 /// to notice a file that was truncated and rewritten past the offset.
-pub const TAIL_FINGERPRINT_BYTES: usize = 32;
+pub(crate) const TAIL_FINGERPRINT_BYTES: usize = 32;
 /// A stream that reached the end of its file once and is at most this far
 /// behind it reads in place rather than on the blocking pool: those bytes
 /// were written moments ago and come from the page cache.
-pub const TAIL_INLINE_LAG_BYTES: u64 = 1024 * 1024;
+pub(crate) const TAIL_INLINE_LAG_BYTES: u64 = 1024 * 1024;
 /// Bytes read at a time while looking back for the last lines.
 const SCAN_BYTES: usize = 64 * 1024;
 
 /// One item of a tail stream: a message, or the error that ends it.
-pub type TailItem = Result<TailEvent>;
+pub(crate) type TailItem = Result<TailEvent>;
 
 /// Starts following (blocking: call it on the blocking pool). Resolving,
 /// opening and finding the start happen before this returns, so a refused
@@ -73,7 +73,7 @@ pub type TailItem = Result<TailEvent>;
 /// message; the returned stream does the rest as it is polled. It ends on
 /// `stopping`, on an error, or (without follow) at the end of the data;
 /// dropping it (the client left) stops following.
-pub fn start(
+pub(crate) fn start(
     root: Arc<Root>,
     watches: Watches,
     spec: TailSpec,
@@ -707,7 +707,7 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 /// Where the last `lines` lines of the first `size` bytes of `file` begin.
 /// A final line without a newline counts as a line; 0 lines is the end.
-pub fn last_lines_start(file: &File, size: u64, lines: u32) -> io::Result<u64> {
+pub(crate) fn last_lines_start(file: &File, size: u64, lines: u32) -> io::Result<u64> {
     if lines == 0 || size == 0 {
         return Ok(size);
     }

@@ -13,14 +13,14 @@ use crate::store::local::root::{Root, dir_open_error, entry_info, open_checked, 
 use crate::store::path::RequestPath;
 
 /// Deepest folder level a recursive listing descends to.
-pub const MAX_LIST_DEPTH: usize = 256;
+pub(crate) const MAX_LIST_DEPTH: usize = 256;
 
 impl Root {
     /// Walks `path`: a file yields its own entry; a folder yields its
     /// entries (and, with `recursive`, theirs, depth first, names sorted in
     /// each folder). `emit` returns `false` to stop early. Symlinks are
     /// reported, not followed; FIFOs, sockets and devices are left out.
-    pub fn walk(
+    pub(crate) fn walk(
         &self,
         path: &RequestPath,
         recursive: bool,
@@ -60,7 +60,7 @@ impl Root {
 
 /// One entry met by [`Root::walk`], with the folder handle that holds it.
 #[derive(Debug)]
-pub struct Listed<'a> {
+pub(crate) struct Listed<'a> {
     /// The entry as listings show it.
     pub info: EntryInfo,
     /// The folder that holds it.
@@ -73,7 +73,7 @@ pub struct Listed<'a> {
 
 impl Listed<'_> {
     /// The file version the listing saw (for a regular file).
-    pub fn version(&self) -> crate::entry::FileVersion {
+    pub(crate) fn version(&self) -> crate::entry::FileVersion {
         crate::entry::FileVersion {
             device: self.identity.0,
             inode: self.identity.1,
@@ -86,7 +86,7 @@ impl Listed<'_> {
 impl Listed<'_> {
     /// Opens a listed regular file for reading (never following a symlink,
     /// checked on the open descriptor).
-    pub fn open(&self) -> Result<(fs::File, fs::Metadata)> {
+    pub(crate) fn open(&self) -> Result<(fs::File, fs::Metadata)> {
         open_checked(self.folder, self.name, &self.info.path)
     }
 }

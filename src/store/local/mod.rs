@@ -15,12 +15,14 @@
 //! from the open descriptor; reads are plain `read()` calls on that
 //! descriptor into the caller's buffer.
 
-pub mod follow;
-pub mod listing;
-pub mod places;
-pub mod root;
-pub mod staging;
-pub mod watches;
+pub(crate) mod follow;
+pub(crate) mod listing;
+pub(crate) mod places;
+pub(crate) mod root;
+#[cfg(test)]
+mod root_props;
+pub(crate) mod staging;
+pub(crate) mod watches;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -39,23 +41,18 @@ use watches::Watches;
 
 /// A directory tree on this host.
 #[derive(Debug)]
-pub struct LocalStore {
+pub(crate) struct LocalStore {
     root: Arc<Root>,
     watches: Watches,
 }
 
 impl LocalStore {
     /// Opens `dir` as the tree to serve.
-    pub fn open(dir: &Path) -> io::Result<LocalStore> {
+    pub(crate) fn open(dir: &Path) -> io::Result<LocalStore> {
         Ok(LocalStore {
             root: Arc::new(Root::open(dir)?),
             watches: Watches::default(),
         })
-    }
-
-    /// The sandbox beneath the store.
-    pub fn root(&self) -> &Arc<Root> {
-        &self.root
     }
 }
 
@@ -133,7 +130,7 @@ impl Store for LocalStore {
 
 /// A regular file opened beneath the root, read through its descriptor.
 #[derive(Debug)]
-pub struct LocalReader {
+pub(crate) struct LocalReader {
     root: Arc<Root>,
     path: RequestPath,
     file: File,

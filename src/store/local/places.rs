@@ -17,12 +17,12 @@ use crate::store::local::root::{
 use crate::store::path::RequestPath;
 
 /// Most folder entries [`Root::find_in`] looks at.
-pub const MAX_FIND_ENTRIES: usize = 100_000;
+pub(crate) const MAX_FIND_ENTRIES: usize = 100_000;
 
 /// Where a followed path's file lives (`tail`): a handle on the folder that
 /// holds it, or would hold it once it is created, and its name there.
 #[derive(Debug)]
-pub struct Place {
+pub(crate) struct Place {
     /// The folder (after following every symlink on the way).
     pub folder: Dir,
     /// Device and inode of `folder`.
@@ -37,7 +37,7 @@ pub struct Place {
 /// Where an upload goes: the folder that will hold the file (after every
 /// symlink on the way was followed) and the file's name in it.
 #[derive(Debug)]
-pub struct StagePlace {
+pub(crate) struct StagePlace {
     /// The folder, created if it was missing.
     pub folder: Dir,
     /// The file's name in `folder`.
@@ -56,7 +56,7 @@ impl Root {
     /// without following symlinks; so they are created inside the root only.
     /// A path whose last name is `..`, or the root itself, is
     /// [`Error::TargetIsDirectory`].
-    pub fn stage_place(&self, path: &RequestPath) -> Result<StagePlace> {
+    pub(crate) fn stage_place(&self, path: &RequestPath) -> Result<StagePlace> {
         let shown = path.shown();
         match self.resolve(path, Missing::Create)? {
             Resolved::Absent { folder, name } => Ok(StagePlace {
@@ -96,7 +96,7 @@ impl Root {
     /// folder exists) and the file's name there. A missing folder is
     /// [`Error::NotFound`]; a directory, FIFO, socket or device at the path
     /// is refused like [`Root::open_file`] refuses it.
-    pub fn place(&self, path: &RequestPath) -> Result<Place> {
+    pub(crate) fn place(&self, path: &RequestPath) -> Result<Place> {
         let shown = path.shown();
         let os_error = |err: io::Error| Error::from_server_io(&shown, err);
         match self.locate(path) {
@@ -160,7 +160,11 @@ impl Root {
     /// [`Root::place`]) for reading. A symlink there now is
     /// [`Error::Changed`] (the place was resolved past symlinks); folders,
     /// FIFOs, sockets and devices are refused without being opened.
-    pub fn open_in(folder: &Dir, name: &str, shown: &str) -> Result<(fs::File, fs::Metadata)> {
+    pub(crate) fn open_in(
+        folder: &Dir,
+        name: &str,
+        shown: &str,
+    ) -> Result<(fs::File, fs::Metadata)> {
         let meta = folder
             .symlink_metadata(name)
             .map_err(|err| Error::from_server_io(shown, err))?;
@@ -184,7 +188,7 @@ impl Root {
     /// inode: a log rotated by rename keeps its inode under its new name.
     /// Looks at most [`MAX_FIND_ENTRIES`] entries; `None` when it is not
     /// there.
-    pub fn find_in(
+    pub(crate) fn find_in(
         folder: &Dir,
         device: u64,
         inode: u64,

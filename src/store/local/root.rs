@@ -32,7 +32,7 @@ use crate::store::path::{Part, RequestPath};
 
 /// The served directory tree.
 #[derive(Debug)]
-pub struct Root {
+pub(crate) struct Root {
     dir: Dir,
     /// The root's real path, for absolute symlink targets.
     canonical: PathBuf,
@@ -44,7 +44,7 @@ pub struct Root {
 
 /// Where a request path led: a folder handle and the name inside it.
 #[derive(Debug)]
-pub struct Located {
+pub(crate) struct Located {
     /// The folder that holds the object; the object itself when `name` is
     /// `None`.
     pub(super) parent: Dir,
@@ -79,11 +79,11 @@ pub(super) enum Resolved {
 }
 
 /// Most symlinks followed while resolving one path (Linux `MAXSYMLINKS`).
-pub const MAX_SYMLINK_HOPS: usize = 40;
+pub(crate) const MAX_SYMLINK_HOPS: usize = 40;
 
 impl Root {
     /// Opens `dir` as the root to serve.
-    pub fn open(dir: &Path) -> io::Result<Root> {
+    pub(crate) fn open(dir: &Path) -> io::Result<Root> {
         let canonical = fs::canonicalize(dir)?;
         let given = std::path::absolute(dir)?;
         let handle = Dir::open_ambient_dir(&canonical, ambient_authority())?;
@@ -96,13 +96,13 @@ impl Root {
     }
 
     /// The root's real path on the host (for logs, never for clients).
-    pub fn host_path(&self) -> &Path {
+    pub(crate) fn host_path(&self) -> &Path {
         &self.canonical
     }
 
     /// Follows `path` beneath the root, symlinks included, to the object it
     /// names.
-    pub fn locate(&self, path: &RequestPath) -> Result<Located> {
+    pub(crate) fn locate(&self, path: &RequestPath) -> Result<Located> {
         match self.resolve(path, Missing::Fail)? {
             Resolved::Found(located) => Ok(located),
             // `Missing::Fail` reports a missing name as NOT_FOUND instead.
@@ -217,7 +217,7 @@ impl Root {
     }
 
     /// The (device, inode) that `path` names now, symlinks followed.
-    pub fn identity(&self, path: &RequestPath) -> Result<(u64, u64)> {
+    pub(crate) fn identity(&self, path: &RequestPath) -> Result<(u64, u64)> {
         let located = self.locate(path)?;
         Ok((located.meta.dev(), located.meta.ino()))
     }
@@ -227,7 +227,7 @@ impl Root {
     /// root handle (only compared, never returned, so it needs no sandbox
     /// walk: a match is the object already opened beneath the root); any
     /// other answer is settled by the walk of [`Root::identity`].
-    pub fn still_names(&self, path: &RequestPath, identity: (u64, u64)) -> bool {
+    pub(crate) fn still_names(&self, path: &RequestPath, identity: (u64, u64)) -> bool {
         if let Some(relative) = path.plain()
             && let Ok(stat) = rustix::fs::statat(&self.dir, relative, AtFlags::SYMLINK_NOFOLLOW)
             && (stat.st_dev, stat.st_ino) == identity
@@ -238,7 +238,7 @@ impl Root {
     }
 
     /// Metadata of the object `path` names, symlinks followed.
-    pub fn stat(&self, path: &RequestPath) -> Result<EntryInfo> {
+    pub(crate) fn stat(&self, path: &RequestPath) -> Result<EntryInfo> {
         let located = self.locate(path)?;
         entry_info(path.display().to_string(), &located.meta).ok_or_else(|| Error::NotRegular {
             path: path.shown(),
@@ -254,7 +254,7 @@ impl Root {
     /// [`Root::open_plain`]); anything else, and every failure of that walk,
     /// takes the component-by-component walk, which also gives the precise
     /// error.
-    pub fn open_file(&self, path: &RequestPath) -> Result<(fs::File, fs::Metadata)> {
+    pub(crate) fn open_file(&self, path: &RequestPath) -> Result<(fs::File, fs::Metadata)> {
         if let Some(opened) = self.open_plain(path) {
             return Ok(opened);
         }

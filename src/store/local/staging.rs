@@ -27,18 +27,18 @@ use crate::store::path::{MAX_NAME_BYTES, RequestPath};
 use crate::store::{Staged, Swept};
 
 /// What marks a temporary upload file: `.NAME` + this + 16 hex digits.
-pub const TEMP_MARKER: &str = ".fetchd-upload-";
+pub(crate) const TEMP_MARKER: &str = ".fetchd-upload-";
 /// Hex digits of randomness at the end of a temporary file's name.
 const TEMP_RANDOM_DIGITS: usize = 16;
 /// Most entries [`sweep_leftovers`] looks at.
-pub const MAX_SWEEP_ENTRIES: usize = 1_000_000;
+pub(crate) const MAX_SWEEP_ENTRIES: usize = 1_000_000;
 /// Names tried before creating a temporary file gives up.
 const TEMP_ATTEMPTS: usize = 16;
 
 /// `.NAME.fetchd-upload-XXXXXXXXXXXXXXXX` beside the target, removed on
 /// drop unless it was placed.
 #[derive(Debug)]
-pub struct TempFile {
+pub(crate) struct TempFile {
     folder: Dir,
     /// The temporary file's name in `folder`.
     name: String,
@@ -201,7 +201,7 @@ fn random_u64() -> u64 {
 /// Removes temporary upload files that a crash left anywhere below the
 /// root: a walk of at most [`MAX_SWEEP_ENTRIES`] entries (symlinked folders
 /// are not entered). Files another live server holds locked are kept.
-pub fn sweep_leftovers(root: &Root) -> Result<Swept> {
+pub(crate) fn sweep_leftovers(root: &Root) -> Result<Swept> {
     let mut swept = Swept::default();
     let top = RequestPath::parse("/")?;
     root.walk(&top, true, &mut |listed| {

@@ -36,10 +36,10 @@ use tokio::sync::watch;
 
 /// How often a stream re-checks its file when its folder cannot be watched
 /// (or does not exist yet).
-pub const TAIL_POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const TAIL_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Device and inode of a folder.
-pub type FolderId = (u64, u64);
+pub(crate) type FolderId = (u64, u64);
 
 /// Counters of the events that touched one name (or a whole folder).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,14 +52,14 @@ struct Stamp {
 
 /// What woke a waiting stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Wake {
+pub(crate) struct Wake {
     /// The name may refer to another file now: resolve the path again.
     pub renamed: bool,
 }
 
 /// The registry of folder watches; cheap to clone (clones share it).
 #[derive(Clone, Debug, Default)]
-pub struct Watches {
+pub(crate) struct Watches {
     shared: Arc<Shared>,
 }
 
@@ -103,7 +103,7 @@ struct Signals {
 /// One watched folder, alive while a subscription holds it; dropping the
 /// last one removes the inotify watch.
 #[derive(Debug)]
-pub struct FolderWatch {
+pub(crate) struct FolderWatch {
     id: FolderId,
     signals: Arc<Signals>,
     polling: bool,
@@ -114,7 +114,7 @@ pub struct FolderWatch {
 
 /// A stream's interest in one name in one folder.
 #[derive(Debug)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     folder: Arc<FolderWatch>,
     name: OsString,
     own: watch::Receiver<Stamp>,
@@ -134,7 +134,7 @@ impl Watches {
     /// Subscribes to events for `name` in `folder` (a sandbox-resolved
     /// handle whose device and inode are `id`), watching the folder if no
     /// one does yet. Blocking: it talks to the watcher thread.
-    pub fn subscribe(&self, folder: Dir, id: FolderId, name: &str) -> Subscription {
+    pub(crate) fn subscribe(&self, folder: Dir, id: FolderId, name: &str) -> Subscription {
         let folder_watch = {
             let mut folders = lock(&self.shared.folders);
             match folders.get(&id).and_then(|known| known.folder.upgrade()) {
@@ -162,7 +162,8 @@ impl Watches {
     }
 
     /// Folders watched now (for tests and metrics).
-    pub fn watched_folders(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn watched_folders(&self) -> usize {
         lock(&self.shared.folders)
             .values()
             .filter(|known| known.watched.is_some() && known.folder.strong_count() > 0)
@@ -267,29 +268,29 @@ impl FolderWatch {
 
 impl Subscription {
     /// The watched folder.
-    pub fn folder_id(&self) -> FolderId {
+    pub(crate) fn folder_id(&self) -> FolderId {
         self.folder.id
     }
 
     /// The name events are taken for.
-    pub fn name(&self) -> &OsStr {
+    pub(crate) fn name(&self) -> &OsStr {
         &self.name
     }
 
     /// True when the folder could not be watched and waits are timed.
-    pub fn is_polling(&self) -> bool {
+    pub(crate) fn is_polling(&self) -> bool {
         self.folder.polling
     }
 
     /// Wakes for every event in the folder, not only those naming the
     /// file: while the stream still reads a file that left its name (renamed
     /// within the folder), its writes show up under another name.
-    pub fn widen(&mut self) {
+    pub(crate) fn widen(&mut self) {
         self.widened = true;
     }
 
     /// Back to the events naming the file.
-    pub fn narrow(&mut self) {
+    pub(crate) fn narrow(&mut self) {
         self.widened = false;
     }
 
@@ -297,7 +298,7 @@ impl Subscription {
     /// subscription was made), or for the poll interval when polling.
     /// Events that arrive while the caller works are not lost: the next wait
     /// returns at once.
-    pub async fn wait(&mut self) -> Wake {
+    pub(crate) async fn wait(&mut self) -> Wake {
         let polling = self.folder.polling;
         let widened = self.widened;
         let receiver = if widened {

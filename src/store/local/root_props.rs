@@ -10,9 +10,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
-use fetchd::Error;
-use fetchd::store::local::root::Root;
-use fetchd::store::path::{MAX_NAME_BYTES, MAX_PATH_BYTES, RequestPath};
+use crate::error::Error;
+use crate::store::local::root::Root;
+use crate::store::path::{MAX_NAME_BYTES, MAX_PATH_BYTES, RequestPath};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tonic::Code;
