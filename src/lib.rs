@@ -45,12 +45,13 @@ mod wire;
 // crate's own.
 pub use checksum::{Digest, Hasher};
 pub use cli::{Cli, init_logging, run as run_cli};
+pub use client::channel::{NEAR_RTT, Windows};
 pub use client::follow::TailStream;
 pub use client::options::{Compression, ConnectOptions};
 pub use client::retry::RetryPolicy;
 pub use client::target::Target;
 pub use client::upload::UPLOAD_CHUNK_BYTES;
-pub use client::{Client, ManyResult, NEAR_RTT, ReadStream, RemoteStat, Windows};
+pub use client::{Client, ManyResult, ReadStream, RemoteStat};
 pub use entry::{EntryInfo, EntryKind, FileVersion};
 pub use error::{Error, Result};
 pub use read_stream::{ReadEvent, ReadStart};
