@@ -182,6 +182,8 @@ pub(crate) fn hash_range<R: Reader>(
     while position < until {
         let want = HASH_BUFFER_BYTES.min(usize::try_from(until - position).unwrap_or(usize::MAX));
         buf.clear();
+        // Room first: a store then reads the range in one call.
+        buf.reserve(want);
         let read = reader.read_into(position, want, &mut buf)?;
         if read == 0 {
             break;
