@@ -200,3 +200,41 @@ impl store::Reader for LocalReader {
                 .still_names(&self.path, (self.version.device, self.version.inode)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Reader as _;
+
+    /// Ranged reads land after what the buffer holds, from any offset, in
+    /// any order; the version stays current until the file changes, and a
+    /// file renamed away from its path is no longer current.
+    #[test]
+    fn ranged_reads_and_currency() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), b"0123456789").expect("write");
+        let store = LocalStore::open(dir.path()).expect("store");
+        let path = RequestPath::parse("f").expect("path");
+        let mut reader = store.open(&path).expect("open");
+        assert_eq!(reader.entry().size, 10);
+
+        let mut buf = b"HDR".to_vec();
+        assert_eq!(reader.read_into(6, 3, &mut buf).expect("read"), 3);
+        assert_eq!(buf, b"HDR678");
+        buf.clear();
+        assert_eq!(reader.read_into(0, 4, &mut buf).expect("read"), 4);
+        assert_eq!(buf, b"0123");
+        buf.clear();
+        assert_eq!(reader.read_into(8, 5, &mut buf).expect("read"), 2);
+        assert_eq!(reader.read_into(10, 5, &mut buf).expect("read"), 0);
+        assert_eq!(buf, b"89");
+        assert!(reader.is_current().expect("current"));
+
+        std::fs::rename(dir.path().join("f"), dir.path().join("g")).expect("rename");
+        std::fs::write(dir.path().join("f"), b"0123456789").expect("write");
+        assert!(
+            !reader.is_current().expect("checked"),
+            "another file at the path"
+        );
+    }
+}
