@@ -3,12 +3,16 @@
 //!
 //! Every message is a sentence for a user: it names the path as the request
 //! named it (never the server's absolute path) and, where there is one, says
-//! what to do.
+//! what to do. A message a server sends is read by clients in any language,
+//! so it names no command-line flag and no `fetchd` command line: it names
+//! the request field concerned or says what happened. The `fetchd` command
+//! line adds its own hints when it prints an error (`cli::hint`).
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::checksum::Digest;
@@ -20,7 +24,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The path string itself is unusable (empty, NUL byte, too long).
-    #[error("{path}: invalid path: {reason}")]
+    #[error("{}invalid path: {reason}", path_prefix(.path))]
     InvalidPath {
         /// The path as given (printable form).
         path: String,
@@ -59,7 +63,7 @@ pub enum Error {
     },
 
     /// A directory where a file is needed.
-    #[error("{path}: is a directory (use -r to fetch a tree)")]
+    #[error("{path}: is a directory")]
     IsDirectory {
         /// The path as requested.
         path: String,
@@ -104,16 +108,15 @@ pub enum Error {
     },
 
     /// Uploads are switched off on this server.
-    #[error(
-        "{path}: permission denied: this server does not accept uploads; start it with `fetchd serve --allow-upload`"
-    )]
+    #[error("{path}: permission denied: this server does not accept uploads")]
     UploadsDisabled {
         /// The path the upload was for.
         path: String,
     },
 
-    /// An upload's target exists and replacing it was not asked for.
-    #[error("{path}: already exists on the server; use --force to replace it")]
+    /// An upload's target exists and replacing it was not asked for (the
+    /// header's `force`).
+    #[error("{path}: already exists on the server")]
     AlreadyExists {
         /// The path as requested.
         path: String,
@@ -128,7 +131,7 @@ pub enum Error {
 
     /// An upload is larger than the server accepts.
     #[error(
-        "{path}: the upload is larger than this server's limit of {limit} bytes (serve --max-upload-size); nothing was written"
+        "{path}: the upload is larger than this server's limit of {limit} bytes; nothing was written"
     )]
     TooLarge {
         /// The path as requested.
@@ -170,13 +173,15 @@ pub enum Error {
     },
 
     /// A server limit is reached.
-    #[error("server busy: the limit of {limit} concurrent {what} ({flag}) is reached; retry later")]
+    #[error("server busy: the limit of {limit} concurrent {what} is reached; retry later")]
     Limit {
         /// What is limited (e.g. `transfers`).
         what: &'static str,
         /// The configured limit.
         limit: usize,
-        /// The `serve` option that sets it (e.g. `--max-transfers`).
+        /// The `serve` option that sets it (e.g. `--max-transfers`), for
+        /// the server's own operator; never part of the message a client
+        /// is sent.
         flag: &'static str,
     },
 
@@ -195,9 +200,7 @@ pub enum Error {
     },
 
     /// A request message is larger than the server accepts.
-    #[error(
-        "request message of {size} bytes is over the server's limit of {limit} bytes (--max-request-bytes)"
-    )]
+    #[error("request message of {size} bytes is over the server's limit of {limit} bytes")]
     MessageTooLarge {
         /// The size the message announced.
         size: u64,
@@ -206,7 +209,7 @@ pub enum Error {
     },
 
     /// A call without a token the server accepts.
-    #[error("missing or wrong token; pass --token or FETCHD_TOKEN")]
+    #[error("missing or wrong token")]
     Unauthenticated,
 
     /// A TLS connection could not be made (client side): an untrusted or
@@ -266,6 +269,8 @@ pub enum Error {
         code: Code,
         /// The server's message.
         message: String,
+        /// The status's `fetchd-reason` ([`Error::reason`]), when it had one.
+        reason: Option<String>,
     },
 
     /// A local file operation failed (client side, or server I/O).
@@ -371,7 +376,8 @@ impl Error {
 
     /// Turns a status received from `server` into an error. Transport
     /// failures become [`Error::Unreachable`]; everything else keeps the
-    /// server's message, which already names the path.
+    /// server's message, which already names the path (the command line
+    /// adds its hints when it prints the error, `cli::hint`).
     pub fn from_status(status: Status, server: &str) -> Error {
         let message = status.message().to_string();
         if let Some(reason) = tls_reason(&status) {
@@ -396,17 +402,83 @@ impl Error {
                     reason: transport_reason(&status),
                 }
             }
-            Code::Unauthenticated if message.contains("--token") => Error::Remote {
-                code: Code::Unauthenticated,
+            code => Error::Remote {
+                code,
                 message,
+                reason: status
+                    .metadata()
+                    .get(REASON_KEY)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string),
             },
-            Code::Unauthenticated => Error::Remote {
-                code: Code::Unauthenticated,
-                message: format!("{message} (check --token or FETCHD_TOKEN)"),
-            },
-            code => Error::Remote { code, message },
         }
     }
+
+    /// A short, stable token for what went wrong, sent with a status as its
+    /// `fetchd-reason` metadata so that a client can tell apart the cases a
+    /// status code shares (FAILED_PRECONDITION: `is-directory` or
+    /// `not-directory`) without reading the message. `None` for errors that
+    /// are never a server's answer.
+    pub(crate) fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::InvalidPath { .. } => "invalid-path",
+            Error::NotFound { .. } => "not-found",
+            Error::OutsideRoot { .. } => "outside-root",
+            Error::PermissionDenied { .. } => "permission-denied",
+            Error::NotRegular { .. } => "not-regular",
+            Error::IsDirectory { .. } => "is-directory",
+            Error::NotDirectory { .. } => "not-directory",
+            Error::Changed { .. } => "changed",
+            Error::OffsetPastEnd { .. } => "offset-past-end",
+            Error::ChecksumMismatch { .. } => "checksum-mismatch",
+            Error::UploadsDisabled { .. } => "uploads-disabled",
+            Error::AlreadyExists { .. } => "already-exists",
+            Error::TargetIsDirectory { .. } => "target-is-directory",
+            Error::TooLarge { .. } => "upload-too-large",
+            Error::SizeMismatch { .. } => "size-mismatch",
+            Error::NoSpace { .. } => "no-space",
+            Error::InvalidRequest { .. } => "invalid-request",
+            Error::Limit { .. } => "busy",
+            Error::Draining => "draining",
+            Error::CannotFollow { .. } => "cannot-follow",
+            Error::MessageTooLarge { .. } => "message-too-large",
+            Error::Unauthenticated => "unauthenticated",
+            Error::Remote { reason, .. } => return reason.as_deref().and_then(known_reason),
+            _ => return None,
+        })
+    }
+}
+
+/// The gRPC metadata key of [`Error::reason`].
+pub(crate) const REASON_KEY: &str = "fetchd-reason";
+
+/// `reason` when it is one this build knows (as a `'static` token).
+fn known_reason(reason: &str) -> Option<&'static str> {
+    const KNOWN: &[&str] = &[
+        "invalid-path",
+        "not-found",
+        "outside-root",
+        "permission-denied",
+        "not-regular",
+        "is-directory",
+        "not-directory",
+        "changed",
+        "offset-past-end",
+        "checksum-mismatch",
+        "uploads-disabled",
+        "already-exists",
+        "target-is-directory",
+        "upload-too-large",
+        "size-mismatch",
+        "no-space",
+        "invalid-request",
+        "busy",
+        "draining",
+        "cannot-follow",
+        "message-too-large",
+        "unauthenticated",
+    ];
+    KNOWN.iter().copied().find(|known| *known == reason)
 }
 
 impl Error {
@@ -416,6 +488,7 @@ impl Error {
         Error::Remote {
             code: self.code(),
             message: self.to_string(),
+            reason: self.reason().map(str::to_string),
         }
     }
 }
@@ -440,6 +513,11 @@ impl From<Error> for Status {
             _ => None,
         };
         let mut status = Status::new(err.code(), message);
+        if let Some(reason) = err.reason() {
+            status
+                .metadata_mut()
+                .insert(REASON_KEY, MetadataValue::from_static(reason));
+        }
         if let Some(wait) = pushback
             && let Ok(value) = wait.as_millis().to_string().parse()
         {
@@ -619,7 +697,257 @@ mod tests {
         let full = Error::from_server_io("a", io::Error::from_raw_os_error(28));
         assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
         let disabled = Error::UploadsDisabled { path: "a".into() }.to_string();
-        assert!(disabled.contains("--allow-upload"), "{disabled}");
+        assert_eq!(
+            disabled,
+            "a: permission denied: this server does not accept uploads"
+        );
+    }
+
+    /// An empty path reads as a sentence, not as `: invalid path: ...`.
+    #[test]
+    fn an_empty_path_has_no_prefix() {
+        let empty = Error::InvalidPath {
+            path: String::new(),
+            reason: "the path is empty (use / for the root)",
+        };
+        assert_eq!(
+            empty.to_string(),
+            "invalid path: the path is empty (use / for the root)"
+        );
+        let named = Error::InvalidPath {
+            path: "a\\0b".into(),
+            reason: "it contains a NUL byte",
+        };
+        assert_eq!(
+            named.to_string(),
+            "a\\0b: invalid path: it contains a NUL byte"
+        );
+    }
+
+    /// One error of every variant, and whether a server ever sends it (the
+    /// match is exhaustive: a new variant has to be placed here).
+    fn every_variant() -> Vec<(Error, bool)> {
+        let path = || String::from("a/b");
+        let digest = Digest::from_slice(&[0; 32]).expect("32 bytes");
+        let all = vec![
+            Error::InvalidPath {
+                path: path(),
+                reason: "it contains a NUL byte",
+            },
+            Error::InvalidPath {
+                path: String::new(),
+                reason: "the path is empty (use / for the root)",
+            },
+            Error::NotFound { path: path() },
+            Error::OutsideRoot { path: path() },
+            Error::PermissionDenied { path: path() },
+            Error::NotRegular {
+                path: path(),
+                kind: "fifo",
+            },
+            Error::IsDirectory { path: path() },
+            Error::NotDirectory { path: path() },
+            Error::Changed { path: path() },
+            Error::OffsetPastEnd {
+                path: path(),
+                offset: 9,
+                size: 1,
+            },
+            Error::ChecksumMismatch {
+                path: path(),
+                expected: digest,
+                actual: digest,
+            },
+            Error::UploadsDisabled { path: path() },
+            Error::AlreadyExists { path: path() },
+            Error::TargetIsDirectory { path: path() },
+            Error::TooLarge {
+                path: path(),
+                limit: 10,
+            },
+            Error::SizeMismatch {
+                path: path(),
+                declared: 1,
+                received: 2,
+            },
+            Error::NoSpace { path: path() },
+            Error::InvalidRequest {
+                path: String::new(),
+                reason: "the first message of a Write must be its header".into(),
+            },
+            Error::Limit {
+                what: "transfers",
+                limit: 256,
+                flag: "--max-transfers",
+            },
+            Error::Limit {
+                what: "tails",
+                limit: 4096,
+                flag: "--max-tails",
+            },
+            Error::Limit {
+                what: "calls on one connection",
+                limit: 256,
+                flag: "--max-streams-per-connection",
+            },
+            Error::Draining,
+            Error::CannotFollow { path: path() },
+            Error::MessageTooLarge {
+                size: 5 << 20,
+                limit: 4 << 20,
+            },
+            Error::Unauthenticated,
+            Error::Tls {
+                server: "https://h:1".into(),
+                reason: "pass --ca-cert FILE".into(),
+            },
+            Error::TlsFile {
+                path: "ca.pem".into(),
+                reason: "not PEM".into(),
+            },
+            Error::Protocol {
+                path: path(),
+                reason: "no header".into(),
+            },
+            Error::Unreachable {
+                server: "http://h:1".into(),
+                reason: "connection refused".into(),
+            },
+            Error::TryLater {
+                code: Code::Unavailable,
+                message: "busy".into(),
+                pushback: BUSY_PUSHBACK,
+            },
+            Error::Remote {
+                code: Code::NotFound,
+                message: "a: not found".into(),
+                reason: Some("not-found".into()),
+            },
+            Error::io("a/b", io::Error::other("the writer stopped early")),
+            Error::UnsafeDestination {
+                path: "out/x".into(),
+                reason: "a symlink".into(),
+            },
+            Error::Locked {
+                dest: "x".into(),
+                lock: "x.part".into(),
+            },
+            Error::Serve("bind failed".into()),
+            Error::Usage("--token-file t: empty".into()),
+        ];
+        all.into_iter()
+            .map(|err| {
+                let sent = match &err {
+                    Error::InvalidPath { .. }
+                    | Error::NotFound { .. }
+                    | Error::OutsideRoot { .. }
+                    | Error::PermissionDenied { .. }
+                    | Error::NotRegular { .. }
+                    | Error::IsDirectory { .. }
+                    | Error::NotDirectory { .. }
+                    | Error::Changed { .. }
+                    | Error::OffsetPastEnd { .. }
+                    | Error::ChecksumMismatch { .. }
+                    | Error::UploadsDisabled { .. }
+                    | Error::AlreadyExists { .. }
+                    | Error::TargetIsDirectory { .. }
+                    | Error::TooLarge { .. }
+                    | Error::SizeMismatch { .. }
+                    | Error::NoSpace { .. }
+                    | Error::InvalidRequest { .. }
+                    | Error::Limit { .. }
+                    | Error::Draining
+                    | Error::CannotFollow { .. }
+                    | Error::MessageTooLarge { .. }
+                    | Error::Unauthenticated
+                    | Error::Io { .. } => true,
+                    // Client side only, or the server's own start-up and
+                    // command line (never a status).
+                    Error::Tls { .. }
+                    | Error::TlsFile { .. }
+                    | Error::Protocol { .. }
+                    | Error::Unreachable { .. }
+                    | Error::TryLater { .. }
+                    | Error::Remote { .. }
+                    | Error::UnsafeDestination { .. }
+                    | Error::Locked { .. }
+                    | Error::Serve(_)
+                    | Error::Usage(_) => false,
+                };
+                (err, sent)
+            })
+            .collect()
+    }
+
+    /// What a server sends is for clients in any language: no command-line
+    /// flag, no `fetchd` command, no leading `: `.
+    #[test]
+    fn server_messages_name_no_command_line() {
+        for (err, sent) in every_variant() {
+            if !sent {
+                continue;
+            }
+            let status = Status::from(err);
+            let message = status.message();
+            assert!(!message.contains("--"), "{message}");
+            assert!(!message.contains("fetchd "), "{message}");
+            assert!(!message.contains("FETCHD_"), "{message}");
+            assert!(!message.starts_with(':'), "{message}");
+            assert!(!message.is_empty());
+        }
+    }
+
+    /// The server's messages, word for word, where they used to carry a
+    /// command-line hint.
+    #[test]
+    fn neutral_messages() {
+        let texts = [
+            (Error::IsDirectory { path: "d".into() }, "d: is a directory"),
+            (
+                Error::AlreadyExists { path: "f".into() },
+                "f: already exists on the server",
+            ),
+            (
+                Error::TooLarge {
+                    path: "f".into(),
+                    limit: 10,
+                },
+                "f: the upload is larger than this server's limit of 10 bytes; nothing was written",
+            ),
+            (
+                Error::Limit {
+                    what: "transfers",
+                    limit: 256,
+                    flag: "--max-transfers",
+                },
+                "server busy: the limit of 256 concurrent transfers is reached; retry later",
+            ),
+            (
+                Error::MessageTooLarge {
+                    size: 4_194_308,
+                    limit: 4_194_304,
+                },
+                "request message of 4194308 bytes is over the server's limit of 4194304 bytes",
+            ),
+            (Error::Unauthenticated, "missing or wrong token"),
+        ];
+        for (err, text) in texts {
+            assert_eq!(Status::from(err).message(), text);
+        }
+    }
+
+    /// A refused token comes back with the server's words alone: the hint
+    /// to pass `--token` is the command line's (`cli::hint`).
+    #[test]
+    fn unauthenticated_keeps_the_servers_message() {
+        let status = Status::from(Error::Unauthenticated);
+        match Error::from_status(status, "http://h:1") {
+            Error::Remote { code, message, .. } => {
+                assert_eq!(code, Code::Unauthenticated);
+                assert_eq!(message, "missing or wrong token");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Limits and draining travel with a retry pushback and come back as
@@ -659,6 +987,31 @@ mod tests {
             assert!(status.metadata().get(RETRY_PUSHBACK_KEY).is_none());
             let back = Error::from_status(status, "http://h:1");
             assert!(matches!(back, Error::Remote { .. }), "{back:?}");
+        }
+    }
+
+    /// Every error a server sends carries its reason, and it comes back
+    /// on the client's side of the wire.
+    #[test]
+    fn reasons_travel_with_the_status() {
+        for (err, sent) in every_variant() {
+            if !sent || matches!(err, Error::Io { .. }) {
+                continue;
+            }
+            let reason = err.reason().expect("a server's error has a reason");
+            let status = Status::from(err);
+            assert_eq!(
+                status
+                    .metadata()
+                    .get(REASON_KEY)
+                    .map(|v| v.to_str().expect("ascii")),
+                Some(reason)
+            );
+            // Busy and draining come back as TryLater, their own class.
+            let back = Error::from_status(status, "http://h:1");
+            if !matches!(back, Error::TryLater { .. }) {
+                assert_eq!(back.reason(), Some(reason), "{back:?}");
+            }
         }
     }
 

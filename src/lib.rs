@@ -56,7 +56,7 @@ pub use entry::{EntryInfo, EntryKind, FileVersion};
 pub use error::{Error, Result};
 pub use read_stream::{ReadEvent, ReadStart};
 pub use server::auth::Tokens;
-pub use server::config::ServerConfig;
+pub use server::config::{DEFAULT_MAX_REQUEST_BYTES, ServerConfig};
 pub use server::read::CHUNK_BYTES;
 pub use server::run as run_server;
 pub use store::local::staging::is_temp_name;

@@ -158,7 +158,8 @@ fn not_found_and_directory() {
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.describe());
 
     let run = client(&server.url, cwd.path(), &["get", "dir"]);
-    run.expect_code(1).expect_stderr("dir: is a directory");
+    run.expect_code(1)
+        .expect_stderr("dir: is a directory (use -r to fetch a tree)");
 
     let run = client(&server.url, cwd.path(), &["get", "missing.txt", "--json"]);
     run.expect_code(1);

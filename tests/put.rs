@@ -246,7 +246,8 @@ fn stdin_and_remote_forms() {
 }
 
 /// Without `--allow-upload`: PERMISSION_DENIED, a message that says what to
-/// do, exit 1, and nothing written.
+/// do (the CLI's hint; the server's own message names no flag), exit 1, and
+/// nothing written.
 #[test]
 fn refused_without_allow_upload() {
     let setup = Setup::new();
@@ -274,6 +275,10 @@ fn refused_without_allow_upload() {
         .expect_err("refused")
     });
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "x: permission denied: this server does not accept uploads"
+    );
     assert!(names(&setup.root).is_empty(), "nothing written");
 }
 

@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{
-    ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal,
+    ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, Verb, json_error, report,
+    stderr_is_terminal,
 };
 use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
@@ -73,6 +74,10 @@ pub struct GetArgs {
     /// slow links; costs CPU for data that does not compress).
     #[arg(long, value_enum, default_value_t = CompressArg::None, value_name = "ALGO")]
     pub compress: CompressArg,
+
+    /// Options of the client verbs (also accepted before the verb).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Where one downloaded file goes.
@@ -257,14 +262,14 @@ async fn run_single(args: &GetArgs, client: &Client, remote: &str) -> Result<u8>
     };
     if args.json {
         let mut out = Output::default();
-        out.line(&json_line(remote, &dest_shown, &result).to_string())?;
+        out.line(&json_line(verb(args), remote, &dest_shown, &result).to_string())?;
         out.flush()?;
     }
     match result {
         Ok(_) => Ok(EXIT_OK),
         Err(err) if matches!(err, Error::Usage(_)) => Err(err),
         Err(err) => {
-            report(&err);
+            report(verb(args), &err);
             Ok(EXIT_FAILURE)
         }
     }
@@ -398,13 +403,18 @@ async fn run_items(
             finished += 1;
             progress.set_message(format!("{finished}/{total_files} files"));
             if args.json {
-                let line = json_line(&item.remote, &item.dest.display().to_string(), result);
+                let line = json_line(
+                    verb(args),
+                    &item.remote,
+                    &item.dest.display().to_string(),
+                    result,
+                );
                 if let Err(err) = output.line(&line.to_string()).and_then(|_| output.flush()) {
                     write_error.get_or_insert(err);
                 }
             }
             if let Err(err) = result {
-                progress.suspend(|| report(err));
+                progress.suspend(|| report(verb(args), err));
             }
         },
     )
@@ -429,6 +439,7 @@ fn print_failure(args: &GetArgs, remote: &str, dest: &Path, err: Error) -> Resul
         let mut out = Output::default();
         out.line(
             &json_line(
+                verb(args),
                 remote,
                 &dest.display().to_string(),
                 &Err(err.clone_message()),
@@ -437,12 +448,24 @@ fn print_failure(args: &GetArgs, remote: &str, dest: &Path, err: Error) -> Resul
         )?;
         out.flush()?;
     }
-    report(&err);
+    report(verb(args), &err);
     Ok(())
 }
 
+/// The verb errors of this run are printed for (its hints).
+fn verb(args: &GetArgs) -> Verb {
+    Verb::Get {
+        recursive: args.recursive,
+    }
+}
+
 /// The `--json` object for one file.
-pub(crate) fn json_line(remote: &str, dest: &str, result: &Result<Report>) -> serde_json::Value {
+pub(crate) fn json_line(
+    verb: Verb,
+    remote: &str,
+    dest: &str,
+    result: &Result<Report>,
+) -> serde_json::Value {
     let path = remote.trim_start_matches('/');
     match result {
         Ok(report) => json!({
@@ -455,7 +478,7 @@ pub(crate) fn json_line(remote: &str, dest: &str, result: &Result<Report>) -> se
                 Outcome::Skipped => "skipped",
             },
         }),
-        Err(err) => json_error(path, ("dest", dest), err),
+        Err(err) => json_error(verb, path, ("dest", dest), err),
     }
 }
 

@@ -25,6 +25,10 @@ pub struct LsArgs {
     /// One JSON object a line: {"path","type","size","mtime"}.
     #[arg(long)]
     pub json: bool,
+
+    /// Options of the client verbs (also accepted before the verb).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Runs `fetchd ls`.

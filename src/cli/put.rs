@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{
-    ClientArgs, EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal,
+    ClientArgs, EXIT_FAILURE, EXIT_OK, Output, Verb, json_error, report, stderr_is_terminal,
 };
 use crate::client::upload::{self, Source, UploadOptions, Uploaded};
 use crate::error::{Error, Result};
@@ -47,6 +47,10 @@ pub struct PutArgs {
     /// One JSON object on stdout when the upload is done.
     #[arg(long)]
     pub json: bool,
+
+    /// Options of the client verbs (also accepted before the verb).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// The remote path for `local`: `remote` itself, or with a trailing `/`,
@@ -106,7 +110,7 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
         Ok(_) => Ok(EXIT_OK),
         Err(err) if matches!(err, Error::Usage(_)) => Err(err),
         Err(err) => {
-            report(&err);
+            report(Verb::Put, &err);
             Ok(EXIT_FAILURE)
         }
     }
@@ -146,7 +150,7 @@ pub(crate) fn json_line(
             "sha256": uploaded.sha256.to_hex(),
             "status": "ok",
         }),
-        Err(err) => json_error(path, ("source", source), err),
+        Err(err) => json_error(Verb::Put, path, ("source", source), err),
     }
 }
 

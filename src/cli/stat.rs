@@ -21,6 +21,10 @@ pub struct StatArgs {
     /// One JSON object instead of `key: value` lines.
     #[arg(long)]
     pub json: bool,
+
+    /// Options of the client verbs (also accepted before the verb).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Runs `fetchd stat`.

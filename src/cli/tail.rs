@@ -50,6 +50,10 @@ pub struct TailArgs {
     /// text and shrink several times).
     #[arg(long, value_enum, default_value_t = CompressArg::None, value_name = "ALGO")]
     pub compress: CompressArg,
+
+    /// Options of the client verbs (also accepted before the verb).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Runs `fetchd tail` until Ctrl-C / SIGTERM (or, with `--no-follow`, the

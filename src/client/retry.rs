@@ -298,14 +298,17 @@ mod tests {
             Error::Remote {
                 code: Code::ResourceExhausted,
                 message: "the upload is larger than this server's limit".into(),
+                reason: None,
             },
             Error::Remote {
                 code: Code::DataLoss,
                 message: "mismatch".into(),
+                reason: None,
             },
             Error::Remote {
                 code: Code::InvalidArgument,
                 message: "bad".into(),
+                reason: None,
             },
             Error::Tls {
                 server: "https://h:1".into(),

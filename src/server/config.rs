@@ -31,7 +31,7 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = DEFAULT_MAX_TAILS;
 /// connection.
 pub(crate) const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 256;
 /// Default for `--max-request-bytes`: the largest request message.
-pub(crate) const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default for `--idle-timeout`: a connection without calls for this long
 /// is closed.
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -187,6 +187,7 @@ async fn download_once(
             "{}: gave up after {MAX_ATTEMPTS} attempts ({last_reason}); try again later",
             shown(remote)
         ),
+        reason: None,
     })
 }
 
