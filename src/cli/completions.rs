@@ -4,10 +4,10 @@
 
 use std::io::Write;
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
 
-use crate::cli::{Cli, EXIT_OK};
+use crate::cli::output::EXIT_OK;
 use crate::error::{Error, Result};
 
 /// Arguments of `fetchd completions`.
@@ -34,17 +34,17 @@ pub struct ManArgs {
     pub verb: Option<String>,
 }
 
-/// Writes the completion script for `args.shell` to stdout.
-pub(crate) fn run_completions(args: CompletionsArgs) -> Result<u8> {
-    let mut command = Cli::command();
+/// Writes the completion script of `command` (the whole command line) for
+/// `args.shell` to stdout.
+pub(crate) fn run_completions(args: CompletionsArgs, mut command: clap::Command) -> Result<u8> {
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut command, "fetchd", &mut out);
     write_stdout(&out)
 }
 
-/// Writes a roff manual page to stdout.
-pub(crate) fn run_man(args: ManArgs) -> Result<u8> {
-    let mut command = Cli::command();
+/// Writes a roff manual page of `command` (the whole command line), or of
+/// one of its verbs, to stdout.
+pub(crate) fn run_man(args: ManArgs, mut command: clap::Command) -> Result<u8> {
     command.build();
     let page = match &args.verb {
         None => command,

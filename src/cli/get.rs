@@ -7,10 +7,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{
-    ClientArgs, CompressArg, EXIT_FAILURE, EXIT_OK, Output, Verb, json_error, report,
-    stderr_is_terminal,
-};
+use crate::cli::args::{ClientArgs, CompressArg};
+use crate::cli::hint::Verb;
+use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
 use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
 use crate::client::download::{self, DownloadOptions, Notify, Outcome, Report};

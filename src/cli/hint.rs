@@ -16,7 +16,6 @@
 
 use tonic::Code;
 
-use crate::cli::Command;
 use crate::error::Error;
 
 /// The verb an error is printed for.
@@ -37,22 +36,6 @@ pub(crate) enum Verb {
     Tail,
     /// `serve`, `completions`, `man`: no hints.
     Other,
-}
-
-impl Verb {
-    /// The verb of a parsed command line.
-    pub(crate) fn of(command: &Command) -> Verb {
-        match command {
-            Command::Get(args) => Verb::Get {
-                recursive: args.recursive,
-            },
-            Command::Put(_) => Verb::Put,
-            Command::Ls(_) => Verb::Ls,
-            Command::Stat(_) => Verb::Stat,
-            Command::Tail(_) => Verb::Tail,
-            Command::Serve(_) | Command::Completions(_) | Command::Man(_) => Verb::Other,
-        }
-    }
 }
 
 /// What to append to `err`'s message when `verb` prints it, if anything.

@@ -3,7 +3,8 @@
 use clap::Args;
 use serde_json::json;
 
-use crate::cli::{ClientArgs, EXIT_OK, Output};
+use crate::cli::args::ClientArgs;
+use crate::cli::output::{EXIT_OK, Output};
 use crate::entry::EntryInfo;
 use crate::error::Result;
 

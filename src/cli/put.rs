@@ -8,9 +8,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{
-    ClientArgs, EXIT_FAILURE, EXIT_OK, Output, Verb, json_error, report, stderr_is_terminal,
-};
+use crate::cli::args::ClientArgs;
+use crate::cli::hint::Verb;
+use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
 use crate::client::upload::{self, Source, UploadOptions, Uploaded};
 use crate::error::{Error, Result};
 

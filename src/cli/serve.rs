@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::{EXIT_OK, LogFormat};
+use crate::cli::output::EXIT_OK;
 use crate::error::{Error, Result};
 use crate::server::auth::Tokens;
 use crate::server::{
@@ -297,6 +297,17 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
 /// bench/README.md).
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |cpus| cpus.get().div_ceil(2))
+}
+
+/// `serve --log-format`: how log events are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message and the
+    /// event's fields at the top level), for log shippers.
+    Json,
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 use clap::Args;
 use serde_json::json;
 
+use crate::cli::args::ClientArgs;
 use crate::cli::ls::format_mtime;
-use crate::cli::{ClientArgs, EXIT_OK, Output};
+use crate::cli::output::{EXIT_OK, Output};
 use crate::error::Result;
 
 /// Arguments of `fetchd stat`.

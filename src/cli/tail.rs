@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{ClientArgs, CompressArg, EXIT_OK};
+use crate::cli::args::{ClientArgs, CompressArg};
+use crate::cli::output::EXIT_OK;
 use crate::client::Client;
 use crate::client::follow::{Followed, Follower};
 use crate::error::{Error, Result};

@@ -22,6 +22,7 @@ pub(crate) mod follow;
 pub(crate) mod options;
 mod raw_read;
 pub(crate) mod retry;
+mod status;
 pub(crate) mod target;
 pub(crate) mod upload;
 
