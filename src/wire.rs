@@ -1,6 +1,6 @@
 //! The gRPC framing of `Read`, both directions, in one place: the paths
 //! that bypass tonic's codec (the server's `Read` below the codec,
-//! [`crate::server::read_route`], and the client's,
+//! [`crate::server::raw_read`], and the client's,
 //! [`crate::client::raw_read`]) agree here on how a `ReadResponse` holding
 //! file data looks on the wire, byte for byte as tonic's codec would write
 //! it (the tests below hold the two equal).
@@ -65,7 +65,7 @@ fn frame_len(len: usize) -> u32 {
 /// `message` as one uncompressed gRPC message frame, as tonic's codec
 /// writes it: a zero compression flag, the length as 4 big-endian bytes,
 /// then the encoded message. For the paths that bypass the codec
-/// (`server::read_route`, `client::raw_read`).
+/// (`server::raw_read`, `client::raw_read`).
 pub(crate) fn message_frame(message: &impl prost::Message) -> bytes::Bytes {
     let len = message.encoded_len();
     let mut buf = Vec::with_capacity(5 + len);

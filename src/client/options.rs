@@ -46,7 +46,7 @@ impl std::fmt::Debug for ConnectOptions {
 /// A compression a client can ask the server to apply to file data.
 ///
 /// A client asks by compressing its request the same way; the server then
-/// compresses its answer (see [`crate::server::read_route`]). Answers in
+/// compresses its answer (see [`crate::server::raw_read`]). Answers in
 /// either encoding are always accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {

@@ -366,7 +366,7 @@ mod tests {
     use crate::proto::{ReadHeader, ReadTrailer, read_response::Kind};
     use proptest::prelude::*;
 
-    /// A message framed as tonic frames it (`server::read_route` holds
+    /// A message framed as tonic frames it (`server::raw_read` holds
     /// [`message_frame`] to tonic's encoding).
     fn framed(message: &ReadResponse) -> Vec<u8> {
         message_frame(message).to_vec()

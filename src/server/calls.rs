@@ -4,7 +4,7 @@
 //! structured log event when a call ends.
 //!
 //! It sits above the router, so the hand-written `Read` route
-//! ([`super::read_route`]), the tonic-generated handlers, health and
+//! ([`super::raw_read`]), the tonic-generated handlers, health and
 //! reflection are all seen alike. The status is read where gRPC puts it: the
 //! response headers of a trailers-only answer, or the trailers after the
 //! last message. A call whose response is dropped before its trailers (the

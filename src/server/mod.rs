@@ -15,7 +15,7 @@
 //! - [`metrics`]: the Prometheus metrics and their HTTP endpoint.
 //! - [`service`]: the gRPC service (the only place that sees wire types).
 //! - [`read`]: the chunk reader behind `Read` and `Stat`'s digest.
-//! - [`read_route`]: `Read` answered below tonic's codec, so file data is
+//! - [`raw_read`]: `Read` answered below tonic's codec, so file data is
 //!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
 //! - [`upload`]: the writer behind `Write`: hash, verify, commit the
@@ -31,8 +31,8 @@ pub(crate) mod conn;
 pub(crate) mod digests;
 pub(crate) mod health;
 pub(crate) mod metrics;
+pub(crate) mod raw_read;
 pub(crate) mod read;
-pub(crate) mod read_route;
 pub(crate) mod service;
 pub(crate) mod upload;
 
@@ -53,7 +53,7 @@ use auth::{AuthLayer, Tokens};
 use calls::{CallLayer, KnownMethods};
 pub(crate) use config::*;
 use conn::{ConnLayer, Incoming};
-use read_route::ReadRoute;
+use raw_read::RawReadService;
 use service::FetchdService;
 
 /// Warns when a server others can reach runs without TLS or tokens.
@@ -136,7 +136,7 @@ pub(crate) async fn serve<S: Store>(
     let service = FetchdService::new(store, config.max_transfers)
         .with_tails(config.max_tails.max(1), stopping.clone())
         .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
-    let fetchd = ReadRoute::new(
+    let fetchd = RawReadService::new(
         proto::fetchd_server::FetchdServer::new(service.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)

@@ -481,7 +481,7 @@ fn tail_response(event: TailEvent) -> proto::TailResponse {
 impl<S: Store> FetchdService<S> {
     /// Checks and opens the file a `Read` asks for, and starts reading it:
     /// the events of the read, with data chunks laid out as `framing` says.
-    /// Shared by the tonic handler and [`crate::server::read_route`].
+    /// Shared by the tonic handler and [`crate::server::raw_read`].
     pub(crate) async fn start_read(
         &self,
         request: ReadRequest,

@@ -10,7 +10,7 @@
 //! is. The bytes on the wire are the same as tonic's, message for message
 //! (a unit test holds the two encodings equal), so clients cannot tell.
 //!
-//! [`ReadRoute`] wraps the generated service and takes only `Read` calls
+//! [`RawReadService`] wraps the generated service and takes only `Read` calls
 //! whose request is not compressed; every other call goes to the generated
 //! service, whose codec compresses. Before either, it applies fetchd's
 //! compression rule ([`answer_in_request_encoding`]): the answer is
@@ -45,33 +45,33 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The generated service with `Read` taken over by [`serve_read`].
 #[derive(Debug)]
-pub(crate) struct ReadRoute<S, St: Store> {
+pub(crate) struct RawReadService<S, St: Store> {
     inner: S,
     service: FetchdService<St>,
 }
 
-impl<S: Clone, St: Store> Clone for ReadRoute<S, St> {
+impl<S: Clone, St: Store> Clone for RawReadService<S, St> {
     fn clone(&self) -> Self {
-        ReadRoute {
+        RawReadService {
             inner: self.inner.clone(),
             service: self.service.clone(),
         }
     }
 }
 
-impl<S, St: Store> ReadRoute<S, St> {
+impl<S, St: Store> RawReadService<S, St> {
     /// Routes `Read` calls to `service` directly and the rest to `inner`
     /// (the generated server over the same `service`).
-    pub(crate) fn new(inner: S, service: FetchdService<St>) -> ReadRoute<S, St> {
-        ReadRoute { inner, service }
+    pub(crate) fn new(inner: S, service: FetchdService<St>) -> RawReadService<S, St> {
+        RawReadService { inner, service }
     }
 }
 
-impl<S: NamedService, St: Store> NamedService for ReadRoute<S, St> {
+impl<S: NamedService, St: Store> NamedService for RawReadService<S, St> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, St> Service<http::Request<Body>> for ReadRoute<S, St>
+impl<S, St> Service<http::Request<Body>> for RawReadService<S, St>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
