@@ -196,7 +196,7 @@ async fn read_batch(
         finished,
     } = *call;
     let mut stream = client.read_many(paths, BATCH_FILE_BYTES).await?;
-    let mut writing: Option<tokio::task::JoinHandle<Vec<Written>>> = None;
+    let mut writing: Option<tokio::task::JoinHandle<Vec<Landed>>> = None;
     let ended = loop {
         let answers = match stream.next().await {
             Ok(Some(answers)) => answers,
@@ -252,7 +252,7 @@ async fn read_batch(
 
 /// Passes on what a writer thread did.
 fn report(
-    written: std::result::Result<Vec<Written>, tokio::task::JoinError>,
+    written: std::result::Result<Vec<Landed>, tokio::task::JoinError>,
     single: &mut Vec<Item>,
     finished: &mpsc::UnboundedSender<Finished>,
 ) {
@@ -260,10 +260,10 @@ fn report(
         Ok(written) => {
             for written in written {
                 match written {
-                    Written::Done(item, result) => {
+                    Landed::Done(item, result) => {
                         let _ = finished.send((item, result));
                     }
-                    Written::Elsewhere(item) => single.push(item),
+                    Landed::Elsewhere(item) => single.push(item),
                 }
             }
         }
@@ -280,8 +280,8 @@ struct Received {
 }
 
 /// What became of one received file.
-enum Written {
-    /// Written (or failed for good).
+enum Landed {
+    /// Landed (or failed for good).
     Done(Item, Result<Report>),
     /// Its part file appeared meanwhile: leave it to the single-file path,
     /// which locks and resumes.
@@ -298,7 +298,7 @@ struct Pending {
 
 /// Checks and writes one message's files: every part file first, then one
 /// `syncfs` for all their data, then the renames, then one sync per folder.
-fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
+fn write_files(out: &Path, received: Vec<Received>) -> Vec<Landed> {
     let mut written = Vec::with_capacity(received.len());
     let mut pending = Vec::with_capacity(received.len());
     let mut ready_folders: HashSet<PathBuf> = HashSet::new();
@@ -315,8 +315,8 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
                 part,
                 file: handle,
             }),
-            Ok(None) => written.push(Written::Elsewhere(file.item)),
-            Err(err) => written.push(Written::Done(file.item, Err(err))),
+            Ok(None) => written.push(Landed::Elsewhere(file.item)),
+            Err(err) => written.push(Landed::Done(file.item, Err(err))),
         }
     }
     if let Some(first) = pending.first()
@@ -325,7 +325,7 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
         for pending in pending {
             let _ = std::fs::remove_file(&pending.part);
             let failure = Error::io(&pending.part, io::Error::from(errno));
-            written.push(Written::Done(pending.item, Err(failure)));
+            written.push(Landed::Done(pending.item, Err(failure)));
         }
         return written;
     }
@@ -343,18 +343,18 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Written> {
                 if let Some(folder) = pending.item.dest.parent() {
                     renamed_in.insert(folder.to_path_buf());
                 }
-                written.push(Written::Done(pending.item, Ok(pending.report)));
+                written.push(Landed::Done(pending.item, Ok(pending.report)));
             }
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                 // Something appeared at the destination since the plan:
                 // the single-file path compares it (or refuses a symlink).
                 let _ = std::fs::remove_file(&pending.part);
-                written.push(Written::Elsewhere(pending.item));
+                written.push(Landed::Elsewhere(pending.item));
             }
             Err(err) => {
                 let _ = std::fs::remove_file(&pending.part);
                 let failure = Error::io(&pending.item.dest, err);
-                written.push(Written::Done(pending.item, Err(failure)));
+                written.push(Landed::Done(pending.item, Err(failure)));
             }
         }
     }
@@ -458,15 +458,15 @@ mod tests {
         let mut outcomes = std::collections::BTreeMap::new();
         for written in written {
             match written {
-                Written::Done(item, Ok(report)) => {
+                Landed::Done(item, Ok(report)) => {
                     assert!(item.dest.is_file(), "{}", item.dest.display());
                     assert_eq!(report.outcome, Outcome::Downloaded);
                     outcomes.insert(item.remote, "ok".to_string());
                 }
-                Written::Done(item, Err(err)) => {
+                Landed::Done(item, Err(err)) => {
                     outcomes.insert(item.remote, err.to_string());
                 }
-                Written::Elsewhere(item) => {
+                Landed::Elsewhere(item) => {
                     outcomes.insert(item.remote, "elsewhere".to_string());
                 }
             }
@@ -498,7 +498,7 @@ mod tests {
         let out = dir.path();
         std::os::unix::fs::symlink(elsewhere.path(), out.join("link")).expect("symlink");
         let written = write_files(out, vec![received(out, "link/file", b"x", None)]);
-        assert!(matches!(written.as_slice(), [Written::Done(_, Err(_))]));
+        assert!(matches!(written.as_slice(), [Landed::Done(_, Err(_))]));
         assert!(!elsewhere.path().join("file").exists());
         assert!(!elsewhere.path().join("file.part").exists());
     }
@@ -512,7 +512,7 @@ mod tests {
         let out = dir.path();
         std::fs::write(out.join("late"), b"someone else's").expect("late");
         let written = write_files(out, vec![received(out, "late", b"server", None)]);
-        assert!(matches!(written.as_slice(), [Written::Elsewhere(_)]));
+        assert!(matches!(written.as_slice(), [Landed::Elsewhere(_)]));
         assert_eq!(
             std::fs::read(out.join("late")).expect("late"),
             b"someone else's"

@@ -24,7 +24,7 @@ impl Root {
         &self,
         path: &RequestPath,
         recursive: bool,
-        emit: &mut dyn FnMut(Listed<'_>) -> bool,
+        emit: &mut dyn FnMut(WalkEntry<'_>) -> bool,
     ) -> Result<()> {
         let shown = path.shown();
         let located = self.locate(path)?;
@@ -37,7 +37,7 @@ impl Root {
                     kind: special_kind(&located.meta),
                 }
             })?;
-            emit(Listed {
+            emit(WalkEntry {
                 info,
                 folder: &located.parent,
                 name,
@@ -60,7 +60,7 @@ impl Root {
 
 /// One entry met by [`Root::walk`], with the folder handle that holds it.
 #[derive(Debug)]
-pub(crate) struct Listed<'a> {
+pub(crate) struct WalkEntry<'a> {
     /// The entry as listings show it.
     pub info: EntryInfo,
     /// The folder that holds it.
@@ -71,7 +71,7 @@ pub(crate) struct Listed<'a> {
     pub identity: (u64, u64),
 }
 
-impl Listed<'_> {
+impl WalkEntry<'_> {
     /// The file version the listing saw (for a regular file).
     pub(crate) fn version(&self) -> crate::entry::FileVersion {
         crate::entry::FileVersion {
@@ -83,7 +83,7 @@ impl Listed<'_> {
     }
 }
 
-impl Listed<'_> {
+impl WalkEntry<'_> {
     /// Opens a listed regular file for reading (never following a symlink,
     /// checked on the open descriptor).
     pub(crate) fn open(&self) -> Result<(fs::File, fs::Metadata)> {
@@ -97,7 +97,7 @@ fn walk_dir(
     base: &str,
     recursive: bool,
     depth: usize,
-    emit: &mut dyn FnMut(Listed<'_>) -> bool,
+    emit: &mut dyn FnMut(WalkEntry<'_>) -> bool,
 ) -> io::Result<bool> {
     let mut names = Vec::new();
     for entry in dir.entries()? {
@@ -124,7 +124,7 @@ fn walk_dir(
             continue;
         };
         let is_dir = info.kind == EntryKind::Dir;
-        if !emit(Listed {
+        if !emit(WalkEntry {
             info,
             folder: dir,
             name: &name,
