@@ -168,3 +168,72 @@ fn stat_text_and_json() {
         .expect_code(1)
         .expect_stderr("gone: not found");
 }
+
+/// With several servers, `ls` and `stat` ask the first that answers, in
+/// the order given: a dead first server is passed over. The servers come
+/// from repeated `--server`, from a comma list in `FETCHD_SERVER`, or from
+/// `--servers-file` (comments and blank lines skipped).
+#[test]
+fn ls_and_stat_ask_the_first_server_that_answers() {
+    let root = sample_tree();
+    let live = ServerProcess::start(root.path(), &[]);
+    let mut gone = ServerProcess::start(root.path(), &[]);
+    let dead_url = gone.url.clone();
+    gone.kill();
+    let cwd = tempfile::tempdir().unwrap();
+
+    let run = run_in(
+        cwd.path(),
+        fetchd().args(["--server", &dead_url, "--server", &live.url, "ls", "logs"]),
+    );
+    run.expect_code(0);
+    assert!(
+        run.stdout_str().contains("logs/app.log"),
+        "{}",
+        run.describe()
+    );
+
+    let run = run_in(
+        cwd.path(),
+        fetchd()
+            .env("FETCHD_SERVER", format!("{dead_url},{}", live.url))
+            .args(["stat", "top.txt", "--json"]),
+    );
+    run.expect_code(0);
+    let stat: serde_json::Value = serde_json::from_str(run.stdout_str().trim()).unwrap();
+    assert_eq!(stat["size"], 4, "{}", run.describe());
+
+    let list = cwd.path().join("servers");
+    fs::write(
+        &list,
+        format!(
+            "# the fleet\n\ndown={dead_url}   # SIGKILLed\nup={}\n",
+            live.url
+        ),
+    )
+    .unwrap();
+    let run = run_in(
+        cwd.path(),
+        fetchd().args(["ls", "--servers-file", list.to_str().unwrap()]),
+    );
+    run.expect_code(0);
+    assert!(run.stdout_str().contains("top.txt"), "{}", run.describe());
+
+    // Every server dead: the last failure, exit 1.
+    let run = run_in(
+        cwd.path(),
+        fetchd().args(["--server", &dead_url, "--server", &dead_url, "ls"]),
+    );
+    run.expect_code(1);
+
+    // A verb that talks to one server says so, before any transfer.
+    let run = run_in(
+        cwd.path(),
+        fetchd().args([
+            "--server", &dead_url, "--server", &live.url, "get", "top.txt",
+        ]),
+    );
+    run.expect_code(2)
+        .expect_stderr("talks to one server for now");
+    assert!(!cwd.path().join("top.txt").exists());
+}

@@ -1,16 +1,18 @@
-//! The options every client verb shares: which server, the token, the TLS
-//! files, `--retry-for`; accepted before or after the verb (never by
-//! `serve`), merged per option; and `--compress` of `get` and `tail`.
+//! The options every client verb shares: which servers (`--server`, more
+//! than once, `LABEL=URL`; `FETCHD_SERVER`, comma-separated;
+//! `--servers-file`), the token, the TLS files, `--retry-for`; accepted
+//! before or after the verb (never by `serve`), merged per option; and
+//! `--compress` of `get` and `tail`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, FromArgMatches};
+use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
 
 use crate::client::retry::{DEFAULT_RETRY_FOR, RetryPolicy};
 use crate::client::{Client, Compression, ConnectOptions, DEFAULT_SERVER, Target};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Options shared by every client verb; accepted before or after the verb.
 ///
@@ -23,8 +25,10 @@ use crate::error::Result;
 /// environment variables.
 #[derive(Clone, Default)]
 pub struct ClientArgs {
-    /// Server to talk to (default [`DEFAULT_SERVER`]).
-    pub server: Option<String>,
+    /// Servers to talk to, as given (default [`DEFAULT_SERVER`]).
+    pub server: Option<Vec<String>>,
+    /// A file naming more servers, one a line.
+    pub servers_file: Option<PathBuf>,
     /// Bearer token sent with every call.
     pub token: Option<String>,
     /// CA certificate (PEM) to trust for https:// servers.
@@ -44,6 +48,7 @@ pub struct ClientArgs {
 #[derive(Clone, Copy, Debug, Default)]
 struct Given {
     server: bool,
+    servers_file: bool,
     token: bool,
     ca_cert: bool,
     client_cert: bool,
@@ -55,10 +60,22 @@ struct Given {
 /// environment variables.
 #[derive(Clone, Args)]
 struct ClientFlags {
-    /// Server to talk to; https:// means TLS (client verbs)
-    /// [default: http://127.0.0.1:50051].
-    #[arg(long, env = "FETCHD_SERVER", value_name = "URL")]
-    server: Option<String>,
+    /// Server to talk to; https:// means TLS. Give it more than once (or
+    /// FETCHD_SERVER as a comma-separated list) for several; LABEL=URL
+    /// names one (client verbs) [default: http://127.0.0.1:50051].
+    #[arg(
+        long,
+        env = "FETCHD_SERVER",
+        value_name = "URL",
+        value_delimiter = ',',
+        action = ArgAction::Append
+    )]
+    server: Vec<String>,
+
+    /// A file of servers, one URL (or LABEL=URL) a line; blank lines and
+    /// `#` comments are skipped (client verbs).
+    #[arg(long, value_name = "FILE")]
+    servers_file: Option<PathBuf>,
 
     /// Bearer token sent with every call (client verbs).
     #[arg(long, env = "FETCHD_TOKEN", hide_env_values = true, value_name = "T")]
@@ -102,7 +119,8 @@ impl FromArgMatches for ClientArgs {
         let flags = ClientFlags::from_arg_matches(matches)?;
         let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
         Ok(ClientArgs {
-            server: flags.server,
+            server: (!flags.server.is_empty()).then_some(flags.server),
+            servers_file: flags.servers_file,
             token: flags.token,
             ca_cert: flags.ca_cert,
             client_cert: flags.client_cert,
@@ -110,6 +128,7 @@ impl FromArgMatches for ClientArgs {
             retry_for: flags.retry_for,
             given: Given {
                 server: given("server"),
+                servers_file: given("servers_file"),
                 token: given("token"),
                 ca_cert: given("ca_cert"),
                 client_cert: given("client_cert"),
@@ -161,6 +180,7 @@ impl std::fmt::Debug for ClientArgs {
         // The token is a secret: never printed, not even in debug output.
         f.debug_struct("ClientArgs")
             .field("server", &self.server)
+            .field("servers_file", &self.servers_file)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ca_cert", &self.ca_cert)
             .field("client_cert", &self.client_cert)
@@ -180,6 +200,12 @@ impl ClientArgs {
             self.given.server,
             &verb.server,
             verb.given.server,
+        );
+        let (servers_file, servers_file_given) = pick(
+            &self.servers_file,
+            self.given.servers_file,
+            &verb.servers_file,
+            verb.given.servers_file,
         );
         let (token, token_given) =
             pick(&self.token, self.given.token, &verb.token, verb.given.token);
@@ -209,6 +235,7 @@ impl ClientArgs {
         );
         ClientArgs {
             server,
+            servers_file,
             token,
             ca_cert,
             client_cert,
@@ -216,6 +243,7 @@ impl ClientArgs {
             retry_for,
             given: Given {
                 server: server_given,
+                servers_file: servers_file_given,
                 token: token_given,
                 ca_cert: ca_cert_given,
                 client_cert: client_cert_given,
@@ -225,14 +253,65 @@ impl ClientArgs {
         }
     }
 
-    /// Connects to the server these options name.
-    pub async fn connect(&self) -> Result<Client> {
-        Client::connect(&self.target()?, &self.options()).await
+    /// Connects to the first of the servers these options name that can
+    /// be reached, in the order given (`ls`, `stat`); with one server,
+    /// simply to it.
+    pub async fn connect_first(&self) -> Result<Client> {
+        let options = self.options();
+        let mut last = None;
+        for target in self.targets()? {
+            match Client::connect(&target, &options).await {
+                Ok(client) => return Ok(client),
+                Err(err @ (Error::Unreachable { .. } | Error::Tls { .. })) => {
+                    tracing::debug!(server = %target.name(), %err, "trying the next server");
+                    last = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Usage("no server to talk to".into())))
     }
 
-    /// The server these arguments name (`--server`, else the default).
-    pub fn target(&self) -> Result<Target> {
-        Target::parse(self.server.as_deref().unwrap_or(DEFAULT_SERVER))
+    /// The servers these arguments name, in order: every `--server` (or
+    /// `FETCHD_SERVER` entry), then the lines of `--servers-file`; the
+    /// default server when there are none.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        for spec in self.server.iter().flatten() {
+            if !spec.trim().is_empty() {
+                targets.push(Target::parse(spec)?);
+            }
+        }
+        if let Some(file) = &self.servers_file {
+            let text = std::fs::read_to_string(file).map_err(|err| Error::io(file, err))?;
+            for (number, line) in text.lines().enumerate() {
+                let spec = line.split('#').next().unwrap_or("").trim();
+                if spec.is_empty() {
+                    continue;
+                }
+                let target = Target::parse(spec).map_err(|err| {
+                    Error::Usage(format!("{}:{}: {err}", file.display(), number + 1))
+                })?;
+                targets.push(target);
+            }
+        }
+        if targets.is_empty() {
+            targets.push(Target::parse(DEFAULT_SERVER)?);
+        }
+        Ok(targets)
+    }
+
+    /// The one server of a verb that talks to one (`get`, `put`, `tail`
+    /// for now): an error naming the verb when several are given.
+    pub fn target(&self, verb: &str) -> Result<Target> {
+        let mut targets = self.targets()?;
+        if targets.len() > 1 {
+            return Err(Error::Usage(format!(
+                "fetchd {verb} talks to one server for now; {} were given (ls and stat take several)",
+                targets.len()
+            )));
+        }
+        Ok(targets.remove(0))
     }
 
     /// How to connect, as these arguments say.
@@ -292,18 +371,20 @@ mod tests {
     #[test]
     fn the_command_line_beats_the_environment() {
         let env = |server: &str| ClientArgs {
-            server: Some(server.into()),
+            server: Some(vec![server.to_string()]),
             ..ClientArgs::default()
         };
         let given = |server: &str| ClientArgs {
-            server: Some(server.into()),
+            server: Some(vec![server.to_string()]),
             given: Given {
                 server: true,
                 ..Given::default()
             },
             ..ClientArgs::default()
         };
-        let server = |top: &ClientArgs, verb: &ClientArgs| top.merged(verb).server;
+        let server = |top: &ClientArgs, verb: &ClientArgs| {
+            top.merged(verb).server.map(|servers| servers.join(","))
+        };
         assert_eq!(server(&given("top"), &env("env")).as_deref(), Some("top"));
         assert_eq!(server(&env("env"), &given("verb")).as_deref(), Some("verb"));
         assert_eq!(

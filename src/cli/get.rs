@@ -160,7 +160,7 @@ pub(crate) async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
         return Err(Error::Usage("-o - takes a single file, not several".into()));
     }
     let client = Client::connect(
-        &client_args.target()?,
+        &client_args.target("get")?,
         &client_args.options_with(args.compress),
     )
     .await?;

@@ -34,7 +34,7 @@ pub struct LsArgs {
 
 /// Runs `fetchd ls`.
 pub(crate) async fn run(args: LsArgs, client_args: ClientArgs) -> Result<u8> {
-    let client = client_args.connect().await?;
+    let client = client_args.connect_first().await?;
     let notify = |line: &str| eprintln!("fetchd: {line}");
     let subject = crate::client::download::shown(&args.dir);
     let mut streak = client.retry_policy().streak();

@@ -180,9 +180,9 @@ mod tests {
     #[test]
     fn client_options_on_either_side_of_the_verb() {
         let before = client_of(&["fetchd", "--server", "http://a:1", "get", "x"]);
-        assert_eq!(before.server.as_deref(), Some("http://a:1"));
+        assert_eq!(before.server, Some(vec!["http://a:1".to_string()]));
         let after = client_of(&["fetchd", "stat", "x", "--server", "http://b:1"]);
-        assert_eq!(after.server.as_deref(), Some("http://b:1"));
+        assert_eq!(after.server, Some(vec!["http://b:1".to_string()]));
         let both = client_of(&[
             "fetchd",
             "--server",
@@ -196,9 +196,37 @@ mod tests {
             "--token",
             "t",
         ]);
-        assert_eq!(both.server.as_deref(), Some("http://b:1"));
+        assert_eq!(both.server, Some(vec!["http://b:1".to_string()]));
         assert_eq!(both.token.as_deref(), Some("t"));
         assert_eq!(both.retry_for, Some(Duration::from_secs(3)));
+    }
+
+    /// Several servers: `--server` again and again, a comma list in
+    /// FETCHD_SERVER's form, and `--servers-file` after them.
+    #[test]
+    fn several_servers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("servers");
+        std::fs::write(
+            &file,
+            "# the web tier\nweb-3=http://c:3\n\n  http://d:4  # spare\n",
+        )
+        .expect("write");
+        let args = client_of(&[
+            "fetchd",
+            "--server",
+            "web-1=http://a:1,http://b:2",
+            "stat",
+            "x",
+            "--servers-file",
+            file.to_str().expect("utf-8"),
+        ]);
+        let targets = args.targets().expect("targets");
+        let names: Vec<String> = targets.iter().map(|t| t.label().to_string()).collect();
+        assert_eq!(names, ["web-1", "b:2", "web-3", "d:4"]);
+        assert!(args.target("get").is_err(), "get takes one server for now");
+        let one = client_of(&["fetchd", "get", "x"]);
+        assert_eq!(one.targets().expect("default").len(), 1);
     }
 
     /// `serve` takes none of the client options.

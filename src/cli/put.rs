@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::cli::args::ClientArgs;
 use crate::cli::hint::Verb;
 use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
+use crate::client::Client;
 use crate::client::upload::{self, Source, UploadOptions, Uploaded};
 use crate::error::{Error, Result};
 
@@ -97,7 +98,7 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
                 }
             }),
         };
-        let client = client_args.connect().await?;
+        let client = Client::connect(&client_args.target("put")?, &client_args.options()).await?;
         upload::upload_retrying(&client, opened, &remote, &options).await
     }
     .await;

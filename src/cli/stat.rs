@@ -30,7 +30,7 @@ pub struct StatArgs {
 
 /// Runs `fetchd stat`.
 pub(crate) async fn run(args: StatArgs, client_args: ClientArgs) -> Result<u8> {
-    let client = client_args.connect().await?;
+    let client = client_args.connect_first().await?;
     let notify = |line: &str| eprintln!("fetchd: {line}");
     let subject = crate::client::download::shown(&args.path);
     let stat = client

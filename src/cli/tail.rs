@@ -66,7 +66,7 @@ pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
 
     let options = client_args.options_with(args.compress);
-    let client = Client::connect(&client_args.target()?, &options).await?;
+    let client = Client::connect(&client_args.target("tail")?, &options).await?;
     let mut follower = Follower::new(client, &args.path, args.lines, !args.no_follow);
     let mut stdout = TailOut::open()?;
     let mut notices = Notices::new(&args.path);
