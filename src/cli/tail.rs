@@ -6,9 +6,15 @@
 //! between the socket and the pipe); notices go to stderr. SIGINT and
 //! SIGTERM end it with status 0, also while a write is blocked on a reader
 //! that stopped reading; so does a reader that closes the pipe.
+//!
+//! With several servers it follows the file on all of them at once, one
+//! follower (with its own cursor and reconnects) per server, and prints
+//! whole lines, each after its server's label: a partial line is held until
+//! its newline comes, so lines of two servers never mix, and one write is
+//! one or more whole lines.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +23,9 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::args::{ClientArgs, CompressArg};
-use crate::cli::output::EXIT_OK;
-use crate::client::Client;
+use crate::cli::output::{EXIT_FAILURE, EXIT_OK};
 use crate::client::follow::{Followed, Follower};
+use crate::client::{Client, Target, fleet};
 use crate::error::{Error, Result};
 use crate::tail_stream::{TailCursor, TailNotice};
 
@@ -33,7 +39,10 @@ as written; notices go to stderr. A lost connection, a busy server or a restart 
 retried with backoff for as long as it follows (with --no-follow: for --retry-for)
 and resumes after the last byte printed: nothing lost, nothing twice.
 Exit status: 0 on Ctrl-C, SIGTERM or --no-follow done; 1 when the file cannot be
-tailed (refused, not found with --no-follow, server unreachable at the start).")]
+tailed (refused, not found with --no-follow, server unreachable at the start).
+With several servers (--server more than once): whole lines, each after its server's
+label (LABEL: ); a server that fails is reported and the others go on; exit 1 only
+when the file cannot be tailed on any of them.")]
 pub struct TailArgs {
     /// Path of the file on the server (relative to its root).
     #[arg(value_name = "LOGFILE")]
@@ -46,6 +55,10 @@ pub struct TailArgs {
     /// Print the last N lines and exit instead of following.
     #[arg(long)]
     pub no_follow: bool,
+
+    /// With several servers: print lines without the `LABEL: ` prefix.
+    #[arg(long)]
+    pub no_prefix: bool,
 
     /// Ask the server to compress the log's bytes on the wire (logs are
     /// text and shrink several times).
@@ -66,7 +79,11 @@ pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
 
     let options = client_args.options_with(args.compress);
-    let client = Client::connect(&client_args.target("tail")?, &options).await?;
+    let targets = client_args.targets()?;
+    if targets.len() > 1 {
+        return run_fleet(args, &targets, &options, (interrupt, terminate)).await;
+    }
+    let client = Client::connect(&targets[0], &options).await?;
     let mut follower = Follower::new(client, &args.path, args.lines, !args.no_follow);
     let mut stdout = TailOut::open()?;
     let mut notices = Notices::new(&args.path);
@@ -90,17 +107,244 @@ pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     }
 }
 
+/// The signal streams that end a tail (SIGINT, SIGTERM).
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// `tail` over several servers: a follower task per server, their messages
+/// merged into whole, labelled lines.
+async fn run_fleet(
+    args: TailArgs,
+    targets: &[Target],
+    options: &crate::client::ConnectOptions,
+    (mut interrupt, mut terminate): Signals,
+) -> Result<u8> {
+    let follow = !args.no_follow;
+    let colour = !args.no_prefix && io::stdout().is_terminal();
+    let mut lines: Vec<Lines> = targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| Lines::new(target.label(), index, !args.no_prefix, colour))
+        .collect();
+    let mut notices: Vec<Notices<'_>> = targets
+        .iter()
+        .map(|target| Notices::labelled(&args.path, target.label()))
+        .collect();
+    let mut stdout = TailOut::open()?;
+    let mut failed = 0;
+    let clients = fleet::connect_all(targets, options, fleet::MAX_CONNECTING).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<Option<Followed>>)>(64);
+    let mut running = 0;
+    let mut order = Vec::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        let client = match client {
+            Ok(client) => client,
+            Err(err) => {
+                eprintln!("fetchd: {}: {err}", targets[index].label());
+                failed += 1;
+                continue;
+            }
+        };
+        let mut follower = Follower::new(client, &args.path, args.lines, follow);
+        if follow {
+            let tx = tx.clone();
+            running += 1;
+            tokio::spawn(async move {
+                loop {
+                    let next = follower.next().await;
+                    let last = !matches!(next, Ok(Some(_)));
+                    if tx.send((index, next)).await.is_err() || last {
+                        return;
+                    }
+                }
+            });
+        } else {
+            order.push((index, follower));
+        }
+    }
+    drop(tx);
+
+    // Without follow: each server's last lines, server after server.
+    for (index, mut follower) in order {
+        loop {
+            let next = tokio::select! {
+                _ = interrupt.recv() => return Ok(EXIT_OK),
+                _ = terminate.recv() => return Ok(EXIT_OK),
+                next = follower.next() => next,
+            };
+            let done = !matches!(next, Ok(Some(_)));
+            match show(index, next, &mut lines, &mut notices, &mut stdout) {
+                Shown::Go => {}
+                Shown::ReaderGone => return Ok(EXIT_OK),
+                Shown::Failed => failed += 1,
+            }
+            if done {
+                break;
+            }
+        }
+    }
+
+    while running > 0 {
+        let (index, next) = tokio::select! {
+            _ = interrupt.recv() => return Ok(EXIT_OK),
+            _ = terminate.recv() => return Ok(EXIT_OK),
+            message = rx.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        if !matches!(next, Ok(Some(_))) {
+            running -= 1;
+        }
+        match show(index, next, &mut lines, &mut notices, &mut stdout) {
+            Shown::Go => {}
+            Shown::ReaderGone => return Ok(EXIT_OK),
+            Shown::Failed => failed += 1,
+        }
+    }
+    if failed == targets.len() {
+        Ok(EXIT_FAILURE)
+    } else {
+        Ok(EXIT_OK)
+    }
+}
+
+/// What showing one follower's message led to.
+enum Shown {
+    /// Go on.
+    Go,
+    /// Stdout's reader went away: done, as `tail` does.
+    ReaderGone,
+    /// That server's follower failed for good (reported).
+    Failed,
+}
+
+/// Shows what the follower of server `index` said: its whole lines on
+/// stdout, its notices (and its end or failure) on stderr.
+fn show(
+    index: usize,
+    next: Result<Option<Followed>>,
+    lines: &mut [Lines],
+    notices: &mut [Notices<'_>],
+    stdout: &mut TailOut,
+) -> Shown {
+    let mut out = Vec::new();
+    let shown = match next {
+        Ok(Some(Followed::Data(data))) => {
+            lines[index].push(&data, &mut out);
+            Shown::Go
+        }
+        Ok(Some(other)) => {
+            // A partial line of a file that rotated or was truncated will
+            // never get its newline: it ends here.
+            if matches!(
+                other,
+                Followed::Notice(TailNotice::Rotated | TailNotice::Truncated, _)
+            ) {
+                lines[index].finish(&mut out);
+            }
+            notices[index].show(&other);
+            Shown::Go
+        }
+        Ok(None) => {
+            lines[index].finish(&mut out);
+            Shown::Go
+        }
+        Err(err) => {
+            lines[index].finish(&mut out);
+            eprintln!("fetchd: {}: {err}", lines[index].label);
+            Shown::Failed
+        }
+    };
+    if !out.is_empty()
+        && let Err(err) = stdout.write(&out)
+    {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            return Shown::ReaderGone;
+        }
+        eprintln!("fetchd: <stdout>: {err}");
+        return Shown::ReaderGone;
+    }
+    shown
+}
+
+/// Colours of the labels on a terminal (ANSI: green, yellow, blue, magenta,
+/// cyan, red), one per server in turn.
+const LABEL_COLOURS: [u8; 6] = [32, 33, 34, 35, 36, 31];
+
+/// One server's lines: the prefix it prints them with, and the start of a
+/// line whose newline has not come yet.
+#[derive(Debug)]
+struct Lines {
+    label: String,
+    /// `LABEL: ` (coloured on a terminal), or nothing with `--no-prefix`.
+    prefix: Vec<u8>,
+    held: Vec<u8>,
+}
+
+impl Lines {
+    fn new(label: &str, index: usize, prefixed: bool, colour: bool) -> Lines {
+        let prefix = match (prefixed, colour) {
+            (false, _) => String::new(),
+            (true, false) => format!("{label}: "),
+            (true, true) => format!(
+                "\x1b[{}m{label}\x1b[0m: ",
+                LABEL_COLOURS[index % LABEL_COLOURS.len()]
+            ),
+        };
+        Lines {
+            label: label.to_string(),
+            prefix: prefix.into_bytes(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Appends to `out` every line `data` completes, each after the prefix;
+    /// keeps what follows the last newline.
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let mut rest = data;
+        while let Some(newline) = rest.iter().position(|&byte| byte == b'\n') {
+            out.extend_from_slice(&self.prefix);
+            out.append(&mut self.held);
+            out.extend_from_slice(&rest[..=newline]);
+            rest = &rest[newline + 1..];
+        }
+        self.held.extend_from_slice(rest);
+    }
+
+    /// Ends a held partial line with a newline of its own.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.held.is_empty() {
+            out.extend_from_slice(&self.prefix);
+            out.append(&mut self.held);
+            out.push(b'\n');
+        }
+    }
+}
+
 /// The notices on stderr, one line each.
 #[derive(Debug)]
 struct Notices<'a> {
     path: &'a str,
+    /// The server's label, before every notice, when there are several.
+    label: Option<&'a str>,
     /// A `Gone` was shown and nothing has appeared since.
     gone: bool,
 }
 
 impl<'a> Notices<'a> {
     fn new(path: &'a str) -> Notices<'a> {
-        Notices { path, gone: false }
+        Notices {
+            path,
+            label: None,
+            gone: false,
+        }
+    }
+
+    fn labelled(path: &'a str, label: &'a str) -> Notices<'a> {
+        Notices {
+            label: Some(label),
+            ..Notices::new(path)
+        }
     }
 
     fn show(&mut self, followed: &Followed) {
@@ -146,7 +390,10 @@ impl<'a> Notices<'a> {
             } => notice.clone(),
             Followed::Resumed(cursor) => resumed(path, cursor),
         };
-        eprintln!("fetchd: {line}");
+        match self.label {
+            Some(label) => eprintln!("fetchd: {label}: {line}"),
+            None => eprintln!("fetchd: {line}"),
+        }
     }
 }
 
@@ -192,5 +439,35 @@ impl TailOut {
         let written = self.out.write_all(data);
         self.writing.store(false, Ordering::SeqCst);
         written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whole lines go out after the prefix; a partial line waits for its
+    /// newline, or is ended with one of its own.
+    #[test]
+    fn lines_are_whole_and_prefixed() {
+        let mut lines = Lines::new("web-1", 0, true, false);
+        let mut out = Vec::new();
+        lines.push(b"a\nb", &mut out);
+        assert_eq!(out, b"web-1: a\n");
+        out.clear();
+        lines.push(b"c\n\nd", &mut out);
+        assert_eq!(out, b"web-1: bc\nweb-1: \n");
+        out.clear();
+        lines.finish(&mut out);
+        assert_eq!(out, b"web-1: d\n");
+        out.clear();
+        lines.finish(&mut out);
+        assert!(out.is_empty(), "nothing held, nothing added");
+
+        let mut bare = Lines::new("web-1", 0, false, false);
+        bare.push(b"x\n", &mut out);
+        assert_eq!(out, b"x\n");
+        let coloured = Lines::new("db", 1, true, true);
+        assert_eq!(coloured.prefix, b"\x1b[33mdb\x1b[0m: ");
     }
 }

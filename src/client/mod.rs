@@ -9,6 +9,7 @@
 //! - [`bulk`]: many files at once, `-j` at a time, confined to the output folder.
 //! - [`retry`]: the one retry policy (what is retried, how long, the notice).
 //! - [`follow`]: following a file across reconnects, resuming from a cursor.
+//! - [`fleet`]: connecting to several servers at once.
 //! - [`upload`]: one local file (or stdin) to the server, read and hashed on
 //!   a blocking thread.
 //! - [`raw_read`]: `Read` answers decoded below tonic's codec.
@@ -18,6 +19,7 @@ pub(crate) mod bulk;
 pub(crate) mod channel;
 mod connector;
 pub(crate) mod download;
+pub(crate) mod fleet;
 pub(crate) mod follow;
 pub(crate) mod options;
 mod raw_read;

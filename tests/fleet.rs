@@ -1,0 +1,247 @@
+//! Several servers from one command, through the real binary: a merged
+//! `tail` over three servers, one of them SIGKILLed and started again on its
+//! port mid-stream.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Appends `host-N line I` for every I in `range`; the last one optionally
+/// without its newline yet.
+fn append(log: &Path, host: usize, range: std::ops::Range<usize>) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    for i in range {
+        writeln!(file, "host-{host} line {i}").unwrap();
+    }
+}
+
+/// `fetchd tail` over several servers in the background, its stdout lines
+/// gathered.
+struct FleetTail {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    got: Vec<String>,
+}
+
+impl FleetTail {
+    fn start(servers: &[String], extra: &[&str]) -> FleetTail {
+        let mut command = fetchd();
+        for server in servers {
+            command.args(["--server", server]);
+        }
+        let mut child = command
+            .args(["tail", "app.log", "-n", "100"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(child.stdout.take().unwrap());
+        FleetTail {
+            child,
+            lines,
+            got: Vec::new(),
+        }
+    }
+
+    /// Gathers lines until `done` holds of them (or the step times out).
+    fn wait(&mut self, what: &str, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while !done(&self.got) && Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.got.push(line);
+            }
+        }
+        assert!(done(&self.got), "{what}: {:?}", self.got);
+    }
+
+    /// Lines that may still come after the last expected one (duplicates).
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
+            self.got.push(line);
+        }
+    }
+}
+
+impl Drop for FleetTail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines per label, in the order they came.
+fn by_label(lines: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let (label, text) = line.split_once(": ").expect("a LABEL: prefix");
+        out.entry(label.to_string())
+            .or_default()
+            .push(text.to_string());
+    }
+    out
+}
+
+/// Every line of every host exactly once, in order per host, each after its
+/// host's label, also the lines written while one host's server was dead;
+/// a partial line is held until its newline and never split or mixed.
+#[test]
+fn tail_merges_three_servers_through_a_kill_and_restart() {
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (host, root) in roots.iter().enumerate() {
+        std::fs::write(root.path().join("app.log"), "").unwrap();
+        append(&root.path().join("app.log"), host, 0..5);
+    }
+    let mut servers: Vec<ServerProcess> = roots
+        .iter()
+        .map(|root| ServerProcess::start(root.path(), &[]))
+        .collect();
+    let urls: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(host, server)| format!("h{host}={}", server.url))
+        .collect();
+    let mut tail = FleetTail::start(&urls, &[]);
+    tail.wait("the backlog of every host", |got| got.len() >= 15);
+
+    // A partial line on host 0: held, then completed.
+    let log0 = roots[0].path().join("app.log");
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log0)
+            .unwrap();
+        write!(file, "host-0 line 5 (first half").unwrap();
+    }
+    append(&roots[1].path().join("app.log"), 1, 5..10);
+    tail.wait("host 1 while host 0 holds a partial line", |got| {
+        got.len() >= 20
+    });
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log0)
+            .unwrap();
+        writeln!(file, ", second half)").unwrap();
+    }
+    append(&log0, 0, 6..10);
+
+    // Host 2's server dies; its log grows meanwhile; it comes back on its
+    // port, and its follower resumes exactly.
+    let addr = servers[2].addr.to_string();
+    servers[2].kill();
+    let log2 = roots[2].path().join("app.log");
+    append(&log2, 2, 5..30);
+    append(&roots[1].path().join("app.log"), 1, 10..20);
+    servers[2] = ServerProcess::start_on(&addr, roots[2].path(), &[], &[]);
+    append(&log2, 2, 30..40);
+
+    let want = |host: usize, count: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| match (host, i) {
+                (0, 5) => "host-0 line 5 (first half, second half)".to_string(),
+                _ => format!("host-{host} line {i}"),
+            })
+            .collect()
+    };
+    tail.wait("every line of every host", |got| got.len() >= 10 + 20 + 40);
+    tail.drain();
+    let got = by_label(&tail.got);
+    assert_eq!(got["h0"], want(0, 10));
+    assert_eq!(got["h1"], want(1, 20));
+    assert_eq!(got["h2"], want(2, 40));
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
+/// `--no-follow` prints each server's last lines, server after server in
+/// the order given; a server that is down is reported and the others are
+/// printed (exit 0); `--no-prefix` drops the labels; when no server can be
+/// tailed the exit status is 1.
+#[test]
+fn tail_no_follow_server_after_server() {
+    let roots: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (host, root) in roots.iter().enumerate() {
+        std::fs::write(root.path().join("app.log"), "").unwrap();
+        append(&root.path().join("app.log"), host, 0..3);
+    }
+    let servers: Vec<ServerProcess> = roots
+        .iter()
+        .map(|root| ServerProcess::start(root.path(), &[]))
+        .collect();
+    let mut gone = ServerProcess::start(roots[0].path(), &[]);
+    let dead = gone.url.clone();
+    gone.kill();
+    let cwd = tempfile::tempdir().unwrap();
+
+    let run = run_in(
+        cwd.path(),
+        fetchd().args([
+            "--server",
+            &format!("b={}", servers[1].url),
+            "--server",
+            &format!("down={dead}"),
+            "--server",
+            &format!("a={}", servers[0].url),
+            "tail",
+            "app.log",
+            "--no-follow",
+            "--retry-for",
+            "0",
+        ]),
+    );
+    run.expect_code(0).expect_stderr("down: ");
+    let lines: Vec<String> = run.stdout_str().lines().map(String::from).collect();
+    assert_eq!(
+        lines,
+        [
+            "b: host-1 line 0",
+            "b: host-1 line 1",
+            "b: host-1 line 2",
+            "a: host-0 line 0",
+            "a: host-0 line 1",
+            "a: host-0 line 2",
+        ]
+    );
+
+    let run = run_in(
+        cwd.path(),
+        fetchd().args([
+            "--server",
+            &servers[0].url,
+            "--server",
+            &servers[1].url,
+            "tail",
+            "app.log",
+            "--no-follow",
+            "--no-prefix",
+            "-n",
+            "1",
+        ]),
+    );
+    run.expect_code(0);
+    assert_eq!(run.stdout_str(), "host-0 line 2\nhost-1 line 2\n");
+
+    let run = run_in(
+        cwd.path(),
+        fetchd().args([
+            "--server",
+            &servers[0].url,
+            "--server",
+            &servers[1].url,
+            "tail",
+            "missing.log",
+            "--no-follow",
+        ]),
+    );
+    run.expect_code(1).expect_stderr("not found");
+}
