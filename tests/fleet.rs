@@ -245,3 +245,59 @@ fn tail_no_follow_server_after_server() {
     );
     run.expect_code(1).expect_stderr("not found");
 }
+
+/// `tail --json`, with one server or several: one object a line, each
+/// line's `offset` the real byte offset of its start in that file.
+#[test]
+fn tail_json_offsets_are_real_byte_offsets() {
+    let root = tempfile::tempdir().unwrap();
+    let text = "first\nsécond line\n\nlast one\n";
+    std::fs::write(root.path().join("app.log"), text).unwrap();
+    let server = ServerProcess::start(root.path(), &[]);
+    let other = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let want: Vec<(u64, &str)> = {
+        let mut offset = 0;
+        text.split_inclusive('\n')
+            .map(|line| {
+                let at = offset;
+                offset += line.len() as u64;
+                (at, line.trim_end_matches('\n'))
+            })
+            .collect()
+    };
+
+    for servers in [
+        vec![server.url.clone()],
+        vec![server.url.clone(), other.url.clone()],
+    ] {
+        let mut command = fetchd();
+        for url in &servers {
+            command.args(["--server", url]);
+        }
+        let run = run_in(
+            cwd.path(),
+            command.args(["tail", "app.log", "--no-follow", "--json"]),
+        );
+        run.expect_code(0);
+        let objects: Vec<serde_json::Value> = run
+            .stdout_str()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            objects.len(),
+            want.len() * servers.len(),
+            "{}",
+            run.describe()
+        );
+        for (i, object) in objects.iter().enumerate() {
+            let (offset, line) = want[i % want.len()];
+            assert_eq!(object["offset"], offset, "{object}");
+            assert_eq!(object["line"], line, "{object}");
+            assert_eq!(object["path"], "app.log");
+            let label = servers[i / want.len()].trim_start_matches("http://");
+            assert_eq!(object["server"], label, "{object}");
+        }
+    }
+}

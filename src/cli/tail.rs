@@ -60,6 +60,12 @@ pub struct TailArgs {
     #[arg(long)]
     pub no_prefix: bool,
 
+    /// One JSON object a line: {"server":LABEL,"path":..,"offset":N,"line":".."},
+    /// `offset` the byte offset of the line's start in its file (one server
+    /// or many).
+    #[arg(long)]
+    pub json: bool,
+
     /// Ask the server to compress the log's bytes on the wire (logs are
     /// text and shrink several times).
     #[arg(long, value_enum, default_value_t = CompressArg::None, value_name = "ALGO")]
@@ -80,7 +86,7 @@ pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
 
     let options = client_args.options_with(args.compress);
     let targets = client_args.targets()?;
-    if targets.len() > 1 {
+    if targets.len() > 1 || args.json {
         return run_fleet(args, &targets, &options, (interrupt, terminate)).await;
     }
     let client = Client::connect(&targets[0], &options).await?;
@@ -95,7 +101,7 @@ pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
             followed = follower.next() => followed?,
         };
         match followed {
-            Some(Followed::Data(data)) => match stdout.write(&data) {
+            Some(Followed::Data(data, _)) => match stdout.write(&data) {
                 Ok(()) => {}
                 // The reader went away (`| head`): done, as tail does.
                 Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(EXIT_OK),
@@ -123,7 +129,10 @@ async fn run_fleet(
     let mut lines: Vec<Lines> = targets
         .iter()
         .enumerate()
-        .map(|(index, target)| Lines::new(target.label(), index, !args.no_prefix, colour))
+        .map(|(index, target)| match args.json {
+            true => Lines::json(target.label(), &args.path),
+            false => Lines::new(target.label(), index, !args.no_prefix, colour),
+        })
         .collect();
     let mut notices: Vec<Notices<'_>> = targets
         .iter()
@@ -229,8 +238,9 @@ fn show(
 ) -> Shown {
     let mut out = Vec::new();
     let shown = match next {
-        Ok(Some(Followed::Data(data))) => {
-            lines[index].push(&data, &mut out);
+        Ok(Some(Followed::Data(data, end))) => {
+            let start = end.offset.saturating_sub(data.len() as u64);
+            lines[index].push(&data, start, &mut out);
             Shown::Go
         }
         Ok(Some(other)) => {
@@ -271,14 +281,19 @@ fn show(
 /// cyan, red), one per server in turn.
 const LABEL_COLOURS: [u8; 6] = [32, 33, 34, 35, 36, 31];
 
-/// One server's lines: the prefix it prints them with, and the start of a
-/// line whose newline has not come yet.
+/// One server's lines: how it prints them, and the start of a line whose
+/// newline has not come yet.
 #[derive(Debug)]
 struct Lines {
     label: String,
     /// `LABEL: ` (coloured on a terminal), or nothing with `--no-prefix`.
     prefix: Vec<u8>,
+    /// `--json`: each line an object naming the server and the path.
+    json: Option<String>,
     held: Vec<u8>,
+    /// The offset in its file of the first byte of `held` (or of the next
+    /// line, when nothing is held).
+    start: u64,
 }
 
 impl Lines {
@@ -294,18 +309,33 @@ impl Lines {
         Lines {
             label: label.to_string(),
             prefix: prefix.into_bytes(),
+            json: None,
             held: Vec::new(),
+            start: 0,
         }
     }
 
-    /// Appends to `out` every line `data` completes, each after the prefix;
-    /// keeps what follows the last newline.
-    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    /// Lines as `--json` objects of the server `label` and file `path`.
+    fn json(label: &str, path: &str) -> Lines {
+        Lines {
+            json: Some(path.trim_start_matches('/').to_string()),
+            ..Lines::new(label, 0, false, false)
+        }
+    }
+
+    /// Appends to `out` every line `data` (which starts at offset `start`
+    /// of its file) completes; keeps what follows the last newline.
+    fn push(&mut self, data: &[u8], start: u64, out: &mut Vec<u8>) {
+        if self.held.is_empty() {
+            self.start = start;
+        }
         let mut rest = data;
+        let mut offset = start;
         while let Some(newline) = rest.iter().position(|&byte| byte == b'\n') {
-            out.extend_from_slice(&self.prefix);
-            out.append(&mut self.held);
-            out.extend_from_slice(&rest[..=newline]);
+            self.held.extend_from_slice(&rest[..newline]);
+            self.emit(out);
+            offset += newline as u64 + 1;
+            self.start = offset;
             rest = &rest[newline + 1..];
         }
         self.held.extend_from_slice(rest);
@@ -314,9 +344,30 @@ impl Lines {
     /// Ends a held partial line with a newline of its own.
     fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.held.is_empty() {
-            out.extend_from_slice(&self.prefix);
-            out.append(&mut self.held);
-            out.push(b'\n');
+            self.emit(out);
+        }
+    }
+
+    /// Writes the held line (without its newline) to `out`, as text after
+    /// the prefix or as a JSON object, and empties it.
+    fn emit(&mut self, out: &mut Vec<u8>) {
+        match &self.json {
+            None => {
+                out.extend_from_slice(&self.prefix);
+                out.append(&mut self.held);
+                out.push(b'\n');
+            }
+            Some(path) => {
+                let object = serde_json::json!({
+                    "server": self.label,
+                    "path": path,
+                    "offset": self.start,
+                    "line": String::from_utf8_lossy(&self.held),
+                });
+                out.extend_from_slice(object.to_string().as_bytes());
+                out.push(b'\n');
+                self.held.clear();
+            }
         }
     }
 }
@@ -350,7 +401,7 @@ impl<'a> Notices<'a> {
     fn show(&mut self, followed: &Followed) {
         let path = self.path;
         let line = match followed {
-            Followed::Data(_) => return,
+            Followed::Data(..) => return,
             Followed::Notice(notice, cursor) => match notice {
                 TailNotice::Gone if self.gone => return,
                 TailNotice::Gone => {
@@ -452,10 +503,10 @@ mod tests {
     fn lines_are_whole_and_prefixed() {
         let mut lines = Lines::new("web-1", 0, true, false);
         let mut out = Vec::new();
-        lines.push(b"a\nb", &mut out);
+        lines.push(b"a\nb", 0, &mut out);
         assert_eq!(out, b"web-1: a\n");
         out.clear();
-        lines.push(b"c\n\nd", &mut out);
+        lines.push(b"c\n\nd", 3, &mut out);
         assert_eq!(out, b"web-1: bc\nweb-1: \n");
         out.clear();
         lines.finish(&mut out);
@@ -465,9 +516,37 @@ mod tests {
         assert!(out.is_empty(), "nothing held, nothing added");
 
         let mut bare = Lines::new("web-1", 0, false, false);
-        bare.push(b"x\n", &mut out);
+        bare.push(b"x\n", 0, &mut out);
         assert_eq!(out, b"x\n");
         let coloured = Lines::new("db", 1, true, true);
         assert_eq!(coloured.prefix, b"\x1b[33mdb\x1b[0m: ");
+    }
+
+    /// `--json`: each line's offset is where it starts in its file, also
+    /// across messages and after a held partial line; invalid UTF-8 is
+    /// replaced.
+    #[test]
+    fn json_lines_carry_their_offsets() {
+        let mut lines = Lines::json("h1", "/logs/app.log");
+        let mut out = Vec::new();
+        lines.push(b"ab\ncd", 100, &mut out);
+        lines.push(b"e\n\xff\n", 105, &mut out);
+        let objects: Vec<serde_json::Value> = String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("json"))
+            .collect();
+        let got: Vec<(u64, &str)> = objects
+            .iter()
+            .map(|o| {
+                (
+                    o["offset"].as_u64().expect("offset"),
+                    o["line"].as_str().expect("line"),
+                )
+            })
+            .collect();
+        assert_eq!(got, [(100, "ab"), (103, "cde"), (107, "\u{fffd}")]);
+        assert_eq!(objects[0]["server"], "h1");
+        assert_eq!(objects[0]["path"], "logs/app.log");
     }
 }

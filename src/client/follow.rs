@@ -102,8 +102,9 @@ impl TailStream {
 /// What a [`Follower`] hands out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Followed {
-    /// The next bytes of the file, exactly as written.
-    Data(Bytes),
+    /// The next bytes of the file, exactly as written, and the position
+    /// just after them.
+    Data(Bytes, TailCursor),
     /// Something happened to the file (`Opened` is reported only after a
     /// reconnect; the rest always).
     Notice(TailNotice, TailCursor),
@@ -194,7 +195,9 @@ impl Follower {
                     self.streak.progressed();
                     self.cursor = Some(event.cursor());
                     match event {
-                        TailEvent::Data { data, .. } => return Ok(Some(Followed::Data(data))),
+                        TailEvent::Data { data, cursor } => {
+                            return Ok(Some(Followed::Data(data, cursor)));
+                        }
                         TailEvent::Notice {
                             notice: TailNotice::Stopping,
                             cursor,
