@@ -301,3 +301,60 @@ fn tail_json_offsets_are_real_byte_offsets() {
         }
     }
 }
+
+/// `put` to three servers at once, one of which takes no uploads: exit 1,
+/// that one named on stderr, the file whole on the other two; with
+/// `--json`, one object per server with its label and status.
+#[test]
+fn put_to_every_server_reports_each() {
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers: Vec<ServerProcess> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, root)| match i {
+            1 => ServerProcess::start(root.path(), &[]),
+            _ => ServerProcess::start(root.path(), &["--allow-upload"]),
+        })
+        .collect();
+    let cwd = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 * 1024 * 1024 + 17, 42);
+    std::fs::write(cwd.path().join("release.tar"), &data).unwrap();
+    let labels = ["a", "b", "c"];
+    let mut command = fetchd();
+    for (label, server) in labels.iter().zip(&servers) {
+        command.args(["--server", &format!("{label}={}", server.url)]);
+    }
+    let run = run_in(cwd.path(), command.args(["put", "release.tar", "dist/"]));
+    run.expect_code(1).expect_stderr("b: ");
+    assert!(
+        !run.stderr.contains("a: ") && !run.stderr.contains("c: "),
+        "{}",
+        run.describe()
+    );
+    for i in [0, 2] {
+        let stored = std::fs::read(roots[i].path().join("dist/release.tar")).unwrap();
+        assert_eq!(sha256_hex(&stored), sha256_hex(&data), "server {i}");
+    }
+    assert!(!roots[1].path().join("dist").exists());
+
+    let mut command = fetchd();
+    for (label, server) in labels.iter().zip(&servers) {
+        command.args(["--server", &format!("{label}={}", server.url)]);
+    }
+    let run = run_in(
+        cwd.path(),
+        command.args(["put", "release.tar", "dist/again.tar", "--json"]),
+    );
+    run.expect_code(1);
+    let objects: Vec<serde_json::Value> = run
+        .stdout_str()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let got: Vec<(&str, &str)> = objects
+        .iter()
+        .map(|o| (o["server"].as_str().unwrap(), o["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [("a", "ok"), ("b", "error"), ("c", "ok")]);
+    assert_eq!(objects[0]["sha256"], sha256_hex(&data));
+}

@@ -307,7 +307,7 @@ impl ClientArgs {
         let mut targets = self.targets()?;
         if targets.len() > 1 {
             return Err(Error::Usage(format!(
-                "fetchd {verb} talks to one server for now; {} were given (ls and stat take several)",
+                "fetchd {verb} talks to one server for now; {} were given (ls, stat, tail and put take several)",
                 targets.len()
             )));
         }

@@ -9,10 +9,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::args::ClientArgs;
-use crate::cli::hint::Verb;
+use crate::cli::hint::{Verb, describe};
 use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
-use crate::client::Client;
 use crate::client::upload::{self, Source, UploadOptions, Uploaded};
+use crate::client::{Client, Target, fleet};
 use crate::error::{Error, Result};
 
 /// Arguments of `fetchd put`.
@@ -77,6 +77,10 @@ pub(crate) fn remote_path(local: &str, remote: &str) -> Result<String> {
 pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
     let remote = remote_path(&args.local, &args.remote)?;
     let source = Source::from_arg(&args.local);
+    let targets = client_args.targets()?;
+    if targets.len() > 1 {
+        return run_fleet(args, &client_args, &targets, remote, source).await;
+    }
     let result = async {
         let opened = {
             let source = source.clone();
@@ -98,7 +102,7 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
                 }
             }),
         };
-        let client = Client::connect(&client_args.target("put")?, &client_args.options()).await?;
+        let client = Client::connect(&targets[0], &client_args.options()).await?;
         upload::upload_retrying(&client, opened, &remote, &options).await
     }
     .await;
@@ -115,6 +119,74 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
             Ok(EXIT_FAILURE)
         }
     }
+}
+
+/// `put` to several servers at once: the file is read and hashed once and
+/// sent to every server; each server's outcome is reported (`--json`: one
+/// object per server, with `"server"`); exit 1 if any failed.
+async fn run_fleet(
+    args: PutArgs,
+    client_args: &ClientArgs,
+    targets: &[Target],
+    remote: String,
+    source: Source,
+) -> Result<u8> {
+    let opened = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || upload::open(&source))
+            .await
+            .map_err(|err| Error::io("<open>", std::io::Error::other(err)))??
+    };
+    let progress = progress_bar(&args, opened.size().is_some());
+    progress.set_message(remote.clone());
+    let options = UploadOptions {
+        force: args.force,
+        progress,
+        notify: Arc::new(|_: &str| {}),
+    };
+    let connected =
+        fleet::connect_all(targets, &client_args.options(), fleet::MAX_CONNECTING).await;
+    let mut results: Vec<Option<Result<Uploaded>>> = Vec::new();
+    let mut clients = Vec::new();
+    for connection in connected {
+        match connection {
+            Ok(client) => {
+                results.push(None);
+                clients.push(client);
+            }
+            Err(err) => results.push(Some(Err(err))),
+        }
+    }
+    let mut uploaded = upload::upload_to_all(&clients, opened, &remote, &options)
+        .await
+        .into_iter();
+    let results: Vec<Result<Uploaded>> = results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                uploaded.next().unwrap_or_else(|| {
+                    Err(Error::io("<upload>", std::io::Error::other("no result")))
+                })
+            })
+        })
+        .collect();
+    let mut out = Output::default();
+    let mut failed = false;
+    for (target, result) in targets.iter().zip(&results) {
+        if args.json {
+            let mut line = json_line(&remote, &source.shown(), result);
+            line["server"] = serde_json::Value::from(target.label());
+            out.line(&line.to_string())?;
+        }
+        if let Err(err) = result {
+            failed = true;
+            if !args.json {
+                eprintln!("fetchd: {}: {}", target.label(), describe(Verb::Put, err));
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if failed { EXIT_FAILURE } else { EXIT_OK })
 }
 
 /// A progress bar on stderr when it is a terminal and the user wants one;

@@ -183,6 +183,99 @@ pub(crate) async fn upload_retrying(
     }
 }
 
+/// Uploads `opened` to `remote` on every one of `clients` at once, reading
+/// and hashing the source once: each chunk goes to every server's stream
+/// (the slowest sets the pace). A server that fails drops out and the
+/// others go on; the results are in the order of `clients`. No retries:
+/// what failed is reported for that server.
+pub(crate) async fn upload_to_all(
+    clients: &[Client],
+    opened: Opened,
+    remote: &str,
+    options: &UploadOptions,
+) -> Vec<Result<Uploaded>> {
+    let target = WriteTarget {
+        path: remote.to_string(),
+        size: opened.size,
+        force: options.force,
+    };
+    match opened.size {
+        Some(size) => options.progress.set_length(size),
+        None => options.progress.unset_length(),
+    }
+    let mut senders = Vec::new();
+    let mut calls = tokio::task::JoinSet::new();
+    for (index, client) in clients.iter().enumerate() {
+        let (to_network, body) = mpsc::channel(UPLOAD_QUEUE_CHUNKS);
+        senders.push(to_network);
+        let (client, target) = (client.clone(), target.clone());
+        calls.spawn(async move { (index, client.write(target, body).await) });
+    }
+    let local_failure = Arc::new(Mutex::new(None));
+    let reader = {
+        let progress = options.progress.clone();
+        let local_failure = Arc::clone(&local_failure);
+        tokio::task::spawn_blocking(move || match send_source(opened, &senders, &progress) {
+            Ok(read) => Some(read),
+            Err(err) => {
+                if let Ok(mut slot) = local_failure.lock() {
+                    *slot = Some(err);
+                }
+                None
+            }
+        })
+    };
+    let mut written: Vec<Option<Result<Written>>> = clients.iter().map(|_| None).collect();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok((index, result)) = joined {
+            written[index] = Some(result);
+        }
+    }
+    let read = reader.await.ok().flatten();
+    let local = local_failure.lock().ok().and_then(|mut slot| slot.take());
+    options.progress.finish_and_clear();
+    written
+        .into_iter()
+        .map(|result| {
+            let written = match result {
+                Some(Ok(written)) => written,
+                Some(Err(err)) => return Err(local.as_ref().map_or(err, Error::clone_message)),
+                None => {
+                    return Err(Error::io(
+                        "<upload>",
+                        io::Error::other("the upload task failed"),
+                    ));
+                }
+            };
+            let Some((bytes, sha256)) = read else {
+                return Err(local.as_ref().map_or_else(
+                    || Error::io("<reader thread>", io::Error::other("the reader failed")),
+                    Error::clone_message,
+                ));
+            };
+            checked(remote, written, bytes, sha256)
+        })
+        .collect()
+}
+
+/// The server's answer, when it stored exactly the bytes that were sent.
+fn checked(remote: &str, written: Written, bytes: u64, sha256: Digest) -> Result<Uploaded> {
+    if written.bytes != bytes || written.sha256 != sha256 {
+        return Err(Error::Protocol {
+            path: remote.to_string(),
+            reason: format!(
+                "the server stored {} bytes with sha256 {}, but {bytes} bytes with sha256 {sha256} were sent",
+                written.bytes, written.sha256
+            ),
+        });
+    }
+    Ok(Uploaded {
+        path: written.path,
+        bytes,
+        sha256,
+    })
+}
+
 /// Uploads `opened` to `remote`, once.
 pub(crate) async fn upload(
     client: &Client,
@@ -208,7 +301,7 @@ pub(crate) async fn upload(
         let progress = options.progress.clone();
         let local_failure = Arc::clone(&local_failure);
         tokio::task::spawn_blocking(move || {
-            let read = send_source(opened, &to_network, &progress);
+            let read = send_source(opened, std::slice::from_ref(&to_network), &progress);
             match read {
                 Ok(read) => Some(read),
                 Err(err) => {
@@ -241,29 +334,17 @@ pub(crate) async fn upload(
         }));
     };
     options.progress.finish_and_clear();
-    if written.bytes != bytes || written.sha256 != sha256 {
-        return Err(Error::Protocol {
-            path: remote.to_string(),
-            reason: format!(
-                "the server stored {} bytes with sha256 {}, but {bytes} bytes with sha256 {sha256} were sent",
-                written.bytes, written.sha256
-            ),
-        });
-    }
-    Ok(Uploaded {
-        path: written.path,
-        bytes,
-        sha256,
-    })
+    checked(remote, written, bytes, sha256)
 }
 
-/// The reader thread: read, send, and hand every chunk to a hasher thread
-/// of its own (hashing and reading then overlap on two cores); at the end
-/// the digest. Returns the bytes read and their digest. `Ok` also when the
-/// network side went away (its error is the one reported then).
+/// The reader thread: read, send every chunk to every server's stream, and
+/// hand it to a hasher thread of its own (hashing and reading then overlap
+/// on two cores); at the end the digest to every stream still open.
+/// Returns the bytes read and their digest. `Ok` also when the network
+/// side went away (its error is the one reported then).
 fn send_source(
     opened: Opened,
-    to_network: &mpsc::Sender<UploadPiece>,
+    to_networks: &[mpsc::Sender<UploadPiece>],
     progress: &ProgressBar,
 ) -> Result<(u64, Digest)> {
     let Opened {
@@ -282,6 +363,7 @@ fn send_source(
     });
     let mut read: u64 = 0;
     let mut gone = false;
+    let mut open = vec![true; to_networks.len()];
     loop {
         let chunk = read_chunk(&mut reader, UPLOAD_CHUNK_BYTES)
             .map_err(|err| Error::io(Path::new(&shown), err))?;
@@ -296,7 +378,17 @@ fn send_source(
         if to_hasher.send(chunk.clone()).is_err() {
             break;
         }
-        if to_network.blocking_send(UploadPiece::Data(chunk)).is_err() {
+        // A stream whose call ended drops out; the others go on.
+        for (to_network, open) in to_networks.iter().zip(open.iter_mut()) {
+            if *open
+                && to_network
+                    .blocking_send(UploadPiece::Data(chunk.clone()))
+                    .is_err()
+            {
+                *open = false;
+            }
+        }
+        if !open.iter().any(|open| *open) {
             gone = true;
             break;
         }
@@ -317,7 +409,11 @@ fn send_source(
     }
     let digest = hasher.finalize();
     // A failed send means the call already ended; its answer says why.
-    let _ = to_network.blocking_send(UploadPiece::End(digest));
+    for (to_network, open) in to_networks.iter().zip(&open) {
+        if *open {
+            let _ = to_network.blocking_send(UploadPiece::End(digest));
+        }
+    }
     Ok((read, digest))
 }
 
@@ -352,7 +448,8 @@ mod tests {
             source: Source::Stdin,
         };
         let (tx, mut rx) = mpsc::channel(8);
-        let (bytes, digest) = send_source(opened, &tx, &ProgressBar::hidden()).expect("read");
+        let (bytes, digest) =
+            send_source(opened, std::slice::from_ref(&tx), &ProgressBar::hidden()).expect("read");
         drop(tx);
         let mut sizes = Vec::new();
         let mut end = None;
@@ -381,7 +478,8 @@ mod tests {
                 source: Source::File(PathBuf::from("f")),
             };
             let (tx, mut rx) = mpsc::channel(8);
-            let err = send_source(opened, &tx, &ProgressBar::hidden()).expect_err("changed");
+            let err = send_source(opened, std::slice::from_ref(&tx), &ProgressBar::hidden())
+                .expect_err("changed");
             assert!(matches!(err, Error::Changed { .. }), "{err}");
             drop(tx);
             while let Some(piece) = rx.blocking_recv() {
