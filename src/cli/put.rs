@@ -82,13 +82,7 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
         return run_fleet(args, &client_args, &targets, remote, source).await;
     }
     let result = async {
-        let opened = {
-            let source = source.clone();
-            // Opening a FIFO waits for its writer: not on the async thread.
-            tokio::task::spawn_blocking(move || upload::open(&source))
-                .await
-                .map_err(|err| Error::io("<open>", std::io::Error::other(err)))??
-        };
+        let opened = open(&source).await?;
         let progress = progress_bar(&args, opened.size().is_some());
         progress.set_message(remote.clone());
         let quiet = args.quiet || args.json;
@@ -131,12 +125,7 @@ async fn run_fleet(
     remote: String,
     source: Source,
 ) -> Result<u8> {
-    let opened = {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || upload::open(&source))
-            .await
-            .map_err(|err| Error::io("<open>", std::io::Error::other(err)))??
-    };
+    let opened = open(&source).await?;
     let progress = progress_bar(&args, opened.size().is_some());
     progress.set_message(remote.clone());
     let options = UploadOptions {
@@ -187,6 +176,15 @@ async fn run_fleet(
     }
     out.flush()?;
     Ok(if failed { EXIT_FAILURE } else { EXIT_OK })
+}
+
+/// Opens the source off the async thread: opening a FIFO waits for its
+/// writer.
+async fn open(source: &Source) -> Result<upload::Opened> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || upload::open(&source))
+        .await
+        .map_err(|err| Error::io("<open>", std::io::Error::other(err)))?
 }
 
 /// A progress bar on stderr when it is a terminal and the user wants one;

@@ -194,15 +194,7 @@ pub(crate) async fn upload_to_all(
     remote: &str,
     options: &UploadOptions,
 ) -> Vec<Result<Uploaded>> {
-    let target = WriteTarget {
-        path: remote.to_string(),
-        size: opened.size,
-        force: options.force,
-    };
-    match opened.size {
-        Some(size) => options.progress.set_length(size),
-        None => options.progress.unset_length(),
-    }
+    let target = start(&opened, remote, options);
     let mut senders = Vec::new();
     let mut calls = tokio::task::JoinSet::new();
     for (index, client) in clients.iter().enumerate() {
@@ -258,6 +250,20 @@ pub(crate) async fn upload_to_all(
         .collect()
 }
 
+/// The `Write` header for `opened` at `remote`, with the progress bar set
+/// to its size.
+fn start(opened: &Opened, remote: &str, options: &UploadOptions) -> WriteTarget {
+    match opened.size {
+        Some(size) => options.progress.set_length(size),
+        None => options.progress.unset_length(),
+    }
+    WriteTarget {
+        path: remote.to_string(),
+        size: opened.size,
+        force: options.force,
+    }
+}
+
 /// The server's answer, when it stored exactly the bytes that were sent.
 fn checked(remote: &str, written: Written, bytes: u64, sha256: Digest) -> Result<Uploaded> {
     if written.bytes != bytes || written.sha256 != sha256 {
@@ -283,15 +289,7 @@ pub(crate) async fn upload(
     remote: &str,
     options: &UploadOptions,
 ) -> Result<Uploaded> {
-    let target = WriteTarget {
-        path: remote.to_string(),
-        size: opened.size,
-        force: options.force,
-    };
-    match opened.size {
-        Some(size) => options.progress.set_length(size),
-        None => options.progress.unset_length(),
-    }
+    let target = start(&opened, remote, options);
     options.progress.set_position(0);
     let (to_network, body) = mpsc::channel(UPLOAD_QUEUE_CHUNKS);
     // The reader's own failure, kept where the caller can find it even when
