@@ -101,17 +101,7 @@ impl Root {
         let os_error = |err: io::Error| Error::from_server_io(&shown, err);
         match self.locate(path) {
             Ok(located) => {
-                let file_type = located.meta.file_type();
-                let name = match located.name {
-                    Some(name) if file_type.is_file() => name,
-                    _ if file_type.is_dir() => return Err(Error::IsDirectory { path: shown }),
-                    _ => {
-                        return Err(Error::NotRegular {
-                            path: shown,
-                            kind: special_kind(&located.meta),
-                        });
-                    }
-                };
+                let name = located.file_name(&shown)?.to_string();
                 let folder_meta = located.parent.dir_metadata().map_err(os_error)?;
                 Ok(Place {
                     folder: located.parent,

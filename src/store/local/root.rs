@@ -55,6 +55,23 @@ pub(crate) struct Located {
     pub(super) meta: cap_std::fs::Metadata,
 }
 
+impl Located {
+    /// The name of the regular file this is in its folder; a directory is
+    /// [`Error::IsDirectory`] and a FIFO, socket or device
+    /// [`Error::NotRegular`] (`shown` names the path in either).
+    pub(super) fn file_name(&self, shown: &str) -> Result<&str> {
+        let file_type = self.meta.file_type();
+        match &self.name {
+            Some(name) if file_type.is_file() => Ok(name),
+            _ if file_type.is_dir() => Err(Error::IsDirectory { path: shown.into() }),
+            _ => Err(Error::NotRegular {
+                path: shown.into(),
+                kind: special_kind(&self.meta),
+            }),
+        }
+    }
+}
+
 /// What [`Root::resolve`] does with a name that does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Missing {
@@ -260,18 +277,7 @@ impl Root {
         }
         let shown = path.shown();
         let located = self.locate(path)?;
-        let file_type = located.meta.file_type();
-        let name = match located.name {
-            Some(name) if file_type.is_file() => name,
-            _ if file_type.is_dir() => return Err(Error::IsDirectory { path: shown }),
-            _ => {
-                return Err(Error::NotRegular {
-                    path: shown,
-                    kind: special_kind(&located.meta),
-                });
-            }
-        };
-        open_checked(&located.parent, &name, &shown)
+        open_checked(&located.parent, located.file_name(&shown)?, &shown)
     }
 
     /// Opens the regular file a path of plain names leads to with one
