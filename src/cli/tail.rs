@@ -181,7 +181,7 @@ async fn run_fleet(
                 next = follower.next() => next,
             };
             let done = !matches!(next, Ok(Some(_)));
-            match show(index, next, &mut lines, &mut notices, &mut stdout) {
+            match show(index, next, &mut lines, &mut notices, &mut stdout)? {
                 Shown::Go => {}
                 Shown::ReaderGone => return Ok(EXIT_OK),
                 Shown::Failed => failed += 1,
@@ -204,7 +204,7 @@ async fn run_fleet(
         if !matches!(next, Ok(Some(_))) {
             running -= 1;
         }
-        match show(index, next, &mut lines, &mut notices, &mut stdout) {
+        match show(index, next, &mut lines, &mut notices, &mut stdout)? {
             Shown::Go => {}
             Shown::ReaderGone => return Ok(EXIT_OK),
             Shown::Failed => failed += 1,
@@ -228,14 +228,16 @@ enum Shown {
 }
 
 /// Shows what the follower of server `index` said: its whole lines on
-/// stdout, its notices (and its end or failure) on stderr.
+/// stdout, its notices (and its end or failure) on stderr. A failed write
+/// to stdout (other than a reader that went away) is the tail's error, as
+/// with one server.
 fn show(
     index: usize,
     next: Result<Option<Followed>>,
     lines: &mut [Lines],
     notices: &mut [Notices<'_>],
     stdout: &mut TailOut,
-) -> Shown {
+) -> Result<Shown> {
     let mut out = Vec::new();
     let shown = match next {
         Ok(Some(Followed::Data(data, end))) => {
@@ -269,12 +271,11 @@ fn show(
         && let Err(err) = stdout.write(&out)
     {
         if err.kind() == io::ErrorKind::BrokenPipe {
-            return Shown::ReaderGone;
+            return Ok(Shown::ReaderGone);
         }
-        eprintln!("fetchd: <stdout>: {err}");
-        return Shown::ReaderGone;
+        return Err(Error::io("<stdout>", err));
     }
-    shown
+    Ok(shown)
 }
 
 /// Colours of the labels on a terminal (ANSI: green, yellow, blue, magenta,

@@ -43,8 +43,9 @@ pub(crate) async fn connect_all(
         .into_iter()
         .map(|result| {
             result.unwrap_or_else(|| {
-                Err(Error::Usage(
-                    "the connection task stopped unexpectedly".into(),
+                Err(Error::io(
+                    "<connect>",
+                    std::io::Error::other("the connection task stopped unexpectedly"),
                 ))
             })
         })
