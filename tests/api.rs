@@ -307,6 +307,7 @@ async fn raw_statuses_are_neutral() {
             path: path.into(),
             offset,
             length: None,
+            range_only: false,
         };
         async move {
             let mut stream = client.read(request).await?.into_inner();
@@ -398,6 +399,7 @@ async fn read_chunks_are_at_most_one_mib() {
             path: "big.bin".into(),
             offset: 0,
             length: None,
+            range_only: false,
         })
         .await
         .unwrap()
@@ -414,4 +416,48 @@ async fn read_chunks_are_at_most_one_mib() {
         }
     }
     assert_eq!(received, data);
+}
+
+/// A `range_only` read sends the range with no prefix digest and a trailer
+/// digest over the bytes sent; without it the trailer is the whole file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_only_reads_digest_the_range() {
+    let (_tmp, root) = tree();
+    let data = random_bytes((3 << 20) + 17, 12);
+    fs::write(root.join("big.bin"), &data).unwrap();
+    let server = in_process(&root, false);
+    let client = rpc(&server.url).await;
+    let (offset, length) = (1_000_003u64, 1_500_000u64);
+    let range = &data[offset as usize..(offset + length) as usize];
+    for range_only in [true, false] {
+        let mut stream = client
+            .clone()
+            .read(ReadRequest {
+                path: "big.bin".into(),
+                offset,
+                length: Some(length),
+                range_only,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut received, mut prefix, mut trailer) = (Vec::new(), None, None);
+        while let Some(message) = stream.message().await.unwrap() {
+            match message.kind {
+                Some(read_response::Kind::Header(header)) => prefix = Some(header.prefix_sha256),
+                Some(read_response::Kind::Data(chunk)) => received.extend_from_slice(&chunk),
+                Some(read_response::Kind::Trailer(end)) => trailer = Some(end.sha256),
+                _ => {}
+            }
+        }
+        assert_eq!(received, range, "range_only {range_only}");
+        let (prefix, trailer) = (prefix.unwrap(), trailer.unwrap());
+        if range_only {
+            assert!(prefix.is_empty());
+            assert_eq!(&trailer[..], &Sha256::digest(range)[..]);
+        } else {
+            assert_eq!(&prefix[..], &Sha256::digest(&data[..offset as usize])[..]);
+            assert_eq!(&trailer[..], &Sha256::digest(&data)[..]);
+        }
+    }
 }

@@ -619,6 +619,7 @@ fn server_compresses_only_when_the_request_is_compressed() {
                         path: path.into(),
                         offset: 0,
                         length: None,
+                        range_only: false,
                     })
                     .await
                     .expect("read");

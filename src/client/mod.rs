@@ -344,11 +344,30 @@ impl Client {
     /// An uncompressed answer is read below tonic's codec (see
     /// [`raw_read`]); a compressed one through it.
     pub async fn read(&self, path: &str, offset: u64, length: Option<u64>) -> Result<ReadStream> {
-        let request = proto::ReadRequest {
+        self.start_read(proto::ReadRequest {
             path: path.to_string(),
             offset,
             length,
-        };
+            range_only: false,
+        })
+        .await
+    }
+
+    /// Reads `length` bytes of `path` from `offset` as a range of a larger
+    /// transfer: the server hashes only the bytes it sends (the trailer's
+    /// sha256 covers `offset..offset + length`), not the prefix before them.
+    pub async fn read_range(&self, path: &str, offset: u64, length: u64) -> Result<ReadStream> {
+        self.start_read(proto::ReadRequest {
+            path: path.to_string(),
+            offset,
+            length: Some(length),
+            range_only: true,
+        })
+        .await
+    }
+
+    async fn start_read(&self, request: proto::ReadRequest) -> Result<ReadStream> {
+        let path = request.path.clone();
         let answer = match self.compression {
             None => RawRead::call(&self.calls, &request, MAX_MESSAGE_BYTES)
                 .await
@@ -362,7 +381,7 @@ impl Client {
         Ok(ReadStream {
             inner: answer.map_err(|status| self.status(status))?,
             client: self.clone(),
-            path: path.to_string(),
+            path,
         })
     }
 

@@ -245,6 +245,28 @@ impl Drop for ReadEvents {
     }
 }
 
+/// Which bytes of a file a read sends, and what its digests cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    /// The first byte sent.
+    pub offset: u64,
+    /// Most bytes sent; `None` to the end.
+    pub length: Option<u64>,
+    /// The digests cover the bytes sent only: no prefix digest, and the
+    /// final digest is over the range (a client fetching ranges from
+    /// several servers checks the whole file itself).
+    pub range_only: bool,
+}
+
+impl Span {
+    /// The whole file.
+    pub(crate) const WHOLE: Span = Span {
+        offset: 0,
+        length: None,
+        range_only: false,
+    };
+}
+
 /// An opened file, checked and ready to stream.
 #[derive(Debug)]
 pub(crate) struct OpenRead<S: Store> {
@@ -255,24 +277,21 @@ pub(crate) struct OpenRead<S: Store> {
     entry: EntryInfo,
     offset: u64,
     length: u64,
+    range_only: bool,
     framing: Framing,
 }
 
 impl<S: Store> OpenRead<S> {
-    /// Resolves and opens `path` for a read of `length` bytes (to the end
-    /// when `None`) from `offset`.
+    /// Resolves and opens `path` for a read of `span`.
     pub(crate) async fn open(
         store: Arc<S>,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
-        offset: u64,
-        length: Option<u64>,
+        span: Span,
     ) -> Result<OpenRead<S>> {
-        tokio::task::spawn_blocking(move || {
-            OpenRead::open_blocking(&*store, digests, path, offset, length)
-        })
-        .await
-        .map_err(|err| Error::io("read", io::Error::other(err)))?
+        tokio::task::spawn_blocking(move || OpenRead::open_blocking(&*store, digests, path, span))
+            .await
+            .map_err(|err| Error::io("read", io::Error::other(err)))?
     }
 
     /// Opens for a read and, when the whole file is at most
@@ -283,12 +302,11 @@ impl<S: Store> OpenRead<S> {
         store: Arc<S>,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
-        offset: u64,
-        length: Option<u64>,
+        span: Span,
         framing: Framing,
     ) -> Result<Prepared<S>> {
         tokio::task::spawn_blocking(move || {
-            let mut open = OpenRead::open_blocking(&*store, digests, path, offset, length)?;
+            let mut open = OpenRead::open_blocking(&*store, digests, path, span)?;
             open.framing = framing;
             if open.entry.size > SMALL_FILE_BYTES {
                 return Ok(Prepared::Streaming(open));
@@ -313,7 +331,7 @@ impl<S: Store> OpenRead<S> {
         path: RequestPath,
         max: u64,
     ) -> Result<WholeRead> {
-        let mut open = OpenRead::open_blocking(store, digests, path, 0, None)?;
+        let mut open = OpenRead::open_blocking(store, digests, path, Span::WHOLE)?;
         if open.entry.size > max {
             return Ok(WholeRead::TooLarge(open.entry.size));
         }
@@ -349,9 +367,13 @@ impl<S: Store> OpenRead<S> {
         store: &S,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
-        offset: u64,
-        length: Option<u64>,
+        span: Span,
     ) -> Result<OpenRead<S>> {
+        let Span {
+            offset,
+            length,
+            range_only,
+        } = span;
         let reader = store.open(&path)?;
         let entry = reader.entry().clone();
         let size = entry.size;
@@ -372,6 +394,7 @@ impl<S: Store> OpenRead<S> {
             entry,
             offset,
             length,
+            range_only,
             framing: Framing::BARE,
         })
     }
@@ -425,20 +448,28 @@ impl<S: Store> OpenRead<S> {
     fn pump(&mut self, send: &mut dyn FnMut(Result<ReadEvent>) -> bool) -> Result<()> {
         let shown = self.path.shown();
         let hashing_started = SystemTime::now();
-        let cached = self.digests.get(&self.version);
+        // A range-only read hashes what it sends; a whole-file digest the
+        // cache knows already needs no hashing at all.
+        let cached = if self.range_only {
+            None
+        } else {
+            self.digests.get(&self.version)
+        };
         let size = self.entry.size;
 
         let mut hasher = Hasher::new();
-        hash_range(&mut self.reader, &mut hasher, 0, self.offset)?;
-        if hasher.bytes() < self.offset {
-            return Err(Error::Changed { path: shown });
+        if !self.range_only {
+            hash_range(&mut self.reader, &mut hasher, 0, self.offset)?;
+            if hasher.bytes() < self.offset {
+                return Err(Error::Changed { path: shown });
+            }
         }
         let start = ReadStart {
             entry: self.entry.clone(),
             version: self.version.describe(),
             offset: self.offset,
             length: self.length,
-            prefix_sha256: (self.offset > 0).then(|| hasher.snapshot()),
+            prefix_sha256: (self.offset > 0 && !self.range_only).then(|| hasher.snapshot()),
         };
         if !send(Ok(ReadEvent::Start(start))) {
             return Ok(());
@@ -471,6 +502,10 @@ impl<S: Store> OpenRead<S> {
             Some(digest) => {
                 self.check_unchanged(size)?;
                 digest
+            }
+            None if self.range_only => {
+                self.check_unchanged(size)?;
+                hasher.finalize()
             }
             None => {
                 // Bytes past the requested range still count for the

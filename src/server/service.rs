@@ -22,7 +22,7 @@ use crate::proto::{
 use crate::read_stream::ReadEvent;
 use crate::server::calls::CallRecord;
 use crate::server::digests::DigestCache;
-use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, WholeRead};
+use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, Span, WholeRead};
 use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::store::{RequestPath, Store, TailSpec};
 use crate::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
@@ -133,8 +133,7 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
                 Arc::clone(&self.store),
                 Arc::clone(&self.digests),
                 path,
-                0,
-                None,
+                Span::WHOLE,
             )
             .await?;
             if request.want_sha256 {
@@ -497,8 +496,11 @@ impl<S: Store> FetchdService<S> {
             Arc::clone(&self.store),
             Arc::clone(&self.digests),
             path,
-            request.offset,
-            request.length,
+            Span {
+                offset: request.offset,
+                length: request.length,
+                range_only: request.range_only,
+            },
             framing,
         )
         .await?;
