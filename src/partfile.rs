@@ -112,6 +112,20 @@ impl PartFile {
         Ok(())
     }
 
+    /// Writes `data` at `offset`, leaving the cursor where it was (one file
+    /// assembled from ranges that arrive out of order). The part's length
+    /// becomes the end of the furthest write, so bytes below it may be
+    /// holes until every range is in: a caller that stops early truncates
+    /// to what it knows is whole.
+    pub(crate) fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|err| self.write_error(err))?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
     /// Syncs the data, renames the part file onto the destination and syncs
     /// the folder, so the destination is whole even after a crash.
     pub(crate) fn commit(self) -> Result<()> {

@@ -39,6 +39,9 @@ pub struct ClientArgs {
     pub client_key: Option<PathBuf>,
     /// How long to keep retrying (default [`DEFAULT_RETRY_FOR`]).
     pub retry_for: Option<Duration>,
+    /// Connections being made at once to a fleet (default
+    /// [`MAX_CONNECTING`](crate::client::fleet::MAX_CONNECTING)).
+    pub max_connecting: Option<usize>,
     /// Which of the values above were given on the command line (not taken
     /// from the environment).
     given: Given,
@@ -54,6 +57,7 @@ struct Given {
     client_cert: bool,
     client_key: bool,
     retry_for: bool,
+    max_connecting: bool,
 }
 
 /// The clap definition of [`ClientArgs`]: its options, help and
@@ -102,6 +106,12 @@ struct ClientFlags {
     /// follows (client verbs) [default: 30].
     #[arg(long, env = "FETCHD_RETRY_FOR", value_name = "SECS", value_parser = parse_retry_for)]
     retry_for: Option<Duration>,
+
+    /// With several servers, make at most N connections at once (the rest
+    /// wait for a slot), so a large fleet starts in a few round trips
+    /// without a burst of N handshakes (client verbs) [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_connecting: Option<u64>,
 }
 
 impl Args for ClientArgs {
@@ -126,6 +136,7 @@ impl FromArgMatches for ClientArgs {
             client_cert: flags.client_cert,
             client_key: flags.client_key,
             retry_for: flags.retry_for,
+            max_connecting: flags.max_connecting.map(|n| n as usize),
             given: Given {
                 server: given("server"),
                 servers_file: given("servers_file"),
@@ -134,6 +145,7 @@ impl FromArgMatches for ClientArgs {
                 client_cert: given("client_cert"),
                 client_key: given("client_key"),
                 retry_for: given("retry_for"),
+                max_connecting: given("max_connecting"),
             },
         })
     }
@@ -186,6 +198,7 @@ impl std::fmt::Debug for ClientArgs {
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
             .field("retry_for", &self.retry_for)
+            .field("max_connecting", &self.max_connecting)
             .finish()
     }
 }
@@ -233,6 +246,12 @@ impl ClientArgs {
             &verb.retry_for,
             verb.given.retry_for,
         );
+        let (max_connecting, max_connecting_given) = pick(
+            &self.max_connecting,
+            self.given.max_connecting,
+            &verb.max_connecting,
+            verb.given.max_connecting,
+        );
         ClientArgs {
             server,
             servers_file,
@@ -241,6 +260,7 @@ impl ClientArgs {
             client_cert,
             client_key,
             retry_for,
+            max_connecting,
             given: Given {
                 server: server_given,
                 servers_file: servers_file_given,
@@ -249,6 +269,7 @@ impl ClientArgs {
                 client_cert: client_cert_given,
                 client_key: client_key_given,
                 retry_for: retry_for_given,
+                max_connecting: max_connecting_given,
             },
         }
     }
@@ -312,6 +333,12 @@ impl ClientArgs {
             )));
         }
         Ok(targets.remove(0))
+    }
+
+    /// Connections made at once to a fleet (`--max-connecting`).
+    pub fn max_connecting(&self) -> usize {
+        self.max_connecting
+            .unwrap_or(crate::client::fleet::MAX_CONNECTING)
     }
 
     /// How to connect, as these arguments say.

@@ -12,7 +12,9 @@ use crate::cli::hint::Verb;
 use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
 use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
-use crate::client::download::{self, DownloadOptions, Notify, Outcome, Report};
+use crate::client::download::{self, DownloadOptions, Known, Notify, Outcome, Report};
+use crate::client::fleet::{self, Replica, agree, spread};
+use crate::client::target::Target;
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::store::RequestPath;
@@ -159,11 +161,11 @@ pub(crate) async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
     if !single && args.output.as_deref() == Some("-") {
         return Err(Error::Usage("-o - takes a single file, not several".into()));
     }
-    let client = Client::connect(
-        &client_args.target("get")?,
-        &client_args.options_with(args.compress),
-    )
-    .await?;
+    let targets = client_args.targets()?;
+    if targets.len() > 1 {
+        return run_fleet(&args, &client_args, &targets, &paths, single).await;
+    }
+    let client = Client::connect(&targets[0], &client_args.options_with(args.compress)).await?;
     if single {
         let remote = &paths[0];
         if args.recursive {
@@ -276,19 +278,24 @@ async fn run_single(args: &GetArgs, client: &Client, remote: &str) -> Result<u8>
 
 /// `-r DIR`: the tree below DIR into OUT (default ./BASENAME-of-DIR).
 async fn run_tree(args: &GetArgs, client: &Client, dir: &str) -> Result<u8> {
-    let out = match &args.output {
-        Some(out) => PathBuf::from(out),
-        None => match RequestPath::parse(dir)?.display().rsplit('/').next() {
-            Some(name) if !name.is_empty() && name != ".." => PathBuf::from(name),
-            _ => PathBuf::from("."),
-        },
-    };
+    let out = tree_out(args, dir)?;
     let with_digests = !args.force && has_entries(&out);
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
     let mut checks = LocalChecks::default();
     let notify = notifier(args, &ProgressBar::hidden());
     let items = bulk::plan_tree(client, dir, &out, with_digests, &mut checks, &*notify).await?;
     run_items(args, client, &out, items, checks).await
+}
+
+/// Where `-r DIR` puts the tree: `-o`, else ./BASENAME-of-DIR.
+fn tree_out(args: &GetArgs, dir: &str) -> Result<PathBuf> {
+    Ok(match &args.output {
+        Some(out) => PathBuf::from(out),
+        None => match RequestPath::parse(dir)?.display().rsplit('/').next() {
+            Some(name) if !name.is_empty() && name != ".." => PathBuf::from(name),
+            _ => PathBuf::from("."),
+        },
+    })
 }
 
 /// Several paths (and/or `--from-file`): each at OUT/PATH; with -r, folders
@@ -408,6 +415,236 @@ async fn run_items(
                     &item.dest.display().to_string(),
                     result,
                 );
+                if let Err(err) = output.line(&line.to_string()).and_then(|_| output.flush()) {
+                    write_error.get_or_insert(err);
+                }
+            }
+            if let Err(err) = result {
+                progress.suspend(|| report(verb(args), err));
+            }
+        },
+    )
+    .await;
+    progress.finish_and_clear();
+    if let Some(err) = write_error {
+        return Err(err);
+    }
+    if !args.quiet {
+        eprintln!("fetchd: {}", summary.line());
+    }
+    Ok(if summary.failed > 0 {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `get` from several servers, as replicas of one tree: connects to all at
+/// once (those that cannot be reached are left out, with a notice), then
+/// one file, a tree or a list as with one server, each file from the
+/// replicas that agree on it.
+async fn run_fleet(
+    args: &GetArgs,
+    client_args: &ClientArgs,
+    targets: &[Target],
+    paths: &[String],
+    single: bool,
+) -> Result<u8> {
+    let options = client_args.options_with(args.compress);
+    let notify = notifier(args, &ProgressBar::hidden());
+    let connected = fleet::connect_all(targets, &options, client_args.max_connecting()).await;
+    let mut replicas = Vec::new();
+    let mut first_error = None;
+    for (target, connected) in targets.iter().zip(connected) {
+        match connected {
+            Ok(client) => replicas.push(Replica {
+                label: target.label().to_string(),
+                client,
+            }),
+            Err(err) => {
+                notify(&format!("{}: {err}; left out", target.label()));
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    if replicas.is_empty() {
+        return Err(first_error.unwrap_or_else(|| Error::Usage("no server to talk to".into())));
+    }
+    let lead = &replicas[0].client;
+    let is_dir = |remote: &str| {
+        let (remote, notify) = (remote.to_string(), Arc::clone(&notify));
+        async move {
+            let stat = lead
+                .retrying(&download::shown(&remote), &*notify, || {
+                    lead.stat(&remote, false)
+                })
+                .await;
+            matches!(stat, Ok(stat) if stat.entry.kind == EntryKind::Dir)
+        }
+    };
+    if single && !(args.recursive && is_dir(&paths[0]).await) {
+        return run_fleet_single(args, &replicas, &paths[0]).await;
+    }
+    let (out, mut failed) = match single {
+        true => (tree_out(args, &paths[0])?, 0),
+        false => (PathBuf::from(args.output.as_deref().unwrap_or(".")), 0),
+    };
+    std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
+    let mut placed = Vec::new();
+    let mut checks = LocalChecks::default();
+    for path in paths {
+        let planned = match RequestPath::parse(path) {
+            Ok(parsed) if args.recursive && is_dir(path).await => {
+                let display = parsed.display().to_string();
+                let sub = match single || display.is_empty() {
+                    true => Ok(out.clone()),
+                    false => bulk::confine(&out, &display),
+                };
+                match sub {
+                    Ok(sub) => {
+                        bulk::plan_tree(lead, path, &sub, true, &mut checks, &*notify)
+                            .await
+                            .map(|items| (items, true))
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Ok(parsed) => match bulk::confine(&out, parsed.display()) {
+                Ok(dest) => agree::agree(&replicas, path, &notify).await.map(|agreed| {
+                    let item = Item {
+                        remote: path.clone(),
+                        dest,
+                        known: Some(Known {
+                            size: agreed.size,
+                            sha256: Some(agreed.sha256),
+                        }),
+                    };
+                    checks.submit(&item);
+                    let members = agreed.members.iter().map(|m| m.replica).collect();
+                    placed.push(spread::Placed { item, members });
+                    (Vec::new(), false)
+                }),
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        match planned {
+            Ok((items, true)) => {
+                placed.extend(spread::agree_tree(&replicas, 0, path, items, &notify).await);
+            }
+            Ok((_, false)) => {}
+            Err(err) => {
+                failed += 1;
+                print_failure(args, path, &out.join(path.trim_start_matches('/')), err)?;
+            }
+        }
+    }
+    let code = run_fleet_items(args, &replicas, &out, placed, checks).await?;
+    Ok(if failed > 0 { EXIT_FAILURE } else { code })
+}
+
+/// One file from the replicas, with the single-PATH `-o` rules; `-o -`
+/// streams it from the first agreeing replica.
+async fn run_fleet_single(args: &GetArgs, replicas: &[Replica], remote: &str) -> Result<u8> {
+    let dest = destination(remote, args.output.as_deref())?;
+    let progress = progress_bar(
+        args,
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    progress.set_message(remote.to_string());
+    let options = download_options(args, progress, false);
+    let (result, dest_shown) = match &dest {
+        Destination::Stdout => {
+            let result = match agree::agree(replicas, remote, &options.notify).await {
+                Ok(agreed) => {
+                    let replica = &replicas[agreed.members[0].replica];
+                    download::download_to_stdout(&replica.client, remote, &options)
+                        .await
+                        .map(|report| fleet::Delivered {
+                            report,
+                            servers: vec![replica.label.clone()],
+                        })
+                }
+                Err(err) => Err(err),
+            };
+            (result, "-".to_string())
+        }
+        Destination::File {
+            path,
+            create_parent,
+        } => {
+            if *create_parent && let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
+            }
+            (
+                fleet::download_one(replicas, remote, path, &options).await,
+                path.display().to_string(),
+            )
+        }
+    };
+    let (result, servers) = match result {
+        Ok(delivered) => (Ok(delivered.report), delivered.servers),
+        Err(err) => (Err(err), Vec::new()),
+    };
+    if args.json {
+        let mut out = Output::default();
+        let mut line = json_line(verb(args), remote, &dest_shown, &result);
+        line["servers"] = json!(servers);
+        out.line(&line.to_string())?;
+        out.flush()?;
+    }
+    match result {
+        Ok(_) => Ok(EXIT_OK),
+        Err(err) if matches!(err, Error::Usage(_)) => Err(err),
+        Err(err) => {
+            report(verb(args), &err);
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Fetches placed files spread over the replicas, printing a JSON line
+/// per file (with `servers`) and a summary.
+async fn run_fleet_items(
+    args: &GetArgs,
+    replicas: &[Replica],
+    out: &Path,
+    placed: Vec<spread::Placed>,
+    checks: LocalChecks,
+) -> Result<u8> {
+    let total_files = placed.len();
+    let total_bytes: u64 = placed
+        .iter()
+        .filter_map(|placed| placed.item.known.map(|k| k.size))
+        .sum();
+    let progress = progress_bar(
+        args,
+        "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    progress.set_length(total_bytes);
+    progress.set_message(format!("0/{total_files} files"));
+    let options = download_options(args, progress.clone(), true);
+    let mut output = Output::default();
+    let mut finished = 0;
+    let mut write_error = None;
+    let summary = spread::fetch_spread(
+        replicas,
+        out,
+        placed,
+        checks,
+        args.jobs,
+        &options,
+        |item, result, servers| {
+            finished += 1;
+            progress.set_message(format!("{finished}/{total_files} files"));
+            if args.json {
+                let mut line = json_line(
+                    verb(args),
+                    &item.remote,
+                    &item.dest.display().to_string(),
+                    result,
+                );
+                line["servers"] = json!(servers);
                 if let Err(err) = output.line(&line.to_string()).and_then(|_| output.flush()) {
                     write_error.get_or_insert(err);
                 }

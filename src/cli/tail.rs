@@ -87,7 +87,8 @@ pub(crate) async fn run(args: TailArgs, client_args: ClientArgs) -> Result<u8> {
     let options = client_args.options_with(args.compress);
     let targets = client_args.targets()?;
     if targets.len() > 1 || args.json {
-        return run_fleet(args, &targets, &options, (interrupt, terminate)).await;
+        let fleet = (&targets[..], client_args.max_connecting());
+        return run_fleet(args, fleet, &options, (interrupt, terminate)).await;
     }
     let client = Client::connect(&targets[0], &options).await?;
     let mut follower = Follower::new(client, &args.path, args.lines, !args.no_follow);
@@ -120,7 +121,7 @@ type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
 /// merged into whole, labelled lines.
 async fn run_fleet(
     args: TailArgs,
-    targets: &[Target],
+    (targets, max_connecting): (&[Target], usize),
     options: &crate::client::ConnectOptions,
     (mut interrupt, mut terminate): Signals,
 ) -> Result<u8> {
@@ -140,7 +141,7 @@ async fn run_fleet(
         .collect();
     let mut stdout = TailOut::open()?;
     let mut failed = 0;
-    let clients = fleet::connect_all(targets, options, fleet::MAX_CONNECTING).await;
+    let clients = fleet::connect_all(targets, options, max_connecting).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<Option<Followed>>)>(64);
     let mut running = 0;
     let mut order = Vec::new();

@@ -184,6 +184,15 @@ impl Client {
         self.retry
     }
 
+    /// The same connection under another retry policy: a fleet hands a
+    /// replica's failed work to the others at once instead of waiting on it.
+    pub fn with_retry_policy(&self, retry: RetryPolicy) -> Client {
+        Client {
+            retry,
+            ..self.clone()
+        }
+    }
+
     /// Runs `call` until it succeeds, fails for good, or its streak of
     /// retries ([`retry`]) runs out; each retry is one notice about
     /// `subject` to `notify`.

@@ -30,7 +30,7 @@ pub(crate) struct DownloadOptions {
 }
 
 impl DownloadOptions {
-    pub(super) fn progress_start(&self, size: u64, offset: u64) {
+    pub(crate) fn progress_start(&self, size: u64, offset: u64) {
         if self.batch {
             self.progress.inc(offset);
         } else {
@@ -40,13 +40,13 @@ impl DownloadOptions {
         }
     }
 
-    pub(super) fn progress_done(&self) {
+    pub(crate) fn progress_done(&self) {
         if !self.batch {
             self.progress.finish_and_clear();
         }
     }
 
-    pub(super) fn progress_abandon(&self) {
+    pub(crate) fn progress_abandon(&self) {
         if !self.batch {
             self.progress.abandon();
         }
