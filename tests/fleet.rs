@@ -358,3 +358,201 @@ fn put_to_every_server_reports_each() {
     assert_eq!(got, [("a", "ok"), ("b", "error"), ("c", "ok")]);
     assert_eq!(objects[0]["sha256"], sha256_hex(&data));
 }
+
+/// `--server a=URL --server b=URL ...` for every server.
+fn fleet_command(servers: &[(&str, &ServerProcess)]) -> std::process::Command {
+    let mut command = fetchd();
+    for (label, server) in servers {
+        command.args(["--server", &format!("{label}={}", server.url)]);
+    }
+    command
+}
+
+/// The JSON objects a run printed, one a line.
+fn json_objects(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The labels of an object's `servers`.
+fn servers_of(object: &serde_json::Value) -> Vec<String> {
+    object["servers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no servers in {object}"))
+        .iter()
+        .map(|label| label.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A 256 MiB file striped over three replicas, one SIGKILLed once the
+/// download is under way: the get completes by itself, verified, and the
+/// bytes came from more than one replica.
+#[test]
+fn get_from_replicas_survives_a_killed_replica() {
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let data = random_bytes(256 << 20, 7);
+    std::fs::write(roots[0].path().join("big.bin"), &data).unwrap();
+    for root in &roots[1..] {
+        std::fs::hard_link(roots[0].path().join("big.bin"), root.path().join("big.bin")).unwrap();
+    }
+    let mut servers: Vec<ServerProcess> = roots
+        .iter()
+        .map(|root| ServerProcess::start(root.path(), &[]))
+        .collect();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = {
+        let fleet: Vec<(&str, &ServerProcess)> =
+            ["a", "b", "c"].into_iter().zip(&servers).collect();
+        fleet_command(&fleet)
+            .current_dir(cwd.path())
+            .args(["get", "big.bin", "--json", "--limit-rate", "64M"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let part = cwd.path().join("big.bin.part");
+    assert!(
+        wait_until(STEP_TIMEOUT, || std::fs::metadata(&part)
+            .is_ok_and(|meta| meta.len() > 48 << 20)),
+        "the download never got going"
+    );
+    servers[1].kill();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(120)).expect("get finished");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{status}: {stdout}");
+    let got = std::fs::read(cwd.path().join("big.bin")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+    assert!(!part.exists());
+    let objects = json_objects(&stdout);
+    assert_eq!(objects.len(), 1, "{stdout}");
+    assert_eq!(objects[0]["sha256"], sha256_hex(&data));
+    let labels = servers_of(&objects[0]);
+    assert!(
+        labels.contains(&"a".to_string()) && labels.contains(&"c".to_string()),
+        "{labels:?}"
+    );
+}
+
+/// A replica with another version of a file (same size, other bytes) is
+/// never mixed in: with the odd one last or first, the file is the
+/// majority's, only the agreeing replicas delivered, and a notice names
+/// the one left out.
+#[test]
+fn get_never_mixes_a_disagreeing_replica() {
+    let size = 40 << 20;
+    let good = random_bytes(size, 1);
+    let mut other = good.clone();
+    other[size / 2..size / 2 + 4096].fill(0xEE);
+    for odd in [2, 0] {
+        let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        for (i, root) in roots.iter().enumerate() {
+            let bytes = if i == odd { &other } else { &good };
+            std::fs::write(root.path().join("image.raw"), bytes).unwrap();
+        }
+        let servers: Vec<ServerProcess> = roots
+            .iter()
+            .map(|root| ServerProcess::start(root.path(), &[]))
+            .collect();
+        let labels = ["a", "b", "c"];
+        let fleet: Vec<(&str, &ServerProcess)> = labels.into_iter().zip(&servers).collect();
+        let cwd = tempfile::tempdir().unwrap();
+        let run = run_in(cwd.path(), fleet_command(&fleet).args(["get", "image.raw"]));
+        run.expect_code(0).expect_stderr(&format!(
+            "{}: image.raw: differs from the other replicas",
+            labels[odd]
+        ));
+        let got = std::fs::read(cwd.path().join("image.raw")).unwrap();
+        assert!(
+            got == good,
+            "odd replica {odd}: the file is not the majority's"
+        );
+
+        let run = run_in(
+            cwd.path(),
+            fleet_command(&fleet).args(["get", "image.raw", "--force", "--json"]),
+        );
+        run.expect_code(0);
+        let objects = json_objects(&run.stdout_str());
+        let delivered = servers_of(&objects[0]);
+        assert!(!delivered.is_empty(), "{}", run.describe());
+        assert!(
+            !delivered.contains(&labels[odd].to_string()),
+            "odd replica {odd} delivered: {delivered:?}"
+        );
+        assert_eq!(objects[0]["sha256"], sha256_hex(&good));
+    }
+}
+
+/// A 200-file tree from three replicas: every file arrives whole, the
+/// files are spread (more than one replica delivered), a rerun skips them
+/// all, and with one replica down before the start the others deliver
+/// everything.
+#[test]
+fn get_tree_spreads_over_replicas() {
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut expected = BTreeMap::new();
+    for i in 0..200usize {
+        let rel = format!("data/d{}/f{i}.bin", i % 7);
+        let bytes = random_bytes(1 + (i * 7919) % (300 << 10), i as u64);
+        for root in &roots {
+            let path = root.path().join(&rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        expected.insert(rel, sha256_hex(&bytes));
+    }
+    let mut servers: Vec<ServerProcess> = roots
+        .iter()
+        .map(|root| ServerProcess::start(root.path(), &[]))
+        .collect();
+    let labels = ["a", "b", "c"];
+    let check_tree = |out: &Path| {
+        for (rel, digest) in &expected {
+            let got = std::fs::read(out.join(rel.strip_prefix("data/").unwrap())).unwrap();
+            assert_eq!(&sha256_hex(&got), digest, "{rel}");
+        }
+    };
+    let cwd = tempfile::tempdir().unwrap();
+    {
+        let fleet: Vec<(&str, &ServerProcess)> = labels.into_iter().zip(&servers).collect();
+        let run = run_in(
+            cwd.path(),
+            fleet_command(&fleet).args(["get", "-r", "data", "--json"]),
+        );
+        run.expect_code(0);
+        check_tree(&cwd.path().join("data"));
+        let objects = json_objects(&run.stdout_str());
+        assert_eq!(objects.len(), 200);
+        let mut delivering = std::collections::BTreeSet::new();
+        for object in &objects {
+            assert_eq!(object["status"], "ok", "{object}");
+            let labels = servers_of(object);
+            assert_eq!(labels.len(), 1, "{object}");
+            delivering.extend(labels);
+        }
+        assert!(delivering.len() > 1, "all from {delivering:?}");
+
+        let rerun = run_in(
+            cwd.path(),
+            fleet_command(&fleet).args(["get", "-r", "data", "--json"]),
+        );
+        rerun.expect_code(0);
+        for object in json_objects(&rerun.stdout_str()) {
+            assert_eq!(object["status"], "skipped", "{object}");
+            assert_eq!(object["servers"], serde_json::json!([]), "{object}");
+        }
+    }
+    servers[0].kill();
+    let fresh = tempfile::tempdir().unwrap();
+    let fleet: Vec<(&str, &ServerProcess)> = labels.into_iter().zip(&servers).collect();
+    let run = run_in(
+        fresh.path(),
+        fleet_command(&fleet).args(["get", "-r", "data"]),
+    );
+    run.expect_code(0).expect_stderr("a: ");
+    check_tree(&fresh.path().join("data"));
+}

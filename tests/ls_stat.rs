@@ -226,14 +226,14 @@ fn ls_and_stat_ask_the_first_server_that_answers() {
     );
     run.expect_code(1);
 
-    // A verb that talks to one server says so, before any transfer.
+    // get treats them as replicas: the dead one is left out, with a
+    // notice naming it, and the live one delivers.
     let run = run_in(
         cwd.path(),
         fetchd().args([
             "--server", &dead_url, "--server", &live.url, "get", "top.txt",
         ]),
     );
-    run.expect_code(2)
-        .expect_stderr("talks to one server for now");
-    assert!(!cwd.path().join("top.txt").exists());
+    run.expect_code(0).expect_stderr("left out");
+    assert!(cwd.path().join("top.txt").exists());
 }

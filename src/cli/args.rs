@@ -322,19 +322,6 @@ impl ClientArgs {
         Ok(targets)
     }
 
-    /// The one server of a verb that talks to one (`get`, `put`, `tail`
-    /// for now): an error naming the verb when several are given.
-    pub fn target(&self, verb: &str) -> Result<Target> {
-        let mut targets = self.targets()?;
-        if targets.len() > 1 {
-            return Err(Error::Usage(format!(
-                "fetchd {verb} talks to one server for now; {} were given (ls, stat, tail and put take several)",
-                targets.len()
-            )));
-        }
-        Ok(targets.remove(0))
-    }
-
     /// Connections made at once to a fleet (`--max-connecting`).
     pub fn max_connecting(&self) -> usize {
         self.max_connecting

@@ -501,11 +501,9 @@ async fn run_fleet(
                     false => bulk::confine(&out, &display),
                 };
                 match sub {
-                    Ok(sub) => {
-                        bulk::plan_tree(lead, path, &sub, true, &mut checks, &*notify)
-                            .await
-                            .map(|items| (items, true))
-                    }
+                    Ok(sub) => bulk::plan_tree(lead, path, &sub, true, &mut checks, &*notify)
+                        .await
+                        .map(|items| (items, true)),
                     Err(err) => Err(err),
                 }
             }

@@ -224,7 +224,6 @@ mod tests {
         let targets = args.targets().expect("targets");
         let names: Vec<String> = targets.iter().map(|t| t.label().to_string()).collect();
         assert_eq!(names, ["web-1", "b:2", "web-3", "d:4"]);
-        assert!(args.target("get").is_err(), "get takes one server for now");
         let one = client_of(&["fetchd", "get", "x"]);
         assert_eq!(one.targets().expect("default").len(), 1);
     }

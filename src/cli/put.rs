@@ -133,8 +133,12 @@ async fn run_fleet(
         progress,
         notify: Arc::new(|_: &str| {}),
     };
-    let connected =
-        fleet::connect_all(targets, &client_args.options(), client_args.max_connecting()).await;
+    let connected = fleet::connect_all(
+        targets,
+        &client_args.options(),
+        client_args.max_connecting(),
+    )
+    .await;
     let mut results: Vec<Option<Result<Uploaded>>> = Vec::new();
     let mut clients = Vec::new();
     for connection in connected {

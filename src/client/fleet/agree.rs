@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::checksum::Digest;
 use crate::client::download::{Notify, shown};
-use crate::client::fleet::Replica;
+use crate::client::fleet::replica::Replica;
 use crate::entry::{EntryKind, FileVersion};
 use crate::error::{Error, Result};
 
@@ -41,7 +41,11 @@ pub(crate) type Answer = Result<(u64, Digest, Option<FileVersion>)>;
 /// agreeing group. A replica that fails (down, not found there) or
 /// disagrees is left out with a notice naming it; when none answers, the
 /// first replica's error is the file's.
-pub(crate) async fn agree(replicas: &[Replica], remote: &str, notify: &Notify) -> Result<Agreement> {
+pub(crate) async fn agree(
+    replicas: &[Replica],
+    remote: &str,
+    notify: &Notify,
+) -> Result<Agreement> {
     let mut asking = JoinSet::new();
     for (index, replica) in replicas.iter().enumerate() {
         let (client, remote) = (replica.client.clone(), remote.to_string());
@@ -101,9 +105,13 @@ pub(crate) fn largest_group<K: Copy + Eq + std::hash::Hash>(
                 .push(index);
         }
     }
-    let chosen = order
-        .into_iter()
-        .reduce(|best, key| if groups[&key].len() > groups[&best].len() { key } else { best })?;
+    let chosen = order.into_iter().reduce(|best, key| {
+        if groups[&key].len() > groups[&best].len() {
+            key
+        } else {
+            best
+        }
+    })?;
     let members = groups.remove(&chosen).unwrap_or_default();
     Some((chosen, members))
 }
@@ -118,7 +126,12 @@ pub(crate) fn choose(
 ) -> Result<Agreement> {
     let keys: Vec<Option<(u64, Digest)>> = answers
         .iter()
-        .map(|answer| answer.as_ref().ok().map(|(size, digest, _)| (*size, *digest)))
+        .map(|answer| {
+            answer
+                .as_ref()
+                .ok()
+                .map(|(size, digest, _)| (*size, *digest))
+        })
         .collect();
     let Some((chosen, members)) = largest_group(&keys) else {
         let mut answers = answers;

@@ -8,8 +8,10 @@
 //! - [`agree`]: which replicas hold the same file (size and sha256).
 //! - [`stripe`]: one large file as byte ranges from every agreeing replica.
 //! - [`spread`]: the files of a bulk download spread over the replicas.
+//! - [`replica`]: a connected server of the fleet, and what it delivered.
 
 pub(crate) mod agree;
+pub(crate) mod replica;
 pub(crate) mod spread;
 pub(crate) mod stripe;
 
@@ -21,23 +23,15 @@ use tokio::task::JoinSet;
 use std::path::Path;
 
 use crate::client::Client;
-use crate::client::download::{self, DownloadOptions, Report};
+use crate::client::download::{self, DownloadOptions};
 use crate::client::options::ConnectOptions;
 use crate::client::retry::{Cause, RetryPolicy};
 use crate::client::target::Target;
 use crate::error::{Error, Result};
+pub(crate) use replica::{Delivered, Replica};
 
 /// Connections being made at once when a fleet starts (`--max-connecting`).
 pub(crate) const MAX_CONNECTING: usize = 64;
-
-/// One connected server of a fleet, and the label it is shown by.
-#[derive(Clone, Debug)]
-pub(crate) struct Replica {
-    /// `LABEL` of `LABEL=URL`, else the URL's `host:port`.
-    pub label: String,
-    /// Its connection.
-    pub client: Client,
-}
 
 /// Connects to every target, at most `max_in_flight` at a time; the results
 /// are in the order of `targets`, a failed connection as its error.
@@ -73,15 +67,6 @@ pub(crate) async fn connect_all(
             })
         })
         .collect()
-}
-
-/// A file a fleet download delivered, and the replicas it came from.
-#[derive(Clone, Debug)]
-pub(crate) struct Delivered {
-    /// What the download reports.
-    pub report: Report,
-    /// Labels of the replicas that sent bytes of it (none when skipped).
-    pub servers: Vec<String>,
 }
 
 /// Downloads one file from the replicas that agree on it: striped over all

@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use crate::checksum::Digest;
 use crate::client::bulk::{self, Item, LocalChecks, Summary};
 use crate::client::download::{DownloadOptions, Known, Notify, Outcome, Report};
-use crate::client::fleet::Replica;
 use crate::client::fleet::agree::{differs, largest_group};
+use crate::client::fleet::replica::Replica;
 use crate::client::retry::{Cause, RetryPolicy};
 use crate::entry::EntryKind;
 use crate::error::Result;
@@ -194,9 +194,7 @@ pub(crate) async fn fetch_spread(
     let run_pass = |passes: &mut JoinSet<()>, replica: usize, share: Vec<Item>, patient: bool| {
         let client = match patient {
             true => replicas[replica].client.clone(),
-            false => replicas[replica]
-                .client
-                .with_retry_policy(RetryPolicy::OFF),
+            false => replicas[replica].client.with_retry_policy(RetryPolicy::OFF),
         };
         let (out, options, ended) = (out.to_path_buf(), options.clone(), ended.clone());
         passes.spawn(async move {

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use crate::checksum::{self, Hasher};
 use crate::client::download::{self, DownloadOptions, Outcome, Report, shown};
 use crate::client::fleet::agree::Agreement;
-use crate::client::fleet::{Delivered, Replica};
+use crate::client::fleet::replica::{Delivered, Replica};
 use crate::client::retry::Cause;
 use crate::error::{Error, Result};
 use crate::partfile::PartFile;
@@ -85,6 +85,8 @@ pub(crate) struct Plan {
     next_id: u64,
     /// Bytes not yet delivered.
     left: u64,
+    /// Bytes delivered but not yet handed to the writer.
+    in_transit: u64,
     /// Bytes delivered by each replica.
     delivered: Vec<u64>,
 }
@@ -101,6 +103,7 @@ impl Plan {
             running: HashMap::new(),
             next_id: 0,
             left: size - from.min(size),
+            in_transit: 0,
             delivered: vec![0; replicas],
         }
     }
@@ -150,6 +153,7 @@ impl Plan {
         let at = job.pos;
         job.pos += keep;
         self.left -= keep;
+        self.in_transit += keep;
         self.delivered[job.replica] += keep;
         let done = job.pos == job.end;
         if done {
@@ -167,9 +171,14 @@ impl Plan {
         }
     }
 
-    /// Every byte is in.
+    /// `len` delivered bytes are with the writer now.
+    pub(crate) fn handed_over(&mut self, len: u64) {
+        self.in_transit -= len;
+    }
+
+    /// Every byte is with the writer: no worker is needed any more.
     pub(crate) fn complete(&self) -> bool {
-        self.left == 0
+        self.left == 0 && self.in_transit == 0
     }
 }
 
@@ -191,7 +200,9 @@ struct Shared {
 
 impl Shared {
     fn plan(&self) -> MutexGuard<'_, Plan> {
-        self.plan.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.plan
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sleeps as long as `--limit-rate` asks after `bytes` more arrived.
@@ -481,12 +492,7 @@ async fn work(
         let result = fetch_range(&shared, member, id, start, end, &writes).await;
         let progressed = shared.plan().delivered[member] > before;
         match result {
-            Ok(()) => {
-                streak.progressed();
-                if shared.plan().complete() {
-                    shared.changed.notify_waiters();
-                }
-            }
+            Ok(()) => streak.progressed(),
             Err(Stopped::WriterGone) => {
                 shared.plan().give_back(id);
                 return None;
@@ -557,8 +563,17 @@ async fn fetch_range(
                 if keep > 0 {
                     shared.options.progress.inc(keep);
                     shared.pace(keep).await;
-                    if writes.send((at, chunk.slice(..keep as usize))).await.is_err() {
+                    let sent = writes.send((at, chunk.slice(..keep as usize))).await;
+                    let complete = {
+                        let mut plan = shared.plan();
+                        plan.handed_over(keep);
+                        plan.complete()
+                    };
+                    if sent.is_err() {
                         return Err(Stopped::WriterGone);
+                    }
+                    if complete {
+                        shared.changed.notify_waiters();
                     }
                 }
                 if done {
@@ -623,9 +638,12 @@ fn write_ranges(
     }
     drop(queue);
     drop(marks);
-    let hashed = hashing
-        .join()
-        .unwrap_or_else(|_| Err(Error::io(part.path(), io::Error::other("the hasher failed"))));
+    let hashed = hashing.join().unwrap_or_else(|_| {
+        Err(Error::io(
+            part.path(),
+            io::Error::other("the hasher failed"),
+        ))
+    });
     Written {
         part,
         whole: whole.upto,
@@ -732,6 +750,7 @@ mod tests {
         while let Some((id, _, _)) = open.pop() {
             loop {
                 let (keep, at, done) = plan.deliver(id, 300_001);
+                plan.handed_over(keep);
                 for byte in &mut seen[at as usize..(at + keep) as usize] {
                     assert!(!*byte, "byte {at} twice");
                     *byte = true;
@@ -742,7 +761,13 @@ mod tests {
             }
         }
         while let Some((id, _, _)) = plan.take(1) {
-            while !plan.deliver(id, 1 << 20).2 {}
+            loop {
+                let (keep, _, done) = plan.deliver(id, 1 << 20);
+                plan.handed_over(keep);
+                if done {
+                    break;
+                }
+            }
         }
         // What was delivered after the first pass is covered too.
         assert!(plan.complete());
