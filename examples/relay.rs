@@ -3,7 +3,7 @@
 //! connection after a number of server->client bytes.
 //!
 //! ```console
-//! $ relay --listen 127.0.0.1:0 --upstream 127.0.0.1:PORT [--delay-ms N] [--cut-every-down BYTES]
+//! $ relay --listen 127.0.0.1:0 --upstream 127.0.0.1:PORT [--delay-ms N] [--cut-every-down BYTES] [--rate-down B/S] [--rate-up B/S]
 //! relay on 127.0.0.1:PORT
 //! ```
 //!
@@ -36,6 +36,12 @@ struct Args {
     /// Cut each connection once it has forwarded this many server->client bytes.
     #[arg(long)]
     cut_every_down: Option<u64>,
+    /// Most server->client bytes per second over all connections (a link of that rate).
+    #[arg(long)]
+    rate_down: Option<u64>,
+    /// Most client->server bytes per second over all connections.
+    #[arg(long)]
+    rate_up: Option<u64>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -45,6 +51,8 @@ async fn main() -> std::io::Result<()> {
         cut_every_down: args.cut_every_down,
         cut_every_up: None,
         delay: Duration::from_millis(args.delay_ms),
+        rate_down: args.rate_down,
+        rate_up: args.rate_up,
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -50,6 +50,11 @@ pub struct Faults {
     /// keeps reading while earlier bytes wait, stamping each chunk with its arrival time and writing it
     /// at arrival + delay, so throughput is not limited to one buffer per delay. Zero = no delay path.
     pub delay: Duration,
+    /// Most server->client bytes per second, over all of this relay's connections together (a link
+    /// of that rate to one host); None = unlimited. Applies on the no-delay path.
+    pub rate_down: Option<u64>,
+    /// The same for client->server bytes (an upload's link).
+    pub rate_up: Option<u64>,
 }
 
 /// State shared by the [`Relay`] handle, the accept loop and every connection.
@@ -65,6 +70,10 @@ struct Shared {
     bytes_down: AtomicU64,
     connections: AtomicU64,
     cuts: AtomicU64,
+    rate_down: Option<u64>,
+    rate_up: Option<u64>,
+    /// When the link is next free in each direction (down, up), on the rate's schedule.
+    next_free: [tokio::sync::Mutex<Instant>; 2],
 }
 
 /// Direction of a byte stream through the relay.
@@ -109,6 +118,22 @@ impl Shared {
         } else {
             Ok(())
         }
+    }
+}
+
+impl Shared {
+    /// Waits for `n` bytes' turn on a link of `rate` bytes per second shared by every connection:
+    /// each send books its time on one schedule (a burst of at most 20 ms is allowed, so timer
+    /// granularity does not cost throughput).
+    async fn pace(&self, dir: Dir, n: usize, rate: u64) {
+        let start = {
+            let mut next = self.next_free[dir as usize].lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now - Duration::from_millis(20));
+            *next = start + Duration::from_secs_f64(n as f64 / rate as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
     }
 }
 
@@ -166,6 +191,12 @@ impl Relay {
             bytes_down: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             cuts: AtomicU64::new(0),
+            rate_down: faults.rate_down,
+            rate_up: faults.rate_up,
+            next_free: [
+                tokio::sync::Mutex::new(Instant::now()),
+                tokio::sync::Mutex::new(Instant::now()),
+            ],
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(Relay {
@@ -384,6 +415,13 @@ where
             return w.shutdown().await.map_err(|_| Stop::Broken);
         }
         let n = shared.allowed(dir, total, n);
+        let rate = match dir {
+            Dir::Down => shared.rate_down,
+            Dir::Up => shared.rate_up,
+        };
+        if let Some(rate) = rate {
+            shared.pace(dir, n, rate).await;
+        }
         write_all(&mut w, &buf[..n], &mut stall).await?;
         shared.forwarded(dir, n, &mut total)?;
     }
