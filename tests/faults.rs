@@ -225,6 +225,63 @@ fn busy_server_put_is_retried() {
     assert_eq!(std::fs::read(root.path().join("in/up.bin")).unwrap(), local);
 }
 
+/// `put` to three servers, one of them busy: the other two get the file in
+/// the shared pass, the busy one gets it sent again on its own under the
+/// retry policy once it has room; exit 0, the file whole on all three.
+#[test]
+fn fleet_put_retries_a_busy_server_alone() {
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    std::fs::write(roots[1].path().join("held.bin"), random_bytes(48 * MIB, 3)).unwrap();
+    let servers: Vec<InProcessServer> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, root)| {
+            let mut config = fetchd::ServerConfig::new(root.path());
+            config.allow_upload = true;
+            if i == 1 {
+                config.max_transfers = 1;
+            }
+            InProcessServer::start(config)
+        })
+        .collect();
+    let rt = runtime();
+    let holder = rt.block_on(servers[1].client());
+    let mut stream = rt.block_on(holder.read("held.bin", 0, None)).unwrap();
+    rt.block_on(stream.next()).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let local = random_bytes(3 * MIB + 5, 4);
+    std::fs::write(work.path().join("up.bin"), &local).unwrap();
+    let b = format!("b={}", servers[1].url);
+    let c = format!("c={}", servers[2].url);
+    let mut put = Background::start(
+        work.path(),
+        &format!("a={}", servers[0].url),
+        &["--server", &b, "--server", &c, "put", "up.bin", "in/up.bin"],
+    );
+    put.wait_stderr("b: ");
+    for i in [0, 2] {
+        assert_eq!(
+            std::fs::read(roots[i].path().join("in/up.bin")).unwrap(),
+            local
+        );
+    }
+    assert!(!roots[1].path().join("in/up.bin").exists());
+    drop(stream);
+    let (code, stderr) = put.finish();
+    assert_eq!(code, 0, "{stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|line| line.contains("sending it to this server again")),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        std::fs::read(roots[1].path().join("in/up.bin")).unwrap(),
+        local
+    );
+}
+
 /// Nothing listening: the very first connection is refused, and the
 /// client fails at once (no retries) saying so.
 #[test]

@@ -489,8 +489,8 @@ fn get_never_mixes_a_disagreeing_replica() {
 
 /// A 200-file tree from three replicas: every file arrives whole, the
 /// files are spread (more than one replica delivered), a rerun skips them
-/// all, and with one replica down before the start the others deliver
-/// everything.
+/// all, and with one replica down before the start (connections made one at
+/// a time, `--max-connecting 1`) the others deliver everything.
 #[test]
 fn get_tree_spreads_over_replicas() {
     let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -551,7 +551,7 @@ fn get_tree_spreads_over_replicas() {
     let fleet: Vec<(&str, &ServerProcess)> = labels.into_iter().zip(&servers).collect();
     let run = run_in(
         fresh.path(),
-        fleet_command(&fleet).args(["get", "-r", "data"]),
+        fleet_command(&fleet).args(["--max-connecting", "1", "get", "-r", "data"]),
     );
     run.expect_code(0).expect_stderr("a: ");
     check_tree(&fresh.path().join("data"));

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::cli::args::ClientArgs;
 use crate::cli::hint::{Verb, describe};
 use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
+use crate::client::retry::Cause;
 use crate::client::upload::{self, Source, UploadOptions, Uploaded};
 use crate::client::{Client, Target, fleet};
 use crate::error::{Error, Result};
@@ -116,8 +117,10 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
 }
 
 /// `put` to several servers at once: the file is read and hashed once and
-/// sent to every server; each server's outcome is reported (`--json`: one
-/// object per server, with `"server"`); exit 1 if any failed.
+/// sent to every server; a server that was busy, draining or dropped is then
+/// sent the file again on its own, under the retry policy (a regular file
+/// only: stdin cannot be read twice). Each server's outcome is reported
+/// (`--json`: one object per server, with `"server"`); exit 1 if any failed.
 async fn run_fleet(
     args: PutArgs,
     client_args: &ClientArgs,
@@ -150,9 +153,44 @@ async fn run_fleet(
             Err(err) => results.push(Some(Err(err))),
         }
     }
-    let mut uploaded = upload::upload_to_all(&clients, opened, &remote, &options)
-        .await
-        .into_iter();
+    let size_known = opened.size().is_some();
+    let mut uploaded = upload::upload_to_all(&clients, opened, &remote, &options).await;
+    // A server that was busy, draining or dropped gets the file again on
+    // its own, under the retry policy, when the source can be read again.
+    if matches!(source, Source::File(_)) && size_known {
+        let mut again = tokio::task::JoinSet::new();
+        for (index, result) in uploaded.iter().enumerate() {
+            let Err(err) = result else { continue };
+            if Cause::of(err).is_none() {
+                continue;
+            }
+            if !args.quiet && !args.json {
+                eprintln!(
+                    "fetchd: {}: {err}; sending it to this server again",
+                    clients[index].target().label()
+                );
+            }
+            let (client, source, remote, options) = (
+                clients[index].clone(),
+                source.clone(),
+                remote.clone(),
+                options.clone(),
+            );
+            again.spawn(async move {
+                let result = match open(&source).await {
+                    Ok(opened) => upload::upload_retrying(&client, opened, &remote, &options).await,
+                    Err(err) => Err(err),
+                };
+                (index, result)
+            });
+        }
+        while let Some(joined) = again.join_next().await {
+            if let Ok((index, result)) = joined {
+                uploaded[index] = result;
+            }
+        }
+    }
+    let mut uploaded = uploaded.into_iter();
     let results: Vec<Result<Uploaded>> = results
         .into_iter()
         .map(|result| {
