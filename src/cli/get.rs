@@ -31,6 +31,11 @@ the server's. A leftover DEST.part is resumed; a DEST that already matches is
 skipped (unless --force). A busy, restarting or dropped server is retried for
 --retry-for seconds (default 30), continuing from the bytes DEST.part holds; a
 server that refuses the first connection fails at once.
+Several servers (--server repeated, --servers-file) are replicas: each file comes
+only from those that agree on its size and sha256 (the others are left out with a
+notice); files of 16 MiB or more are fetched as byte ranges from all of them at
+once, the files of a bulk download are spread over them (-j per server), and a
+replica that fails hands its share to the others. --json adds servers.
 Exit status: 0 all ok or skipped, 1 any failed, 2 usage.")]
 pub struct GetArgs {
     /// Path(s) of files (or, with -r, folders) on the server.
