@@ -461,3 +461,76 @@ async fn range_only_reads_digest_the_range() {
         }
     }
 }
+
+/// The next message of a tail stream, within 10 s.
+async fn next(
+    stream: &mut tonic::Streaming<fetchd::proto::TailResponse>,
+) -> fetchd::proto::tail_response::Kind {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("the stream goes on")
+        .kind
+        .unwrap()
+}
+
+/// An idle tail stream carries `HEARTBEAT` events at the last cursor about
+/// every `tail_heartbeat` (a proxy's read timeout never sees a silent
+/// stream), and data flows as before after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tails_carry_heartbeats() {
+    use fetchd::proto::{TailEventKind, TailRequest, tail_request, tail_response};
+    let (_tmp, root) = tree();
+    fs::write(root.join("app.log"), b"one\n").unwrap();
+    let mut config = fetchd::ServerConfig::new(&root);
+    config.tail_heartbeat = Duration::from_millis(300);
+    let server = InProcessServer::start(config);
+    let mut client = rpc(&server.url).await;
+    let mut stream = client
+        .tail(TailRequest {
+            path: "app.log".into(),
+            start: Some(tail_request::Start::LastLines(1)),
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut cursor = None;
+    let mut heartbeats = 0;
+    let started = std::time::Instant::now();
+    while heartbeats < 3 {
+        match next(&mut stream).await {
+            tail_response::Kind::Data(data) => {
+                assert_eq!(&data.data[..], b"one\n");
+                cursor = data.cursor;
+            }
+            tail_response::Kind::Event(event) if event.kind == TailEventKind::Heartbeat as i32 => {
+                assert!(cursor.is_some(), "a heartbeat before the data");
+                assert_eq!(event.cursor, cursor, "a heartbeat moves no cursor");
+                heartbeats += 1;
+            }
+            tail_response::Kind::Event(event) => {
+                assert_eq!(event.kind, TailEventKind::Opened as i32, "{event:?}");
+            }
+        }
+    }
+    // Three heartbeats of a quiet stream took at least three periods.
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut log = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("app.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, b"two\n").unwrap();
+    loop {
+        match next(&mut stream).await {
+            tail_response::Kind::Data(data) => {
+                assert_eq!(&data.data[..], b"two\n");
+                break;
+            }
+            tail_response::Kind::Event(event) => {
+                assert_eq!(event.kind, TailEventKind::Heartbeat as i32, "{event:?}");
+            }
+        }
+    }
+}

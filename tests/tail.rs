@@ -168,6 +168,15 @@ impl Tail {
         )
     }
 
+    /// Waits until stdout (as text) satisfies `done`; the text, or `None`
+    /// after the timeout.
+    fn wait_for_stdout(&self, done: impl Fn(&str) -> bool) -> Option<String> {
+        let ok = self
+            .out
+            .wait_for(OUTPUT_TIMEOUT, |got| done(&String::from_utf8_lossy(got)));
+        ok.then(|| String::from_utf8_lossy(&self.stdout()).into_owned())
+    }
+
     /// Waits until stdout is exactly `want`; fails the test otherwise.
     fn expect_stdout(&self, want: &str) {
         let want = want.as_bytes();
@@ -799,4 +808,49 @@ fn cursor_resumes_across_rotation() {
         assert_eq!(String::from_utf8(after).unwrap(), lines(3..7));
         assert_eq!(notices, [TailNotice::Opened, TailNotice::Rotated]);
     });
+}
+
+/// A quiet log through a server that sends a heartbeat every second: the
+/// heartbeats show nothing (one server, and `--json` over a fleet of two),
+/// and the next line still arrives exactly once.
+#[test]
+fn heartbeats_of_a_quiet_tail_show_nothing() {
+    let logs = Logs::new(b"start\n");
+    let a = ServerProcess::start(&logs.root(), &["--tail-heartbeat", "1"]);
+    let b = ServerProcess::start(&logs.root(), &["--tail-heartbeat", "1"]);
+    let single = Tail::start(&a.url, &["logs/app.log", "-n", "1"]);
+    let (a_label, b_label) = (format!("a={}", a.url), format!("b={}", b.url));
+    // Servers given after the verb replace the one given before it.
+    let fleet = Tail::start(
+        &a.url,
+        &[
+            "--server",
+            &a_label,
+            "--server",
+            &b_label,
+            "logs/app.log",
+            "-n",
+            "1",
+            "--json",
+        ],
+    );
+    single.expect_stdout("start\n");
+    assert!(
+        fleet
+            .wait_for_stdout(|out| out.matches("\"line\":\"start\"").count() == 2)
+            .is_some(),
+        "{}",
+        fleet.describe()
+    );
+    // An idle stretch of a few heartbeat periods: time itself is what is
+    // waited for here (the heartbeats are sent on a clock).
+    std::thread::sleep(Duration::from_millis(3500));
+    single.expect_stdout("start\n");
+    append(&logs.log(), b"after the quiet\n");
+    single.expect_stdout("start\nafter the quiet\n");
+    let out = fleet
+        .wait_for_stdout(|out| out.matches("after the quiet").count() == 2)
+        .unwrap_or_else(|| panic!("{}", fleet.describe()));
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(single.stderr().is_empty(), "{}", single.stderr());
 }

@@ -128,7 +128,7 @@ def cmd_tail(channel, pb, pb_grpc, args):
         for message in call:
             if message.WhichOneof("kind") == "event":
                 kind = pb.TailEventKind.Name(message.event.kind)
-                if kind != "TAIL_EVENT_KIND_OPENED":
+                if kind not in ("TAIL_EVENT_KIND_OPENED", "TAIL_EVENT_KIND_HEARTBEAT"):
                     print(f"fetchd_client: {args.path}: {kind}", file=sys.stderr, flush=True)
                 continue
             data = message.data.data

@@ -55,6 +55,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_TAILS, value_name = "N")]
     pub max_tails: usize,
 
+    /// An idle tail stream carries a heartbeat at least every SECS seconds,
+    /// so that a proxy's read timeout (nginx grpc_read_timeout, 60 s by
+    /// default) never cuts it; clients show nothing for it.
+    #[arg(long, default_value_t = 15, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub tail_heartbeat: u64,
+
     /// Threads that run the network side (HTTP/2, TLS, compression); file
     /// reads run on threads of their own. Default: half the CPUs, at least
     /// one.
@@ -205,6 +212,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<u8> {
         config.grace = Duration::from_secs(args.grace);
         config.max_transfers = args.max_transfers.max(1);
         config.max_tails = args.max_tails.max(1);
+        config.tail_heartbeat = Duration::from_secs(args.tail_heartbeat);
         config.max_connections = args.max_connections.max(1);
         config.max_streams_per_connection = args.max_streams_per_connection.max(1);
         config.max_request_bytes = args.max_request_bytes;

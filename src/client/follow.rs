@@ -57,10 +57,16 @@ pub struct TailStream {
 impl TailStream {
     /// The next message, or `None` when the stream ended.
     pub async fn next(&mut self) -> Result<Option<TailEvent>> {
-        let message = match self.inner.next().await {
-            None => return Ok(None),
-            Some(Err(status)) => return Err(self.client.status(status)),
-            Some(Ok(message)) => message,
+        let message = loop {
+            match self.inner.next().await {
+                None => return Ok(None),
+                Some(Err(status)) => return Err(self.client.status(status)),
+                // A quiet stream's keep-alive for proxies: nothing to show.
+                Some(Ok(proto::TailResponse {
+                    kind: Some(tail_response::Kind::Event(event)),
+                })) if event.kind == proto::TailEventKind::Heartbeat as i32 => {}
+                Some(Ok(message)) => break message,
+            }
         };
         let protocol = |reason: &str| Error::Protocol {
             path: self.path.clone(),

@@ -20,6 +20,9 @@ pub(crate) const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Default for `--grace`: how long running transfers may finish after a
 /// shutdown signal.
 pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default for `--tail-heartbeat`: an idle tail stream carries a heartbeat
+/// at least this often, well under the 60 s read timeouts of proxies.
+pub(crate) const DEFAULT_TAIL_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Default for `--max-transfers`: reads served at once, over all clients.
 pub(crate) const DEFAULT_MAX_TRANSFERS: usize = 256;
 /// Default for [`ServerConfig::max_tails`]: tail streams open at once.
@@ -85,6 +88,8 @@ pub struct ServerConfig {
     pub allow_upload: bool,
     /// Largest upload accepted, in bytes; larger gets RESOURCE_EXHAUSTED.
     pub max_upload_bytes: u64,
+    /// An idle tail stream carries a heartbeat at least this often.
+    pub tail_heartbeat: Duration,
     /// Where the server counts what it does (served by
     /// [`metrics::serve_http`] when `--metrics-listen` is given).
     pub metrics: Metrics,
@@ -110,6 +115,7 @@ impl ServerConfig {
             allow_root_slash: false,
             allow_upload: false,
             max_upload_bytes: upload::DEFAULT_MAX_UPLOAD_BYTES,
+            tail_heartbeat: DEFAULT_TAIL_HEARTBEAT,
             metrics: Metrics::new(),
         }
     }

@@ -135,6 +135,7 @@ pub(crate) async fn serve<S: Store>(
     let stopping = CancellationToken::new();
     let service = FetchdService::new(store, config.max_transfers)
         .with_tails(config.max_tails.max(1), stopping.clone())
+        .with_tail_heartbeat(config.tail_heartbeat)
         .with_uploads(config.allow_upload.then_some(config.max_upload_bytes));
     let fetchd = RawReadService::new(
         proto::fetchd_server::FetchdServer::new(service.clone())

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,6 +55,8 @@ pub(crate) struct FetchdService<S: Store> {
     stopping: CancellationToken,
     /// The largest upload accepted; `None`: uploads are refused.
     max_upload_bytes: Option<u64>,
+    /// An idle tail stream gets a heartbeat this often.
+    tail_heartbeat: Duration,
 }
 
 // Not derived: a derive would ask `S: Clone`, and the store is shared.
@@ -69,6 +71,7 @@ impl<S: Store> Clone for FetchdService<S> {
             max_tails: self.max_tails,
             stopping: self.stopping.clone(),
             max_upload_bytes: self.max_upload_bytes,
+            tail_heartbeat: self.tail_heartbeat,
         }
     }
 }
@@ -85,7 +88,14 @@ impl<S: Store> FetchdService<S> {
             max_tails: crate::server::config::DEFAULT_MAX_TAILS,
             stopping: CancellationToken::new(),
             max_upload_bytes: None,
+            tail_heartbeat: crate::server::config::DEFAULT_TAIL_HEARTBEAT,
         }
+    }
+
+    /// Sends a heartbeat on a tail stream idle for `every`.
+    pub(crate) fn with_tail_heartbeat(mut self, every: Duration) -> FetchdService<S> {
+        self.tail_heartbeat = every.max(Duration::from_millis(100));
+        self
     }
 
     /// Accepts uploads of at most `max_bytes` bytes; `None` refuses them
@@ -386,7 +396,10 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
             }
             Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(with_heartbeats(
+            stream,
+            self.tail_heartbeat,
+        ))))
     }
 }
 
@@ -448,6 +461,48 @@ async fn receive_upload(
             }
         }
     }
+}
+
+/// `responses` with a `HEARTBEAT` event (at the last cursor sent) after
+/// every `every` without a message, so that no proxy on the way takes a
+/// quiet tail for a dead one. None before the first message: that one
+/// (`OPENED` or `GONE`) comes at once.
+fn with_heartbeats(
+    responses: impl Stream<Item = Result<proto::TailResponse, Status>> + Send + 'static,
+    every: Duration,
+) -> impl Stream<Item = Result<proto::TailResponse, Status>> + Send + 'static {
+    async_fn_stream::fn_stream(move |emitter| async move {
+        let mut responses = std::pin::pin!(responses);
+        let mut cursor = None;
+        loop {
+            let next = match cursor {
+                None => responses.next().await,
+                Some(_) => match tokio::time::timeout(every, responses.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        emitter
+                            .emit(Ok(proto::TailResponse {
+                                kind: Some(proto::tail_response::Kind::Event(proto::TailEvent {
+                                    kind: proto::TailEventKind::Heartbeat.into(),
+                                    cursor,
+                                })),
+                            }))
+                            .await;
+                        continue;
+                    }
+                },
+            };
+            let Some(item) = next else { break };
+            if let Ok(response) = &item {
+                cursor = match &response.kind {
+                    Some(proto::tail_response::Kind::Data(data)) => data.cursor,
+                    Some(proto::tail_response::Kind::Event(event)) => event.cursor,
+                    None => cursor,
+                };
+            }
+            emitter.emit(item).await;
+        }
+    })
 }
 
 /// A tail message as it goes on the wire.
