@@ -232,7 +232,7 @@ async fn skip_if_identical(
 
 /// The digest of `dest` when it equals the server's file (whose digest is
 /// asked for unless already `known`).
-async fn matching_local_copy(
+pub(crate) async fn matching_local_copy(
     client: &Client,
     remote: &str,
     dest: &Path,

@@ -35,6 +35,7 @@ use tokio::sync::{Notify as Wakeup, mpsc};
 use tokio::task::JoinSet;
 
 use crate::checksum::{self, Hasher};
+use crate::client::Client;
 use crate::client::download::{self, DownloadOptions, Outcome, Report, shown};
 use crate::client::fleet::agree::Agreement;
 use crate::client::fleet::replica::{Delivered, Replica};
@@ -244,7 +245,8 @@ pub(crate) async fn download_striped(
             dest.display()
         )));
     }
-    if !options.force && local_copy_matches(dest, agreed).await {
+    let first = &replicas[agreed.members[0].replica].client;
+    if !options.force && local_copy_matches(first, remote, dest, agreed).await {
         return Ok(Delivered {
             report: Report {
                 bytes: agreed.size,
@@ -383,21 +385,20 @@ pub(crate) async fn download_striped(
     })
 }
 
-/// True when `dest` already holds the agreed file.
-async fn local_copy_matches(dest: &Path, agreed: &Agreement) -> bool {
+/// True when `dest` already holds the agreed file (the single-server
+/// check, with the agreed digest as the known one: no call is made).
+async fn local_copy_matches(
+    client: &Client,
+    remote: &str,
+    dest: &Path,
+    agreed: &Agreement,
+) -> bool {
     match std::fs::metadata(dest) {
         Ok(meta) if meta.is_file() && meta.len() == agreed.size => {}
         _ => return false,
     }
-    let path = dest.to_path_buf();
-    let local = blocking(move || {
-        let file = std::fs::File::open(&path).map_err(|err| Error::io(&path, err))?;
-        checksum::hash_prefix(file, None)
-            .map(Hasher::finalize)
-            .map_err(|err| Error::io(&path, err))
-    })
-    .await;
-    matches!(local, Ok(digest) if digest == agreed.sha256)
+    let local = download::matching_local_copy(client, remote, dest, Some(agreed.sha256)).await;
+    matches!(local, Ok(Some(_)))
 }
 
 /// How much of `part` is a valid prefix of the agreed file, hashed: the
