@@ -193,10 +193,24 @@ pub enum Error {
     Draining,
 
     /// `tail` on a store that cannot follow a file (an object store).
-    #[error("{path}: this server's store cannot follow a file as it grows")]
+    #[error(
+        "{path}: tail needs a directory root; this server serves an object store, \
+         whose objects cannot be followed as they grow (use get)"
+    )]
     CannotFollow {
         /// The path as requested.
         path: String,
+    },
+
+    /// The object store behind the server failed a request (after its own
+    /// retries): the store is down, slow or refused the server's
+    /// credentials.
+    #[error("{path}: the object store failed: {reason}; try again")]
+    Store {
+        /// The path as requested.
+        path: String,
+        /// What the store said.
+        reason: String,
     },
 
     /// A request message is larger than the server accepts.
@@ -361,6 +375,7 @@ impl Error {
             Error::Limit { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
             Error::Draining => Code::Unavailable,
             Error::CannotFollow { .. } => Code::FailedPrecondition,
+            Error::Store { .. } => Code::Unavailable,
             Error::TryLater { code, .. } => *code,
             Error::Unauthenticated => Code::Unauthenticated,
             Error::Tls { .. } => Code::Unavailable,
@@ -401,6 +416,7 @@ impl Error {
             Error::Limit { .. } => "busy",
             Error::Draining => "draining",
             Error::CannotFollow { .. } => "cannot-follow",
+            Error::Store { .. } => "store-unavailable",
             Error::MessageTooLarge { .. } => "message-too-large",
             Error::Unauthenticated => "unauthenticated",
             Error::Remote { reason, .. } => return reason.as_deref().and_then(known_reason),
@@ -435,6 +451,7 @@ fn known_reason(reason: &str) -> Option<&'static str> {
         "busy",
         "draining",
         "cannot-follow",
+        "store-unavailable",
         "message-too-large",
         "unauthenticated",
     ];
@@ -769,6 +786,7 @@ mod tests {
                     | Error::Limit { .. }
                     | Error::Draining
                     | Error::CannotFollow { .. }
+                    | Error::Store { .. }
                     | Error::MessageTooLarge { .. }
                     | Error::Unauthenticated
                     | Error::Io { .. } => true,

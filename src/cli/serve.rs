@@ -174,19 +174,26 @@ fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
 
 /// Runs `fetchd serve` until SIGINT or SIGTERM.
 pub(crate) fn run(args: ServeArgs) -> Result<u8> {
-    match std::fs::metadata(&args.root) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(Error::Usage(format!(
-                "--root {}: not a directory",
-                args.root.display()
-            )));
+    let object_store = args
+        .root
+        .to_str()
+        .filter(|root| root.contains("://"))
+        .map(str::to_string);
+    if object_store.is_none() {
+        match std::fs::metadata(&args.root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Usage(format!(
+                    "--root {}: not a directory",
+                    args.root.display()
+                )));
+            }
+            Err(err) => return Err(Error::io(&args.root, err)),
         }
-        Err(err) => return Err(Error::io(&args.root, err)),
+        // Everything that can be wrong with the arguments is found before
+        // the port is bound and `listening on` is printed.
+        server::check_root(&args.root, args.allow_root_slash)?;
     }
-    // Everything that can be wrong with the arguments is found before the
-    // port is bound and `listening on` is printed.
-    server::check_root(&args.root, args.allow_root_slash)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(ServerTls::load(cert, key, args.client_ca.as_deref())?),
         _ => None,
@@ -198,6 +205,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<u8> {
         .build()
         .map_err(|err| Error::io("<runtime>", err))?;
     runtime.block_on(async {
+        // An object store is reached (and its credentials tried) before the
+        // port is bound: one that cannot be used is exit 1 with the reason.
+        let store = match &object_store {
+            Some(url) => Some(connect_object_store(url).await?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|err| Error::Serve(format!("cannot listen on {}: {}", args.listen, err)))?;
@@ -251,9 +264,55 @@ pub(crate) fn run(args: ServeArgs) -> Result<u8> {
             .write_all(ready.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|err| Error::io("<stdout>", err))?;
-        server::run(listener, config, shutdown).await?;
+        match store {
+            Some(store) => store.serve(listener, config, shutdown).await?,
+            None => server::run(listener, config, shutdown).await?,
+        }
         Ok(EXIT_OK)
     })
+}
+
+/// A store other than a local directory, by its URL's scheme.
+#[derive(Debug)]
+enum ObjectRoot {
+    #[cfg(feature = "s3")]
+    S3(crate::store::s3::S3Store),
+}
+
+impl ObjectRoot {
+    /// Serves the store like [`server::run`] serves a directory.
+    async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        config: ServerConfig,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        match self {
+            #[cfg(feature = "s3")]
+            ObjectRoot::S3(store) => {
+                server::serve(listener, std::sync::Arc::new(store), config, shutdown).await
+            }
+        }
+    }
+}
+
+/// Connects to the object store `url` names.
+async fn connect_object_store(url: &str) -> Result<ObjectRoot> {
+    #[cfg(feature = "s3")]
+    if url.starts_with("s3://") {
+        return crate::store::s3::S3Store::connect(url)
+            .await
+            .map(ObjectRoot::S3);
+    }
+    Err(Error::Usage(format!(
+        "--root {url}: not a directory, and not an object store this build serves \
+         (s3://BUCKET[/PREFIX]{})",
+        if cfg!(feature = "s3") {
+            ""
+        } else {
+            "; this build has no s3 feature"
+        }
+    )))
 }
 
 /// Re-reads the token file on every SIGHUP; a file that cannot be used is

@@ -67,14 +67,25 @@ impl<V: Version> DigestCache<V> {
         }
     }
 
-    /// The digest of the opened file: remembered, or hashed now (and
-    /// remembered). `None` when the file changed while it was hashed.
+    /// Remembers the digest the store keeps with the opened version, if it
+    /// keeps one ([`Reader::stored_digest`]): such a digest names that
+    /// version's bytes exactly, so the racy window does not apply.
+    pub(crate) fn learn_stored<R: Reader<Version = V>>(&self, reader: &R) {
+        if let Some(digest) = reader.stored_digest() {
+            self.lock().put(reader.version(), digest);
+        }
+    }
+
+    /// The digest of the opened file: remembered, kept by the store, or
+    /// hashed now (and remembered). `None` when the file changed while it
+    /// was hashed.
     pub(crate) fn digest_of<R: Reader<Version = V>>(
         &self,
         reader: &mut R,
     ) -> Result<Option<Digest>> {
         let version = reader.version();
-        if let Some(digest) = self.get(&version) {
+        if let Some(digest) = self.get(&version).or_else(|| reader.stored_digest()) {
+            self.lock().put(version, digest);
             return Ok(Some(digest));
         }
         let hashing_started = SystemTime::now();

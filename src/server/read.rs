@@ -375,6 +375,7 @@ impl<S: Store> OpenRead<S> {
             range_only,
         } = span;
         let reader = store.open(&path)?;
+        digests.learn_stored(&reader);
         let entry = reader.entry().clone();
         let size = entry.size;
         if offset > size {

@@ -62,8 +62,9 @@ pub(crate) struct Stored {
 enum ToWriter {
     /// The next bytes.
     Data(Bytes),
-    /// Every byte is written and the digest matched: sync and place.
-    Place,
+    /// Every byte is written and the digest (this one) matched: sync and
+    /// place.
+    Place(Digest),
 }
 
 /// An upload in progress. Dropping it before [`finish`](Self::finish)
@@ -195,7 +196,7 @@ impl Upload {
                 actual,
             });
         }
-        self.send(ToWriter::Place).await?;
+        self.send(ToWriter::Place(actual)).await?;
         self.join_writer().await?;
         Ok(Stored {
             path: self.shown.clone(),
@@ -259,7 +260,7 @@ fn write_pieces(
     loop {
         match pieces.blocking_recv() {
             Some(ToWriter::Data(data)) => staged.append(&data)?,
-            Some(ToWriter::Place) => return staged.commit(),
+            Some(ToWriter::Place(sha256)) => return staged.commit(&sha256),
             // The network loop gave up (client gone, a limit, a bad
             // message); it reports why. Nothing may stay behind.
             None => {

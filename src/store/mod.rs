@@ -13,6 +13,9 @@
 //! - [`local`]: a local directory tree, confined by the sandbox (`openat2`
 //!   one-walk opens, a component-by-component walk otherwise), with inotify
 //!   folder watches for `tail`.
+//! - [`s3`]: an S3-compatible object store (`--root s3://BUCKET[/PREFIX]`,
+//!   cargo feature `s3`, on by default): ranged GETs pinned to the ETag,
+//!   streamed multipart uploads.
 //!
 //! A store's methods block (they do file I/O); the server calls them on
 //! tokio's blocking pool. A store that speaks to the network can bridge with
@@ -20,6 +23,8 @@
 
 pub(crate) mod local;
 pub(crate) mod path;
+#[cfg(feature = "s3")]
+pub(crate) mod s3;
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -28,7 +33,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
-use crate::checksum::{HASH_BUFFER_BYTES, Hasher};
+use crate::checksum::{Digest, HASH_BUFFER_BYTES, Hasher};
 use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
 use crate::tail_stream::{TailEvent, TailStart};
@@ -70,6 +75,13 @@ pub(crate) trait Reader: Debug + Send + 'static {
     /// version, and the path still leads to it. A read checks this at its
     /// end, so that a digest never covers a mix of versions.
     fn is_current(&self) -> Result<bool>;
+
+    /// The version's sha256 when the store keeps it beside the data (an
+    /// object fetchd uploaded carries it in its metadata), so that it is
+    /// known without reading the bytes; `None` otherwise.
+    fn stored_digest(&self) -> Option<Digest> {
+        None
+    }
 }
 
 /// A new version being written; [`commit`](Staged::commit) makes it the
@@ -80,7 +92,9 @@ pub(crate) trait Staged: Debug + Send + 'static {
 
     /// Makes the staged bytes the file at the path: durable, atomic, and
     /// replacing an existing file only when the stage asked for it.
-    fn commit(self) -> Result<()>;
+    /// `sha256` is the staged bytes' digest, already checked against the
+    /// client's; a store may keep it with the new version.
+    fn commit(self, sha256: &Digest) -> Result<()>;
 }
 
 /// One entry met by [`Store::list`].

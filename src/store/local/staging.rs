@@ -20,6 +20,7 @@ use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions};
 use rustix::io::Errno;
 
+use crate::checksum::Digest;
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::store::local::root::Root;
@@ -107,7 +108,7 @@ impl Staged for TempFile {
 
     /// Syncs the data, renames the file onto the target (replacing it only
     /// when staged with `replace`) and syncs the folder.
-    fn commit(mut self) -> Result<()> {
+    fn commit(mut self, _sha256: &Digest) -> Result<()> {
         let force = self.replace;
         let io_error = |err: io::Error| Error::from_server_io(&self.shown, err);
         self.file.sync_all().map_err(io_error)?;
