@@ -286,12 +286,11 @@ impl Drop for S3Upload {
         if multipart.completed {
             return;
         }
-        for task in &multipart.sending {
-            task.abort();
-        }
-        // Parts the store holds go with the upload. Waited for (bounded),
-        // so that the client's error describes a finished cleanup (a
-        // store's methods, and so this drop, run on blocking threads).
+        // Parts being sent finish first (a request cut mid-body can leave
+        // the store a temporary file of its own); then the upload and every
+        // part the store holds go. Waited for (bounded), so that the
+        // client's error describes a finished cleanup (a store's methods,
+        // and so this drop, run on blocking threads).
         let (inner, key, shown) = (
             Arc::clone(&self.inner),
             self.key.clone(),
@@ -299,6 +298,9 @@ impl Drop for S3Upload {
         );
         let (done, wait) = std::sync::mpsc::channel();
         self.inner.runtime.spawn(async move {
+            for task in multipart.sending {
+                let _ = task.await;
+            }
             if let Err(err) = inner.s3.abort_multipart(&key, &multipart.id).await {
                 tracing::warn!(
                     path = %shown,
