@@ -42,7 +42,7 @@ const PROXY_START_TRIES: usize = 5;
 // ------------------------------------------------------------ the proxies
 
 /// Which load balancer sits in front of the replicas.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProxyKind {
     Nginx,
     Haproxy,
@@ -206,7 +206,15 @@ impl Proxy {
                 matches!(child.try_wait(), Ok(Some(_)))
                     || TcpStream::connect(("127.0.0.1", port)).is_ok()
             });
-            if listening && child.try_wait().unwrap().is_none() {
+            // haproxy's master handles SIGUSR2 (a reload) once it has
+            // logged its first "Loading success", which may come after
+            // the worker accepts connections.
+            let ready = listening
+                && (kind != ProxyKind::Haproxy
+                    || wait_until(STEP_TIMEOUT, || {
+                        logs_of(dir.path()).contains("Loading success")
+                    }));
+            if ready && child.try_wait().unwrap().is_none() {
                 return Proxy {
                     kind,
                     bin: bin.to_path_buf(),
@@ -255,7 +263,17 @@ impl Proxy {
                 assert!(status.success(), "nginx -s reload: {status}");
             }
             ProxyKind::Haproxy => {
-                kill_process(pid(self.child.id()), Signal::USR2).unwrap();
+                // A SIGUSR2 that reaches the master while it is still
+                // settling after start-up can go unanswered: ask again
+                // (a second reload is harmless to what the test checks).
+                for _ in 0..5 {
+                    kill_process(pid(self.child.id()), Signal::USR2).unwrap();
+                    if wait_until(Duration::from_secs(5), || {
+                        self.count_in_logs(needle) > count_before
+                    }) {
+                        break;
+                    }
+                }
             }
         }
         assert!(

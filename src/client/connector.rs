@@ -14,12 +14,12 @@
 //! The bytes read are handed on to HTTP/2 untouched, and [`Recorded`] keeps
 //! any later TLS error for the calls it ends.
 //!
-//! Plain `http://` connections go through [`PlainDialer`], which also waits
-//! (briefly, without reading) for the server to speak first: an HTTP/2
-//! server sends its SETTINGS at once, a TLS server waits for a ClientHello.
-//! A server that stays silent is likely the latter, and HTTP/2 alone would
-//! then fail with a broken pipe or a frame size error; the dialer keeps a
-//! hint to use `https://` for the calls that fail that way.
+//! Plain `http://` connections go through [`PlainDialer`], which waits for
+//! nothing (a proxy speaks only after the client's preface) and looks at
+//! the first bytes the connection reads: a TLS record, or a connection
+//! closed before any byte (what a TLS server does with an HTTP/2 preface),
+//! keeps a hint to use `https://` for the calls that fail that way, where
+//! HTTP/2 alone would say "broken pipe" or "frame size error".
 
 use std::future::Future;
 use std::io;
@@ -123,18 +123,10 @@ impl tower::Service<Uri> for PlainDialer {
             let (host, port) = host_and_port(&uri, 80)?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let mut first = [0u8; 8];
-            match tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut first)).await {
-                Ok(Ok(read)) if looks_like_tls(&first[..read]) => failure.set(Some(
-                    "the server answered with TLS; connect to it with https://".into(),
-                )),
-                Ok(_) => failure.set(None),
-                Err(_) => failure.set(Some(
-                    "the server sent nothing after the connection was made, as a TLS \
-                     server does; if it serves TLS, connect to it with https://"
-                        .into(),
-                )),
-            }
+            // Nothing is awaited here: a proxy (nginx, haproxy) speaks only
+            // after the client's preface. The first bytes read tell TLS
+            // apart ([`Recorded`]).
+            failure.set(None);
             Ok(TokioIo::new(Recorded {
                 inner: tcp,
                 ahead: Bytes::new(),
@@ -245,12 +237,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.sniff && buf.filled().len() > before {
-            this.sniff = false;
-            if looks_like_tls(&buf.filled()[before..]) {
-                this.failure.set(Some(
-                    "the server answered with TLS; connect to it with https://".into(),
-                ));
+        if this.sniff {
+            match &result {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.sniff = false;
+                    if looks_like_tls(&buf.filled()[before..]) {
+                        this.failure.set(Some(
+                            "the server answered with TLS; connect to it with https://".into(),
+                        ));
+                    }
+                }
+                // Closed or reset before a single byte: what a TLS server
+                // does with an HTTP/2 preface it cannot parse.
+                Poll::Ready(_) => {
+                    this.sniff = false;
+                    this.failure.set(Some(
+                        "the server closed the connection without answering, as a TLS \
+                         server does; if it serves TLS, connect to it with https://"
+                            .into(),
+                    ));
+                }
+                Poll::Pending => {}
             }
         }
         this.note(result)
