@@ -81,6 +81,8 @@ mod convert {
                     birth_ns: file.birth_ns,
                 }),
                 offset: cursor.offset,
+                recent_sha256: bytes::Bytes::new(),
+                recent_len: 0,
             }
         }
     }

@@ -480,9 +480,9 @@ fn sent_bytes(addr: SocketAddr) -> u64 {
         .unwrap() as u64
 }
 
-/// Two replicas of `root` (a primary and a backup), each with `extra`. The
-/// tails use one root served twice: a tail resumes exactly only on a
-/// replica serving the same file (docs/deploy.md).
+/// Two replicas of `root` (a primary and a backup), each with `extra`: one
+/// root served twice (the reload and idle tests; the failover test below
+/// gives each replica its own copy).
 fn replicas(root: &Path, extra: &[&str]) -> (ServerProcess, ServerProcess) {
     (
         ServerProcess::start(root, extra),
@@ -684,4 +684,60 @@ fn nginx_tail_survives_a_proxy_reload() {
 #[test]
 fn haproxy_tail_survives_a_proxy_reload() {
     tail_survives_a_proxy_reload(ProxyKind::Haproxy);
+}
+
+/// A tail through the proxy whose replica is SIGKILLed: the client comes
+/// back through the proxy to the backup, whose log is its own copy (another
+/// file: other device and inode, as on another host) with the same lines.
+/// The cursor's fingerprint of the last bytes received lets the backup
+/// resume at the same offset: every line once, in order, nothing replayed.
+fn tail_fails_over_to_a_replicas_copy(kind: ProxyKind) {
+    let test = format!("tail_fails_over_to_a_replicas_copy ({})", kind.name());
+    let Some(bin) = kind.binary(&test) else {
+        return;
+    };
+    let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let logs: Vec<PathBuf> = roots
+        .iter()
+        .map(|root| root.path().join("app.log"))
+        .collect();
+    for log in &logs {
+        std::fs::write(log, "").unwrap();
+        append_lines(log, 0..10);
+    }
+    let extra = ["--tail-heartbeat", HEARTBEAT_SECS];
+    let mut primary = ServerProcess::start(roots[0].path(), &extra);
+    let backup = ServerProcess::start(roots[1].path(), &extra);
+    let proxy = Proxy::start(kind, &bin, primary.addr, backup.addr);
+
+    let cwd = tempfile::tempdir().unwrap();
+    let mut tail = Background::start(cwd.path(), &proxy.url, &["tail", "app.log", "-n", "100"]);
+    tail.wait_lines(10);
+    for log in &logs {
+        append_lines(log, 10..20);
+    }
+    tail.wait_lines(20);
+    primary.kill();
+    tail.wait_stderr("reconnected; app.log resumes at byte");
+    append_lines(&logs[1], 20..30);
+    tail.wait_lines(30);
+    tail.drain();
+
+    let want: Vec<String> = (0..30).map(line).collect();
+    assert_eq!(tail.lines, want, "{test}: stderr {:?}", tail.notices);
+    assert!(
+        !tail.notices.iter().any(|notice| notice.contains("gone")),
+        "{test}: the backup started the file over: {:?}",
+        tail.notices
+    );
+}
+
+#[test]
+fn nginx_tail_fails_over_to_a_replicas_copy() {
+    tail_fails_over_to_a_replicas_copy(ProxyKind::Nginx);
+}
+
+#[test]
+fn haproxy_tail_fails_over_to_a_replicas_copy() {
+    tail_fails_over_to_a_replicas_copy(ProxyKind::Haproxy);
 }

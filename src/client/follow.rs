@@ -19,14 +19,33 @@ use crate::client::Client;
 use crate::client::retry::{self, Cause, RetryPolicy, Streak};
 use crate::error::{Error, Result};
 use crate::proto::{self, tail_response};
-use crate::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail_stream::{RecentBytes, RecentWindow, TailCursor, TailEvent, TailNotice, TailStart};
 
 impl Client {
     /// Opens one `Tail` stream of `path`.
     pub async fn tail(&self, path: &str, start: TailStart, follow: bool) -> Result<TailStream> {
+        self.tail_with(path, start, None, follow).await
+    }
+
+    /// Like [`Client::tail`]; a cursor carries `recent`, the bytes received
+    /// just before it, so that another copy of the file can take over.
+    pub(crate) async fn tail_with(
+        &self,
+        path: &str,
+        start: TailStart,
+        recent: Option<RecentBytes>,
+        follow: bool,
+    ) -> Result<TailStream> {
         let start = match start {
             TailStart::LastLines(lines) => proto::tail_request::Start::LastLines(lines),
-            TailStart::Cursor(cursor) => proto::tail_request::Start::Cursor(cursor.into()),
+            TailStart::Cursor(cursor) => {
+                let mut cursor = proto::TailCursor::from(cursor);
+                if let Some(recent) = recent {
+                    cursor.recent_len = recent.len;
+                    cursor.recent_sha256 = bytes::Bytes::copy_from_slice(recent.sha256.as_bytes());
+                }
+                proto::tail_request::Start::Cursor(cursor)
+            }
         };
         let stream = self
             .data_rpc()
@@ -139,6 +158,8 @@ pub(crate) struct Follower {
     stream: Option<TailStream>,
     /// Where the next byte comes from; `None` before the first message.
     cursor: Option<TailCursor>,
+    /// The bytes received just before the cursor, sent with it on a resume.
+    recent: RecentWindow,
     /// The failures since the last message, and the waits between tries.
     streak: Streak,
     /// The wait before the next try, once it was announced.
@@ -161,6 +182,7 @@ impl Follower {
             follow,
             stream: None,
             cursor: None,
+            recent: RecentWindow::default(),
             streak: match follow {
                 // Like `tail -F`: as long as it follows, whatever
                 // --retry-for says.
@@ -200,6 +222,7 @@ impl Follower {
                     let resumed = std::mem::take(&mut self.reconnecting);
                     self.streak.progressed();
                     self.cursor = Some(event.cursor());
+                    self.recent.observe(&event);
                     match event {
                         TailEvent::Data { data, cursor } => {
                             return Ok(Some(Followed::Data(data, cursor)));
@@ -287,7 +310,9 @@ impl Follower {
             Some(cursor) => TailStart::Cursor(cursor),
             None => TailStart::LastLines(self.lines),
         };
-        client.tail(&self.path, start, self.follow).await
+        client
+            .tail_with(&self.path, start, self.recent.fingerprint(), self.follow)
+            .await
     }
 
     /// Why a failure is worth another try: what the retry policy retries

@@ -25,7 +25,7 @@ use crate::server::digests::DigestCache;
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, Span, WholeRead};
 use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::store::{RequestPath, Store, TailSpec};
-use crate::tail_stream::{TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail_stream::{RECENT_BYTES, RecentBytes, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
 pub(crate) const LIST_BATCH_ENTRIES: usize = 512;
@@ -365,10 +365,17 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
         record.set_path(&request.get_ref().path);
         let request = request.into_inner();
         let path = RequestPath::parse(&request.path)?;
+        let mut recent = None;
         let start = match request.start {
             None => TailStart::LastLines(0),
             Some(proto::tail_request::Start::LastLines(lines)) => TailStart::LastLines(lines),
             Some(proto::tail_request::Start::Cursor(cursor)) => {
+                recent = Digest::from_slice(&cursor.recent_sha256)
+                    .filter(|_| cursor.recent_len > 0)
+                    .map(|sha256| RecentBytes {
+                        len: cursor.recent_len.min(RECENT_BYTES as u32),
+                        sha256,
+                    });
                 TailStart::Cursor(TailCursor::from(cursor))
             }
         };
@@ -378,6 +385,7 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
             path,
             start,
             follow: request.follow,
+            recent,
         };
         let store = Arc::clone(&self.store);
         let stopping = self.stopping.clone();
@@ -475,7 +483,7 @@ fn with_heartbeats(
         let mut responses = std::pin::pin!(responses);
         let mut cursor = None;
         loop {
-            let next = match cursor {
+            let next = match &cursor {
                 None => responses.next().await,
                 Some(_) => match tokio::time::timeout(every, responses.next()).await {
                     Ok(next) => next,
@@ -484,7 +492,7 @@ fn with_heartbeats(
                             .emit(Ok(proto::TailResponse {
                                 kind: Some(proto::tail_response::Kind::Event(proto::TailEvent {
                                     kind: proto::TailEventKind::Heartbeat.into(),
-                                    cursor,
+                                    cursor: cursor.clone(),
                                 })),
                             }))
                             .await;
@@ -495,8 +503,8 @@ fn with_heartbeats(
             let Some(item) = next else { break };
             if let Ok(response) = &item {
                 cursor = match &response.kind {
-                    Some(proto::tail_response::Kind::Data(data)) => data.cursor,
-                    Some(proto::tail_response::Kind::Event(event)) => event.cursor,
+                    Some(proto::tail_response::Kind::Data(data)) => data.cursor.clone(),
+                    Some(proto::tail_response::Kind::Event(event)) => event.cursor.clone(),
                     None => cursor,
                 };
             }

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checksum::{Digest, HASH_BUFFER_BYTES, Hasher};
 use crate::entry::{EntryInfo, FileVersion};
 use crate::error::{Error, Result};
-use crate::tail_stream::{TailEvent, TailStart};
+use crate::tail_stream::{RecentBytes, TailEvent, TailStart};
 pub(crate) use path::RequestPath;
 
 /// One version of a file, as a store tells versions apart: if it is the
@@ -127,6 +127,9 @@ pub(crate) struct TailSpec {
     pub start: TailStart,
     /// Keep following after the current end.
     pub follow: bool,
+    /// With a cursor: the bytes the client received just before it, by
+    /// which another copy of the file (a replica's) can take over.
+    pub recent: Option<RecentBytes>,
 }
 
 /// A followed file's messages; an error is the last item.

@@ -50,7 +50,7 @@ use crate::store::local::places::Place;
 use crate::store::local::root::Root;
 use crate::store::local::watches::{Subscription, TAIL_POLL_INTERVAL, Watches};
 use crate::store::{RequestPath, TailEvents, TailSpec};
-use crate::tail_stream::{FileId, TailCursor, TailEvent, TailNotice, TailStart};
+use crate::tail_stream::{FileId, RecentBytes, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Most bytes in one data message.
 pub(crate) const TAIL_CHUNK_BYTES: usize = 16 * 1024;
@@ -244,7 +244,8 @@ impl Tailer {
             return Err(Error::NotFound { path: shown });
         }
         let io_error = |err: io::Error| Error::from_server_io(&shown, err);
-        let (mut current, mut first) = start_at(spec.start, place.as_ref(), opened, &shown)?;
+        let (mut current, mut first) =
+            start_at(spec.start, spec.recent, place.as_ref(), opened, &shown)?;
         let gone = match &mut current {
             Some(current) => {
                 if !follow {
@@ -575,6 +576,7 @@ impl Drop for Tailer {
 /// (blocking).
 fn start_at(
     start: TailStart,
+    recent: Option<RecentBytes>,
     place: Option<&Place>,
     opened: Option<(File, std::fs::Metadata)>,
     shown: &str,
@@ -607,6 +609,15 @@ fn start_at(
             };
             match found {
                 Some(found) => (Some(found), cursor.offset),
+                // Another copy of the file (a replica's, on another host)
+                // that holds the bytes the client saw last, where it saw
+                // them: the same stream, from the same offset.
+                None if opened.as_ref().is_some_and(|(file, meta)| {
+                    holds_recent(file, meta.len(), cursor.offset, recent.as_ref())
+                }) =>
+                {
+                    (opened, cursor.offset)
+                }
                 None => {
                     first.push(TailEvent::Notice {
                         notice: TailNotice::ResumeLost,
@@ -631,6 +642,26 @@ fn start_at(
     }
     let current = Current::new(file, &meta, offset).map_err(io_error)?;
     Ok((Some(current), first))
+}
+
+/// True when `file` (of `size` bytes) holds the bytes `recent` describes
+/// just before `offset` (blocking; a read error counts as no).
+fn holds_recent(file: &File, size: u64, offset: u64, recent: Option<&RecentBytes>) -> bool {
+    use sha2::Digest as _;
+    let Some(recent) = recent else {
+        return false;
+    };
+    let len = u64::from(recent.len);
+    if len == 0 || len > offset || offset > size {
+        return false;
+    }
+    let mut buf = vec![0; recent.len as usize];
+    match read_full_at(file, &mut buf, offset - len) {
+        Ok(read) if read == buf.len() => {
+            sha2::Sha256::digest(&buf).as_slice() == recent.sha256.as_bytes()
+        }
+        _ => false,
+    }
 }
 
 /// Subscribes to `place`'s folder and name (blocking).
