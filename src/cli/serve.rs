@@ -34,8 +34,11 @@ NOT_SERVING, the listener closes, new calls get UNAVAILABLE with a retry pushbac
 seconds to finish, then the server exits 0. Limits answer RESOURCE_EXHAUSTED with
 a retry pushback too. SIGHUP re-reads --token-file (the old tokens stay if it is bad).")]
 pub struct ServeArgs {
-    /// The directory tree to serve; nothing outside it is ever read.
-    #[arg(long, default_value = ".", value_name = "DIR")]
+    /// The directory tree to serve; nothing outside it is ever read. Or
+    /// s3://BUCKET[/PREFIX]: the objects of an S3-compatible store, with the
+    /// AWS_* variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true); tail then needs a directory.
+    #[arg(long, default_value = ".", value_name = "DIR|s3://BUCKET[/PREFIX]")]
     pub root: PathBuf,
 
     /// Address to listen on; port 0 picks a free port.
