@@ -189,13 +189,25 @@ fn json_lines(run: &Run) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Objects of every awkward size (empty, one byte, either side of the
-/// read-ahead's block, 64 MiB) come back whole and verified; `stat
+/// Objects of every awkward size (empty, one byte, either side of a wire
+/// chunk and of the read-ahead's block, 64 MiB) come back whole and verified; `stat
 /// --sha256` and `ls -r` describe them as a directory root would.
 #[test]
 fn sizes_at_block_boundaries_round_trip() {
     let Some(s3) = S3Server::start() else { return };
-    let sizes = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 7, 64 * MIB];
+    let chunk = fetchd::CHUNK_BYTES;
+    let sizes = [
+        0,
+        1,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        BLOCK - 1,
+        BLOCK,
+        BLOCK + 1,
+        3 * BLOCK + 7,
+        64 * MIB,
+    ];
     fs::create_dir_all(s3.bucket().join("sizes")).unwrap();
     let mut expected = Vec::new();
     for (seed, size) in sizes.iter().enumerate() {
@@ -221,6 +233,40 @@ fn sizes_at_block_boundaries_round_trip() {
             "{name}: {}",
             stat.describe()
         );
+    }
+
+    // Byte ranges on the wire: across block edges, at the end, range-only.
+    let (name, body) = expected.last().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (offset, length, range_only) in [
+        (BLOCK - 3, 10, false),
+        (5 * BLOCK + 1, 3 * BLOCK, true),
+        ((64 * MIB - 100) as usize, 1000, true),
+    ] {
+        let got = runtime.block_on(async {
+            use tokio_stream::StreamExt as _;
+            let mut rpc = FetchdClient::connect(server.url.clone()).await.unwrap();
+            let mut stream = rpc
+                .read(fetchd::proto::ReadRequest {
+                    path: name.clone(),
+                    offset: offset as u64,
+                    length: Some(length as u64),
+                    range_only,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(message) = stream.next().await {
+                if let Some(fetchd::proto::read_response::Kind::Data(data)) = message.unwrap().kind
+                {
+                    got.extend_from_slice(&data);
+                }
+            }
+            got
+        });
+        let end = (offset + length).min(body.len());
+        assert!(got == body[offset..end], "range {offset}+{length}");
     }
 
     let ls = client(&server.url, work.path(), &["ls", "-r", "--json", "/"]);
