@@ -241,7 +241,7 @@ fn sizes_at_block_boundaries_round_trip() {
     for (offset, length, range_only) in [
         (BLOCK - 3, 10, false),
         (5 * BLOCK + 1, 3 * BLOCK, true),
-        ((64 * MIB - 100) as usize, 1000, true),
+        (64 * MIB - 100, 1000, true),
     ] {
         let got = runtime.block_on(async {
             use tokio_stream::StreamExt as _;
