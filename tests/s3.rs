@@ -743,3 +743,28 @@ fn an_unusable_store_stops_serve_at_start() {
     let run = run(fetchd().args(["serve", "--root", "s3://"]));
     run.expect_code(2).expect_stderr("no bucket name");
 }
+
+/// A store that goes away under a running server: the client retries under
+/// --retry-for with a notice that names the store, then exits 1 with the
+/// store's reason; nothing is left at DEST.
+#[test]
+fn a_store_gone_mid_run_is_named() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    fs::write(s3.bucket().join("f.bin"), b"data\n").unwrap();
+    let server = s3.fetchd(&s3.endpoint, "", &[]);
+    let work = tempfile::tempdir().unwrap();
+    client(&server.url, work.path(), &["get", "f.bin"]).expect_code(0);
+    let _ = s3.child.kill();
+    let _ = s3.child.wait();
+    let run = client(
+        &server.url,
+        work.path(),
+        &["get", "f.bin", "-o", "again.bin", "--retry-for", "1"],
+    );
+    run.expect_code(1)
+        .expect_stderr("the server's object store failed, retrying")
+        .expect_stderr("f.bin: the object store failed");
+    assert!(!work.path().join("again.bin").exists());
+}

@@ -73,6 +73,9 @@ pub enum Cause {
     /// The connection dropped, or the server went away, after the client
     /// had connected.
     Dropped,
+    /// The server's object store failed a request (UNAVAILABLE, reason
+    /// `store-unavailable`): the store is down or slow.
+    Store,
 }
 
 impl Cause {
@@ -85,6 +88,11 @@ impl Cause {
             } => Some(Cause::Busy),
             Error::TryLater { .. } => Some(Cause::Draining),
             Error::Unreachable { .. } => Some(Cause::Dropped),
+            Error::Remote {
+                code: Code::Unavailable,
+                reason: Some(reason),
+                ..
+            } if reason == "store-unavailable" => Some(Cause::Store),
             // An UNAVAILABLE the server (or a proxy before it) chose to
             // send: the gRPC code for "try again".
             Error::Remote {
@@ -115,6 +123,7 @@ impl Cause {
             Cause::Busy => "server busy",
             Cause::Draining => "server shutting down",
             Cause::Dropped => "connection lost",
+            Cause::Store => "the server's object store failed",
         }
     }
 }

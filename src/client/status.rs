@@ -63,6 +63,11 @@ fn pushback(status: &Status) -> Option<Duration> {
 fn is_transport_failure(status: &Status) -> bool {
     use std::error::Error as _;
     let message = status.message();
+    // A status naming its case (`fetchd-reason`) is the server's own answer,
+    // whatever its code (UNAVAILABLE `store-unavailable`: its store failed).
+    if status.metadata().get(REASON_KEY).is_some() {
+        return false;
+    }
     status.code() == Code::Unavailable
         || status.source().is_some_and(|source| {
             source.downcast_ref::<tonic::transport::Error>().is_some()
