@@ -74,6 +74,9 @@ pub(crate) struct Inner {
     /// For the one request object_store's client cannot send: a
     /// create-only multipart completion (presigned, see [`upload`]).
     pub(crate) http: reqwest::Client,
+    /// Set once a listing came without ETags: versions are then told apart
+    /// by size and time, so that listings and HEADs agree on them.
+    pub(crate) untagged_listings: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for S3Store {
@@ -93,6 +96,18 @@ impl fmt::Debug for Inner {
 }
 
 impl Inner {
+    /// The version of the object `meta` (from a HEAD) describes.
+    pub(crate) fn version_of(&self, meta: &ObjectMeta, etag: &str) -> ObjectVersion {
+        if self
+            .untagged_listings
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            ObjectVersion::timed(meta)
+        } else {
+            ObjectVersion::of(meta, etag)
+        }
+    }
+
     /// Runs `work` on the runtime from a blocking thread.
     pub(crate) fn block_on<F: Future>(&self, work: F) -> F::Output {
         self.runtime.block_on(work)
@@ -176,6 +191,9 @@ pub(crate) struct ObjectVersion {
     etag: [u8; 16],
     size: u64,
     mtime_ns: i64,
+    /// Told apart by size and time only (the store's listings carry no
+    /// ETags): a digest is then trusted only once the time has settled.
+    timed: bool,
 }
 
 impl ObjectVersion {
@@ -189,6 +207,18 @@ impl ObjectVersion {
             etag: short,
             size: meta.size,
             mtime_ns: mtime_ns(meta),
+            timed: false,
+        }
+    }
+
+    /// The version by size and Last-Modified alone, for a store whose
+    /// listings carry no ETags (s3s-fs): what a listing and a HEAD agree on.
+    pub(crate) fn timed(meta: &ObjectMeta) -> ObjectVersion {
+        ObjectVersion {
+            etag: [0; 16],
+            size: meta.size,
+            mtime_ns: mtime_ns(meta),
+            timed: true,
         }
     }
 }
@@ -205,7 +235,7 @@ impl store::Version for ObjectVersion {
     }
 
     fn racy_mtime_ns(&self) -> Option<i64> {
-        None
+        self.timed.then_some(self.mtime_ns)
     }
 }
 
@@ -257,6 +287,7 @@ impl S3Store {
             prefix,
             runtime: Handle::current(),
             http,
+            untagged_listings: std::sync::atomic::AtomicBool::new(false),
         };
         let probe = inner.s3.list_with_delimiter(inner.prefix.as_ref());
         match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
@@ -337,13 +368,18 @@ impl Store for S3Store {
     ) -> Result<()> {
         let shown = path.shown();
         let key = self.inner.key_of(path)?;
+        // A folder first: one listing answers it, where a HEAD of a folder's
+        // name costs a request (and on some stores an error and retries).
+        let key = match tree::walk(&self.inner, path, key.as_ref(), recursive, emit) {
+            Err(Error::NotFound { .. }) if !path.display().is_empty() => key,
+            walked => return walked,
+        };
         if let Some(key) = &key
-            && !path.display().is_empty()
             && let Some(head) = self.inner.head(key, &shown)?
         {
             let info = S3Store::file_entry(path.display().to_string(), &head.meta);
             let etag = head.meta.e_tag.clone().unwrap_or_default();
-            let version = ObjectVersion::of(&head.meta, &etag);
+            let version = self.inner.version_of(&head.meta, &etag);
             let open = || S3Reader::from_head(Arc::clone(&self.inner), path.clone(), &head);
             emit(Listed {
                 info,
@@ -352,7 +388,7 @@ impl Store for S3Store {
             });
             return Ok(());
         }
-        tree::walk(&self.inner, path, key.as_ref(), recursive, emit)
+        Err(Error::NotFound { path: shown })
     }
 
     fn open(&self, path: &RequestPath) -> Result<S3Reader> {

@@ -72,7 +72,7 @@ impl S3Reader {
         };
         Ok(S3Reader {
             key: head.meta.location.clone(),
-            version: ObjectVersion::of(&head.meta, &etag),
+            version: inner.version_of(&head.meta, &etag),
             etag: etag.into(),
             entry: S3Store::file_entry(path.display().to_string(), &head.meta),
             stored: head.stored,
@@ -91,6 +91,14 @@ impl S3Reader {
         let shown = path.shown();
         match inner.head(&listed.location, &shown)? {
             Some(head) if head.meta.e_tag.is_some() && head.meta.e_tag == listed.e_tag => {
+                S3Reader::from_head(inner, path, &head)
+            }
+            // A listing without ETags: the same size and time.
+            Some(head)
+                if listed.e_tag.is_none()
+                    && head.meta.size == listed.size
+                    && head.meta.last_modified == listed.last_modified =>
+            {
                 S3Reader::from_head(inner, path, &head)
             }
             _ => Err(Error::Changed { path: shown }),

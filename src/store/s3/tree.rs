@@ -149,10 +149,15 @@ fn emit_file(
     emit: &mut dyn FnMut(Listed<'_, S3Reader>) -> bool,
 ) -> bool {
     let info = S3Store::file_entry(path.to_string(), meta);
-    let version = meta
-        .e_tag
-        .as_deref()
-        .map(|etag| ObjectVersion::of(meta, etag));
+    let version = match meta.e_tag.as_deref() {
+        Some(etag) => ObjectVersion::of(meta, etag),
+        None => {
+            inner
+                .untagged_listings
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            ObjectVersion::timed(meta)
+        }
+    };
     // Opening (for a digest) reads the object's metadata, pinned to the
     // ETag the listing saw: a digest fetchd stored costs no body read.
     let open = || {
@@ -161,7 +166,7 @@ fn emit_file(
     };
     emit(Listed {
         info,
-        version,
+        version: Some(version),
         open: &open,
     })
 }
