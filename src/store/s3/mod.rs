@@ -2,6 +2,8 @@
 //! objects under PREFIX of an S3-compatible store as its tree, through the
 //! `object_store` crate's S3 client.
 //!
+//! - [`client`]: what the parts share: the client, keys, HEADs, the object
+//!   version, entries, store errors.
 //! - [`reader`]: a version of an object read as ranged GETs pinned to its
 //!   ETag, several blocks ahead at once.
 //! - [`upload`]: uploads streamed to the store (one PUT for a small file, a
@@ -21,62 +23,37 @@
 //! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`), read by
 //! [`AmazonS3Builder::from_env`].
 
+pub(crate) mod client;
 pub(crate) mod reader;
 pub(crate) mod tree;
 pub(crate) mod upload;
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as KeyPath;
-use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore, RetryConfig};
+use object_store::{ObjectStore, RetryConfig};
 use tokio::runtime::Handle;
 
-use crate::checksum::Digest;
-use crate::entry::{EntryInfo, EntryKind, FileVersion};
+use crate::entry::EntryInfo;
 use crate::error::{Error, Result};
-use crate::store::{self, Listed, RequestPath, Store, Swept};
+use crate::store::{Listed, RequestPath, Store, Swept};
+use client::{Inner, ObjectVersion, describe, file_entry, folder_entry};
 use reader::S3Reader;
 use upload::S3Upload;
 
-/// The user-metadata key (`x-amz-meta-fetchd-sha256`) under which an object
-/// that fetchd uploaded keeps its sha256, in hex.
-pub(crate) const SHA256_METADATA: &str = "fetchd-sha256";
 /// How long start-up waits for the store to answer its first listing.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Retries of one store request (object_store's own, with backoff).
 const REQUEST_RETRIES: usize = 3;
 /// How long one store request may keep retrying.
 const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Mode bits shown for objects (the store has none).
-const FILE_MODE: u32 = 0o644;
-/// Mode bits shown for folders.
-const FOLDER_MODE: u32 = 0o755;
 
 /// An S3 bucket, or the part of it under a prefix.
 pub(crate) struct S3Store {
     inner: Arc<Inner>,
-}
-
-/// What readers and uploads share with the store.
-pub(crate) struct Inner {
-    /// The client.
-    pub(crate) s3: AmazonS3,
-    /// `s3://BUCKET[/PREFIX]`, for the log.
-    pub(crate) url: String,
-    /// The keys served are below this one (`None`: the whole bucket).
-    pub(crate) prefix: Option<KeyPath>,
-    /// The runtime that drives the client from blocking threads.
-    pub(crate) runtime: Handle,
-    /// For the one request object_store's client cannot send: a
-    /// create-only multipart completion (presigned, see [`upload`]).
-    pub(crate) http: reqwest::Client,
-    /// Set once a listing came without ETags: versions are then told apart
-    /// by size and time, so that listings and HEADs agree on them.
-    pub(crate) untagged_listings: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for S3Store {
@@ -84,158 +61,6 @@ impl fmt::Debug for S3Store {
         f.debug_struct("S3Store")
             .field("url", &self.inner.url)
             .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for Inner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inner")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Inner {
-    /// The version of the object `meta` (from a HEAD) describes.
-    pub(crate) fn version_of(&self, meta: &ObjectMeta, etag: &str) -> ObjectVersion {
-        if self
-            .untagged_listings
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            ObjectVersion::timed(meta)
-        } else {
-            ObjectVersion::of(meta, etag)
-        }
-    }
-
-    /// Runs `work` on the runtime from a blocking thread.
-    pub(crate) fn block_on<F: Future>(&self, work: F) -> F::Output {
-        self.runtime.block_on(work)
-    }
-
-    /// The key that `path` names (the prefix for the root itself).
-    pub(crate) fn key_of(&self, path: &RequestPath) -> Result<Option<KeyPath>> {
-        if path.climbs_out() {
-            return Err(Error::OutsideRoot { path: path.shown() });
-        }
-        let relative = path.display();
-        if relative.is_empty() {
-            return Ok(self.prefix.clone());
-        }
-        let full = match &self.prefix {
-            Some(prefix) => format!("{}/{relative}", prefix.as_ref()),
-            None => relative.to_string(),
-        };
-        KeyPath::parse(&full).map(Some).map_err(|err| {
-            tracing::debug!(path = %path.shown(), error = %err, "not a usable object key");
-            Error::InvalidPath {
-                path: path.shown(),
-                reason: "it is not a usable object key",
-            }
-        })
-    }
-
-    /// The object at `key` with its attributes, read by a HEAD request;
-    /// `None` when there is none.
-    pub(crate) fn head(&self, key: &KeyPath, shown: &str) -> Result<Option<Head>> {
-        let options = GetOptions {
-            head: true,
-            ..GetOptions::default()
-        };
-        match self.block_on(self.s3.get_opts(key, options)) {
-            Ok(got) => {
-                let stored = got
-                    .attributes
-                    .get(&Attribute::Metadata(SHA256_METADATA.into()))
-                    .and_then(|hex| parse_digest(hex.as_ref()));
-                Ok(Some(Head {
-                    meta: got.meta,
-                    stored,
-                }))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            // Some stores (file-system backed ones) fail a HEAD of a key
-            // that is a folder instead of answering 404: a folder is no
-            // object, whatever the status.
-            Err(_) if self.has_children(Some(key), shown)? => Ok(None),
-            Err(err) => Err(store_error(shown, &err)),
-        }
-    }
-
-    /// True when some key lies below `key` (it is a folder).
-    pub(crate) fn has_children(&self, key: Option<&KeyPath>, shown: &str) -> Result<bool> {
-        use tokio_stream::StreamExt as _;
-        let mut keys = self.s3.list(key);
-        match self.block_on(keys.next()) {
-            None => Ok(false),
-            Some(Ok(_)) => Ok(true),
-            Some(Err(err)) => Err(store_error(shown, &err)),
-        }
-    }
-}
-
-/// An object as a HEAD request describes it.
-#[derive(Debug)]
-pub(crate) struct Head {
-    /// Key, size, time, ETag.
-    pub(crate) meta: ObjectMeta,
-    /// The sha256 an upload by fetchd left in the object's metadata.
-    pub(crate) stored: Option<Digest>,
-}
-
-/// One version of an object: its ETag (as a 128-bit hash, so the version
-/// stays `Copy`) and size. The ETag names the content exactly, so digests
-/// need no racy-time window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ObjectVersion {
-    etag: [u8; 16],
-    size: u64,
-    mtime_ns: i64,
-    /// Told apart by size and time only (the store's listings carry no
-    /// ETags): a digest is then trusted only once the time has settled.
-    timed: bool,
-}
-
-impl ObjectVersion {
-    /// The version that `meta` describes.
-    pub(crate) fn of(meta: &ObjectMeta, etag: &str) -> ObjectVersion {
-        use sha2::Digest as _;
-        let hashed = sha2::Sha256::digest(etag.as_bytes());
-        let mut short = [0u8; 16];
-        short.copy_from_slice(&hashed[..16]);
-        ObjectVersion {
-            etag: short,
-            size: meta.size,
-            mtime_ns: mtime_ns(meta),
-            timed: false,
-        }
-    }
-
-    /// The version by size and Last-Modified alone, for a store whose
-    /// listings carry no ETags (s3s-fs): what a listing and a HEAD agree on.
-    pub(crate) fn timed(meta: &ObjectMeta) -> ObjectVersion {
-        ObjectVersion {
-            etag: [0; 16],
-            size: meta.size,
-            mtime_ns: mtime_ns(meta),
-            timed: true,
-        }
-    }
-}
-
-impl store::Version for ObjectVersion {
-    fn describe(&self) -> FileVersion {
-        let (device, inode) = self.etag.split_at(8);
-        FileVersion {
-            device: u64::from_be_bytes(device.try_into().unwrap_or_default()),
-            inode: u64::from_be_bytes(inode.try_into().unwrap_or_default()),
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-        }
-    }
-
-    fn racy_mtime_ns(&self) -> Option<i64> {
-        self.timed.then_some(self.mtime_ns)
     }
 }
 
@@ -309,30 +134,6 @@ impl S3Store {
             inner: Arc::new(inner),
         })
     }
-
-    /// The entry of the object `head` describes, at `path`.
-    fn file_entry(path: String, meta: &ObjectMeta) -> EntryInfo {
-        EntryInfo {
-            path,
-            kind: EntryKind::File,
-            size: meta.size,
-            mtime_ns: mtime_ns(meta),
-            mode: FILE_MODE,
-            sha256: None,
-        }
-    }
-}
-
-/// A folder's entry (folders have no time of their own in a store).
-pub(crate) fn folder_entry(path: String) -> EntryInfo {
-    EntryInfo {
-        path,
-        kind: EntryKind::Dir,
-        size: 0,
-        mtime_ns: 0,
-        mode: FOLDER_MODE,
-        sha256: None,
-    }
 }
 
 impl Store for S3Store {
@@ -351,7 +152,7 @@ impl Store for S3Store {
             && !path.display().is_empty()
         {
             if let Some(head) = self.inner.head(key, &shown)? {
-                return Ok(S3Store::file_entry(path.display().to_string(), &head.meta));
+                return Ok(file_entry(path.display().to_string(), &head.meta));
             }
             if !self.inner.has_children(Some(key), &shown)? {
                 return Err(Error::NotFound { path: shown });
@@ -377,7 +178,7 @@ impl Store for S3Store {
         if let Some(key) = &key
             && let Some(head) = self.inner.head(key, &shown)?
         {
-            let info = S3Store::file_entry(path.display().to_string(), &head.meta);
+            let info = file_entry(path.display().to_string(), &head.meta);
             let etag = head.meta.e_tag.clone().unwrap_or_default();
             let version = self.inner.version_of(&head.meta, &etag);
             let open = || S3Reader::from_head(Arc::clone(&self.inner), path.clone(), &head);
@@ -427,41 +228,5 @@ impl Store for S3Store {
         // (AbortIncompleteMultipartUpload) removes them; see
         // docs/backends/s3.md.
         Ok(Swept::default())
-    }
-}
-
-/// Modification time of `meta` in nanoseconds since the Unix epoch.
-pub(crate) fn mtime_ns(meta: &ObjectMeta) -> i64 {
-    meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
-}
-
-/// A 64-digit hex sha256, as the metadata keeps it.
-fn parse_digest(hex: &str) -> Option<Digest> {
-    let bytes = hex::decode(hex.trim()).ok()?;
-    Digest::from_slice(&bytes)
-}
-
-/// What a store error says, without object_store's nesting noise.
-pub(crate) fn describe(err: &object_store::Error) -> String {
-    use std::error::Error as _;
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// A failed store request as the client sees it.
-pub(crate) fn store_error(shown: &str, err: &object_store::Error) -> Error {
-    tracing::warn!(path = shown, error = %describe(err), "object store request failed");
-    Error::Store {
-        path: shown.to_string(),
-        reason: describe(err),
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::checksum::Digest;
 use crate::entry::EntryInfo;
 use crate::error::{Error, Result};
-use crate::store::s3::{Head, Inner, ObjectVersion, S3Store, store_error};
+use crate::store::s3::client::{Head, Inner, ObjectVersion, file_entry, store_error};
 use crate::store::{Reader, RequestPath};
 
 /// Bytes one ranged GET asks for.
@@ -74,7 +74,7 @@ impl S3Reader {
             key: head.meta.location.clone(),
             version: inner.version_of(&head.meta, &etag),
             etag: etag.into(),
-            entry: S3Store::file_entry(path.display().to_string(), &head.meta),
+            entry: file_entry(path.display().to_string(), &head.meta),
             stored: head.stored,
             ahead: ReadAhead::default(),
             inner,

@@ -14,8 +14,8 @@ use object_store::{ObjectMeta, ObjectStore};
 use tokio_stream::StreamExt as _;
 
 use crate::error::{Error, Result};
+use crate::store::s3::client::{Inner, ObjectVersion, file_entry, folder_entry, store_error};
 use crate::store::s3::reader::S3Reader;
-use crate::store::s3::{Inner, ObjectVersion, S3Store, folder_entry, store_error};
 use crate::store::{Listed, RequestPath};
 
 /// A folder met in a flat listing: its files and subfolders by name.
@@ -148,7 +148,7 @@ fn emit_file(
     meta: &ObjectMeta,
     emit: &mut dyn FnMut(Listed<'_, S3Reader>) -> bool,
 ) -> bool {
-    let info = S3Store::file_entry(path.to_string(), meta);
+    let info = file_entry(path.to_string(), meta);
     let version = match meta.e_tag.as_deref() {
         Some(etag) => ObjectVersion::of(meta, etag),
         None => {

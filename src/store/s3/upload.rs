@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::checksum::Digest;
 use crate::error::{Error, Result};
 use crate::store::Staged;
-use crate::store::s3::{Inner, SHA256_METADATA, store_error};
+use crate::store::s3::client::{Inner, SHA256_METADATA, describe, store_error};
 
 /// Size of one part (and of the buffer a small file must fit in to be one
 /// PUT). At S3's limit of 10,000 parts, objects up to 156 GiB.
@@ -304,7 +304,7 @@ impl Drop for S3Upload {
             if let Err(err) = inner.s3.abort_multipart(&key, &multipart.id).await {
                 tracing::warn!(
                     path = %shown,
-                    error = %super::describe(&err),
+                    error = %describe(&err),
                     "could not abort an unfinished multipart upload; a bucket lifecycle rule \
                      (AbortIncompleteMultipartUpload) removes its parts"
                 );
