@@ -146,36 +146,47 @@ pub(crate) struct ObjectVersion {
     etag: [u8; 16],
     size: u64,
     mtime_ns: i64,
-    /// Told apart by size and time only (the store's listings carry no
-    /// ETags): a digest is then trusted only once the time has settled.
+    /// Told apart by key, size and time (the store's listings carry no
+    /// ETags; `etag` then holds the key's hash): a digest is then trusted
+    /// only once the time has settled.
     timed: bool,
 }
 
 impl ObjectVersion {
     /// The version that `meta` describes.
     pub(crate) fn of(meta: &ObjectMeta, etag: &str) -> ObjectVersion {
-        use sha2::Digest as _;
-        let hashed = sha2::Sha256::digest(etag.as_bytes());
-        let mut short = [0u8; 16];
-        short.copy_from_slice(&hashed[..16]);
         ObjectVersion {
-            etag: short,
+            etag: short_hash(&[etag.as_bytes()]),
             size: meta.size,
             mtime_ns: mtime_ns(meta),
             timed: false,
         }
     }
 
-    /// The version by size and Last-Modified alone, for a store whose
+    /// The version by key, size and Last-Modified, for a store whose
     /// listings carry no ETags (s3s-fs): what a listing and a HEAD agree on.
+    /// The key is in it because the digest cache is shared by every object:
+    /// two objects of one size written in one second are still two.
     pub(crate) fn timed(meta: &ObjectMeta) -> ObjectVersion {
         ObjectVersion {
-            etag: [0; 16],
+            etag: short_hash(&[b"key\0", meta.location.as_ref().as_bytes()]),
             size: meta.size,
             mtime_ns: mtime_ns(meta),
             timed: true,
         }
     }
+}
+
+/// The first 128 bits of the sha256 of `parts`, one after the other.
+fn short_hash(parts: &[&[u8]]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&hasher.finalize()[..16]);
+    short
 }
 
 impl store::Version for ObjectVersion {
