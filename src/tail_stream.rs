@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::checksum::Digest;
+use crate::checksum::{Digest, Hasher};
 
 /// Which file: device, inode and birth time. Device and inode name a file
 /// while it exists; the birth time tells a new file apart from a deleted one
@@ -112,14 +112,14 @@ impl RecentWindow {
 
     /// The fingerprint of the window, when it holds bytes.
     pub(crate) fn fingerprint(&self) -> Option<RecentBytes> {
-        use sha2::Digest as _;
         if self.bytes.is_empty() {
             return None;
         }
-        let digest = sha2::Sha256::digest(&self.bytes);
+        let mut hasher = Hasher::new();
+        hasher.update(&self.bytes);
         Some(RecentBytes {
             len: u32::try_from(self.bytes.len()).unwrap_or(u32::MAX),
-            sha256: Digest::from_slice(&digest)?,
+            sha256: hasher.finalize(),
         })
     }
 }

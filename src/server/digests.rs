@@ -84,8 +84,8 @@ impl<V: Version> DigestCache<V> {
         reader: &mut R,
     ) -> Result<Option<Digest>> {
         let version = reader.version();
-        if let Some(digest) = self.get(&version).or_else(|| reader.stored_digest()) {
-            self.lock().put(version, digest);
+        self.learn_stored(reader);
+        if let Some(digest) = self.get(&version) {
             return Ok(Some(digest));
         }
         let hashing_started = SystemTime::now();

@@ -45,6 +45,7 @@ use async_fn_stream::{StreamEmitter, fn_stream};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::checksum::Hasher;
 use crate::error::{Error, Result};
 use crate::store::local::places::Place;
 use crate::store::local::root::Root;
@@ -647,7 +648,6 @@ fn start_at(
 /// True when `file` (of `size` bytes) holds the bytes `recent` describes
 /// just before `offset` (blocking; a read error counts as no).
 fn holds_recent(file: &File, size: u64, offset: u64, recent: Option<&RecentBytes>) -> bool {
-    use sha2::Digest as _;
     let Some(recent) = recent else {
         return false;
     };
@@ -658,7 +658,9 @@ fn holds_recent(file: &File, size: u64, offset: u64, recent: Option<&RecentBytes
     let mut buf = vec![0; recent.len as usize];
     match read_full_at(file, &mut buf, offset - len) {
         Ok(read) if read == buf.len() => {
-            sha2::Sha256::digest(&buf).as_slice() == recent.sha256.as_bytes()
+            let mut hasher = Hasher::new();
+            hasher.update(&buf);
+            hasher.finalize() == recent.sha256
         }
         _ => false,
     }
