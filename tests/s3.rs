@@ -189,6 +189,37 @@ fn json_lines(run: &Run) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs `get -r ARGS --json` again over a tree already in place: every one
+/// of the `count` files is skipped, and the store (behind `relay`) sends
+/// far less than the `total` bytes the objects hold: no bodies.
+fn rerun_skips_without_bodies(
+    server: &ServerProcess,
+    cwd: &Path,
+    args: &[&str],
+    relay: &Relay,
+    count: usize,
+    total: u64,
+) {
+    let before = relay.bytes_down();
+    let mut command = vec!["get", "-r"];
+    command.extend_from_slice(args);
+    command.push("--json");
+    let rerun = client(&server.url, cwd, &command);
+    rerun.expect_code(0);
+    let lines = json_lines(&rerun);
+    assert_eq!(lines.len(), count);
+    assert!(
+        lines.iter().all(|line| line["status"] == "skipped"),
+        "{}",
+        rerun.describe()
+    );
+    let sent = relay.bytes_down() - before;
+    assert!(
+        sent < total / 4,
+        "the rerun made the store send {sent} bytes for {total} bytes of objects"
+    );
+}
+
 /// Objects of every awkward size (empty, one byte, either side of a wire
 /// chunk and of the read-ahead's block, 64 MiB) come back whole and verified; `stat
 /// --sha256` and `ls -r` describe them as a directory root would.
@@ -352,24 +383,13 @@ fn get_r_rerun_reads_no_object_bodies() {
         "the first run read the objects"
     );
 
-    let before = relay.bytes_down();
-    let rerun = client(
-        &server.url,
+    rerun_skips_without_bodies(
+        &server,
         work.path(),
-        &["get", "-r", "/", "-o", "out", "--json"],
-    );
-    rerun.expect_code(0);
-    let lines = json_lines(&rerun);
-    assert_eq!(lines.len(), count);
-    assert!(
-        lines.iter().all(|line| line["status"] == "skipped"),
-        "{}",
-        rerun.describe()
-    );
-    let sent = relay.bytes_down() - before;
-    assert!(
-        sent < total / 4,
-        "the rerun made the store send {sent} bytes for {total} bytes of objects"
+        &["/", "-o", "out"],
+        &relay,
+        count,
+        total,
     );
 }
 
@@ -404,24 +424,13 @@ fn uploaded_digests_survive_a_restart() {
     }
     server.kill();
     let server = s3.fetchd(&relay.url(), "", &[]);
-    let before = relay.bytes_down();
-    let rerun = client(
-        &server.url,
+    rerun_skips_without_bodies(
+        &server,
         work.path(),
-        &["get", "-r", "mirror", "-o", "up", "--json"],
-    );
-    rerun.expect_code(0);
-    let lines = json_lines(&rerun);
-    assert_eq!(lines.len(), count);
-    assert!(
-        lines.iter().all(|line| line["status"] == "skipped"),
-        "{}",
-        rerun.describe()
-    );
-    let sent = relay.bytes_down() - before;
-    assert!(
-        sent < total / 4,
-        "the store sent {sent} bytes for {total} bytes of objects"
+        &["mirror", "-o", "up"],
+        &relay,
+        count,
+        total,
     );
 }
 
