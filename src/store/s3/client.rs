@@ -35,10 +35,10 @@ pub(crate) struct Inner {
     /// The runtime that drives the client from blocking threads.
     pub(crate) runtime: Handle,
     /// For the one request object_store's client cannot send: a
-    /// create-only multipart completion (presigned, see [`upload`]).
+    /// create-only multipart completion (presigned, see [`super::upload`]).
     pub(crate) http: reqwest::Client,
     /// Set once a listing came without ETags: versions are then told apart
-    /// by size and time, so that listings and HEADs agree on them.
+    /// by key, size and time, so that listings and HEADs agree on them.
     pub(crate) untagged_listings: std::sync::atomic::AtomicBool,
 }
 
