@@ -125,8 +125,9 @@ impl tower::Service<Uri> for PlainDialer {
             tcp.set_nodelay(true)?;
             // Nothing is awaited here: a proxy (nginx, haproxy) speaks only
             // after the client's preface. The first bytes read tell TLS
-            // apart ([`Recorded`]).
-            failure.set(None);
+            // apart ([`Recorded`]); a hint from an earlier connection stays
+            // until they show HTTP/2 (tonic may dial again in the background
+            // before the failed call's error is read).
             Ok(TokioIo::new(Recorded {
                 inner: tcp,
                 ahead: Bytes::new(),
@@ -214,11 +215,28 @@ fn looks_like_tls(bytes: &[u8]) -> bool {
 }
 
 impl<S> Recorded<S> {
-    fn note<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn note<T>(&mut self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if let Poll::Ready(Err(err)) = &result {
+            // A write that fails before the server sent a byte: the
+            // connection was closed or reset unanswered, as a read would
+            // have seen had one come first.
+            if self.sniff {
+                self.closed_unanswered();
+            }
             self.failure.record(err);
         }
         result
+    }
+
+    /// A plain connection ended before the server sent a single byte: what
+    /// a TLS server does with an HTTP/2 preface it cannot parse.
+    fn closed_unanswered(&mut self) {
+        self.sniff = false;
+        self.failure.set(Some(
+            "the server closed the connection without answering, as a TLS server does; \
+             if it serves TLS, connect to it with https://"
+                .into(),
+        ));
     }
 }
 
@@ -245,18 +263,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
                         this.failure.set(Some(
                             "the server answered with TLS; connect to it with https://".into(),
                         ));
+                    } else {
+                        this.failure.set(None);
                     }
                 }
                 // Closed or reset before a single byte: what a TLS server
                 // does with an HTTP/2 preface it cannot parse.
-                Poll::Ready(_) => {
-                    this.sniff = false;
-                    this.failure.set(Some(
-                        "the server closed the connection without answering, as a TLS \
-                         server does; if it serves TLS, connect to it with https://"
-                            .into(),
-                    ));
-                }
+                Poll::Ready(_) => this.closed_unanswered(),
                 Poll::Pending => {}
             }
         }
