@@ -199,8 +199,11 @@ fn rerun_skips_without_bodies(
     relay: &Relay,
     count: usize,
     total: u64,
+    heads_allowed: u64,
 ) {
     let before = relay.bytes_down();
+    let gets = relay.requests("GET");
+    let heads = relay.requests("HEAD");
     let mut command = vec!["get", "-r"];
     command.extend_from_slice(args);
     command.push("--json");
@@ -217,6 +220,15 @@ fn rerun_skips_without_bodies(
     assert!(
         sent < total / 4,
         "the rerun made the store send {sent} bytes for {total} bytes of objects"
+    );
+    assert_eq!(relay.requests("GET") - gets, 0, "object GETs of a rerun");
+    // Known digests need no request an object: the listing tells the
+    // versions. Objects whose digest only their metadata holds (a new
+    // server's first look) cost a HEAD each.
+    let heads = relay.requests("HEAD") - heads;
+    assert!(
+        heads <= heads_allowed,
+        "the rerun sent {heads} HEADs (at most {heads_allowed})"
     );
 }
 
@@ -382,6 +394,9 @@ fn get_r_rerun_reads_no_object_bodies() {
         relay.bytes_down() >= total,
         "the first run read the objects"
     );
+    // One GET an object, which tells its version too: no HEAD before it.
+    assert_eq!(relay.requests("GET"), count as u64, "object GETs");
+    assert_eq!(relay.requests("HEAD"), 0, "HEADs of a fresh get -r");
 
     rerun_skips_without_bodies(
         &server,
@@ -390,6 +405,7 @@ fn get_r_rerun_reads_no_object_bodies() {
         &relay,
         count,
         total,
+        0,
     );
 }
 
@@ -431,6 +447,8 @@ fn uploaded_digests_survive_a_restart() {
         &relay,
         count,
         total,
+        // One a file (its digest is in its metadata), and the folder's.
+        count as u64 + 1,
     );
 }
 

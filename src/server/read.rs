@@ -267,6 +267,15 @@ impl Span {
     };
 }
 
+/// What an open is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    /// The version and the entry (`Stat`); data only for a digest.
+    Metadata,
+    /// A read that follows at once.
+    Read,
+}
+
 /// An opened file, checked and ready to stream.
 #[derive(Debug)]
 pub(crate) struct OpenRead<S: Store> {
@@ -289,9 +298,11 @@ impl<S: Store> OpenRead<S> {
         path: RequestPath,
         span: Span,
     ) -> Result<OpenRead<S>> {
-        tokio::task::spawn_blocking(move || OpenRead::open_blocking(&*store, digests, path, span))
-            .await
-            .map_err(|err| Error::io("read", io::Error::other(err)))?
+        tokio::task::spawn_blocking(move || {
+            OpenRead::open_blocking(&*store, digests, path, span, Opening::Metadata)
+        })
+        .await
+        .map_err(|err| Error::io("read", io::Error::other(err)))?
     }
 
     /// Opens for a read and, when the whole file is at most
@@ -306,7 +317,7 @@ impl<S: Store> OpenRead<S> {
         framing: Framing,
     ) -> Result<Prepared<S>> {
         tokio::task::spawn_blocking(move || {
-            let mut open = OpenRead::open_blocking(&*store, digests, path, span)?;
+            let mut open = OpenRead::open_blocking(&*store, digests, path, span, Opening::Read)?;
             open.framing = framing;
             if open.entry.size > SMALL_FILE_BYTES {
                 return Ok(Prepared::Streaming(open));
@@ -331,7 +342,7 @@ impl<S: Store> OpenRead<S> {
         path: RequestPath,
         max: u64,
     ) -> Result<WholeRead> {
-        let mut open = OpenRead::open_blocking(store, digests, path, Span::WHOLE)?;
+        let mut open = OpenRead::open_blocking(store, digests, path, Span::WHOLE, Opening::Read)?;
         if open.entry.size > max {
             return Ok(WholeRead::TooLarge(open.entry.size));
         }
@@ -368,13 +379,18 @@ impl<S: Store> OpenRead<S> {
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
         span: Span,
+        opening: Opening,
     ) -> Result<OpenRead<S>> {
         let Span {
             offset,
             length,
             range_only,
         } = span;
-        let reader = store.open(&path)?;
+        let reader = match opening {
+            Opening::Metadata => store.open(&path)?,
+            // A whole-file read hashes from the first byte, whatever it sends.
+            Opening::Read => store.open_at(&path, if range_only { offset } else { 0 })?,
+        };
         digests.learn_stored(&reader);
         let entry = reader.entry().clone();
         let size = entry.size;

@@ -164,6 +164,14 @@ pub(crate) trait Store: Debug + Send + Sync + 'static {
     /// Opens the current version of the regular file `path` names.
     fn open(&self, path: &RequestPath) -> Result<Self::Reader>;
 
+    /// Opens `path` as [`open`](Store::open) does, for a read whose first
+    /// byte is at `offset`: a store whose first request can carry data (an
+    /// object store's GET) starts the read in it.
+    fn open_at(&self, path: &RequestPath, offset: u64) -> Result<Self::Reader> {
+        let _ = offset;
+        self.open(path)
+    }
+
     /// Starts a new version of the file at `path`. An existing file is
     /// [`Error::AlreadyExists`] unless `replace`; and without `replace` the
     /// commit refuses one that appeared meanwhile.

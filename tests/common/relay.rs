@@ -15,6 +15,7 @@
 // in a test, `mod relay;` in an example), where `unreachable_pub` flags every item.
 #![allow(unreachable_pub)]
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -70,6 +71,8 @@ struct Shared {
     bytes_down: AtomicU64,
     connections: AtomicU64,
     cuts: AtomicU64,
+    /// HTTP/1 requests seen client->server, by method.
+    requests: Mutex<BTreeMap<String, u64>>,
     rate_down: Option<u64>,
     rate_up: Option<u64>,
     /// When the link is next free in each direction (down, up), on the rate's schedule.
@@ -191,6 +194,7 @@ impl Relay {
             bytes_down: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             cuts: AtomicU64::new(0),
+            requests: Mutex::new(BTreeMap::new()),
             rate_down: faults.rate_down,
             rate_up: faults.rate_up,
             next_free: [
@@ -273,6 +277,55 @@ impl Relay {
     /// Connections the relay cut (by a cut threshold or [`Relay::cut_all`]).
     pub fn cuts(&self) -> u64 {
         self.shared.cuts.load(Relaxed)
+    }
+
+    /// HTTP/1 requests forwarded client->server so far, by kind: the
+    /// method (`GET`, `HEAD`, ...), or `LIST` for an S3 listing (a GET
+    /// with `list-type=` in its query). Told by the blank line that ends
+    /// each request's head, so this holds for requests without bodies only
+    /// (not PUT or POST with a body).
+    pub fn requests(&self, kind: &str) -> u64 {
+        lock(&self.shared.requests).get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// Tells the HTTP/1 requests in one connection's client->server bytes:
+/// each starts a stream or follows the blank line that ends the last head.
+#[derive(Default)]
+struct RequestTally {
+    /// The last bytes seen, to find a `\r\n\r\n` split across reads.
+    tail: [u8; 4],
+    /// The request line of the head being read, so far (at most 1 KiB).
+    line: Vec<u8>,
+    /// True once that line has ended.
+    line_done: bool,
+}
+
+impl RequestTally {
+    fn feed(&mut self, data: &[u8], shared: &Shared) {
+        for &byte in data {
+            if !self.line_done {
+                if byte == b'\n' {
+                    self.line_done = true;
+                } else if self.line.len() < 1024 {
+                    self.line.push(byte);
+                }
+            }
+            self.tail = [self.tail[1], self.tail[2], self.tail[3], byte];
+            if &self.tail == b"\r\n\r\n" {
+                let line = String::from_utf8_lossy(&self.line).into_owned();
+                let mut words = line.split(' ');
+                let method = words.next().unwrap_or_default();
+                let kind =
+                    if method == "GET" && words.next().is_some_and(|t| t.contains("list-type=")) {
+                        "LIST"
+                    } else {
+                        method
+                    };
+                *lock(&shared.requests).entry(kind.to_string()).or_default() += 1;
+                *self = RequestTally::default();
+            }
+        }
     }
 }
 
@@ -409,6 +462,7 @@ where
     let mut stall = shared.stall.subscribe();
     let mut buf = vec![0u8; MIN_BUF];
     let mut total = 0;
+    let mut tally = RequestTally::default();
     loop {
         let n = read(&mut r, &mut buf, &mut stall).await?;
         if n == 0 {
@@ -423,6 +477,9 @@ where
             shared.pace(dir, n, rate).await;
         }
         write_all(&mut w, &buf[..n], &mut stall).await?;
+        if matches!(dir, Dir::Up) {
+            tally.feed(&buf[..n], shared);
+        }
         shared.forwarded(dir, n, &mut total)?;
     }
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use object_store::aws::AmazonS3;
 use object_store::path::Path as KeyPath;
-use object_store::{Attribute, GetOptions, ObjectMeta, ObjectStore};
+use object_store::{Attribute, Attributes, GetOptions, ObjectMeta, ObjectStore};
 use tokio::runtime::Handle;
 
 use crate::checksum::Digest;
@@ -28,6 +28,11 @@ const FOLDER_MODE: u32 = 0o755;
 pub(crate) struct Inner {
     /// The client.
     pub(crate) s3: AmazonS3,
+    /// The same client without retries, for a request whose failure has a
+    /// cheaper answer than a retry: some stores (file-system backed ones)
+    /// fail a HEAD or GET of a folder's name with 500 instead of 404, and a
+    /// one-key listing then tells the folder at once.
+    pub(crate) once: AmazonS3,
     /// `s3://BUCKET[/PREFIX]`, for the log.
     pub(crate) url: String,
     /// The keys served are below this one (`None`: the whole bucket).
@@ -97,22 +102,22 @@ impl Inner {
             head: true,
             ..GetOptions::default()
         };
-        match self.block_on(self.s3.get_opts(key, options)) {
-            Ok(got) => {
-                let stored = got
-                    .attributes
-                    .get(&Attribute::Metadata(SHA256_METADATA.into()))
-                    .and_then(|hex| parse_digest(hex.as_ref()));
-                Ok(Some(Head {
-                    meta: got.meta,
-                    stored,
-                }))
+        let head = |got: object_store::GetResult| Head {
+            stored: stored_digest(&got.attributes),
+            meta: got.meta,
+        };
+        match self.block_on(self.once.get_opts(key, options.clone())) {
+            Ok(got) => return Ok(Some(head(got))),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            // A folder is no object, whatever the status.
+            Err(_) if self.has_children(Some(key), shown)? => return Ok(None),
+            Err(err) => {
+                tracing::debug!(path = shown, error = %describe(&err), "HEAD failed; asking again with retries");
             }
+        }
+        match self.block_on(self.s3.get_opts(key, options)) {
+            Ok(got) => Ok(Some(head(got))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            // Some stores (file-system backed ones) fail a HEAD of a key
-            // that is a folder instead of answering 404: a folder is no
-            // object, whatever the status.
-            Err(_) if self.has_children(Some(key), shown)? => Ok(None),
             Err(err) => Err(store_error(shown, &err)),
         }
     }
@@ -229,14 +234,18 @@ pub(crate) fn folder_entry(path: String) -> EntryInfo {
     }
 }
 
-/// Modification time of `meta` in nanoseconds since the Unix epoch.
+/// Modification time of `meta` in nanoseconds since the Unix epoch, in
+/// whole seconds: a listing tells milliseconds, a HEAD or GET (an HTTP date)
+/// only seconds, and the two must describe one version alike.
 pub(crate) fn mtime_ns(meta: &ObjectMeta) -> i64 {
-    meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
+    meta.last_modified.timestamp().saturating_mul(1_000_000_000)
 }
 
-/// A 64-digit hex sha256, as the metadata keeps it.
-fn parse_digest(hex: &str) -> Option<Digest> {
-    let bytes = hex::decode(hex.trim()).ok()?;
+/// The sha256 an upload by fetchd left in an object's metadata (64 hex
+/// digits), from the attributes of a HEAD or GET answer.
+pub(crate) fn stored_digest(attributes: &Attributes) -> Option<Digest> {
+    let hex = attributes.get(&Attribute::Metadata(SHA256_METADATA.into()))?;
+    let bytes = hex::decode(hex.as_ref().trim()).ok()?;
     Digest::from_slice(&bytes)
 }
 

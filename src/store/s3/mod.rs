@@ -89,25 +89,30 @@ impl S3Store {
         // Both object_store's client and ours use rustls; this process uses
         // ring (as tonic does), installed once.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let retry = RetryConfig {
-            max_retries: REQUEST_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
-            ..RetryConfig::default()
+        let client = |max_retries| {
+            let retry = RetryConfig {
+                max_retries,
+                retry_timeout: RETRY_TIMEOUT,
+                ..RetryConfig::default()
+            };
+            AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .build()
+                .map_err(|err| {
+                    usage(format!(
+                        "{err} (see the AWS_* variables in docs/backends/s3.md)"
+                    ))
+                })
         };
-        let s3 = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_retry(retry)
-            .build()
-            .map_err(|err| {
-                usage(format!(
-                    "{err} (see the AWS_* variables in docs/backends/s3.md)"
-                ))
-            })?;
+        let s3 = client(REQUEST_RETRIES)?;
+        let once = client(0)?;
         let http = reqwest::Client::builder()
             .build()
             .map_err(|err| Error::Serve(format!("{url}: HTTP client: {err}")))?;
         let inner = Inner {
             s3,
+            once,
             url: url.to_string(),
             prefix,
             runtime: Handle::current(),
@@ -205,6 +210,17 @@ impl Store for S3Store {
             }
             None => Err(Error::NotFound { path: shown }),
         }
+    }
+
+    fn open_at(&self, path: &RequestPath, offset: u64) -> Result<S3Reader> {
+        let key = self.inner.key_of(path)?;
+        if let Some(key) = key.filter(|_| !path.display().is_empty())
+            && let Some(reader) =
+                S3Reader::first_block(Arc::clone(&self.inner), path.clone(), &key, offset)?
+        {
+            return Ok(reader);
+        }
+        self.open(path)
     }
 
     fn stage(&self, path: &RequestPath, replace: bool) -> Result<S3Upload> {

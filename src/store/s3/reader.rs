@@ -20,11 +20,17 @@ use tokio::task::JoinHandle;
 use crate::checksum::Digest;
 use crate::entry::EntryInfo;
 use crate::error::{Error, Result};
-use crate::store::s3::client::{Head, Inner, ObjectVersion, file_entry, store_error};
+use crate::store::s3::client::{
+    Head, Inner, ObjectVersion, describe, file_entry, mtime_ns, store_error, stored_digest,
+};
 use crate::store::{Reader, RequestPath};
 
 /// Bytes one ranged GET asks for.
 pub(crate) const BLOCK_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes the first GET of a read asks for, with no HEAD before it: every
+/// file a `ReadMany` batch carries (at most 1 MiB) comes whole with the
+/// version in one request.
+pub(crate) const FIRST_BYTES: u64 = 1024 * 1024;
 /// GETs in flight ahead of the reader (so a read holds at most
 /// `AHEAD_BLOCKS * BLOCK_BYTES` = 16 MiB).
 pub(crate) const AHEAD_BLOCKS: usize = 4;
@@ -65,10 +71,7 @@ impl S3Reader {
     pub(crate) fn from_head(inner: Arc<Inner>, path: RequestPath, head: &Head) -> Result<S3Reader> {
         let shown = path.shown();
         let Some(etag) = head.meta.e_tag.clone() else {
-            return Err(Error::Store {
-                path: shown,
-                reason: "the store gave no ETag, which fetchd needs to tell versions apart".into(),
-            });
+            return Err(no_etag(shown));
         };
         Ok(S3Reader {
             key: head.meta.location.clone(),
@@ -81,28 +84,81 @@ impl S3Reader {
         })
     }
 
-    /// The version a listing saw: its metadata read now, and
-    /// [`Error::Changed`] if the object is another version by then.
+    /// Opens the object at `key` with one GET of up to [`FIRST_BYTES`] from
+    /// `offset`: its version and its first block in one request, where a
+    /// HEAD and a GET would be two. `None` when the GET cannot tell (no such
+    /// object, a folder's name, a range the object does not have, as for an
+    /// empty one): the caller asks with a HEAD.
+    pub(crate) fn first_block(
+        inner: Arc<Inner>,
+        path: RequestPath,
+        key: &KeyPath,
+        offset: u64,
+    ) -> Result<Option<S3Reader>> {
+        let shown = path.shown();
+        let asked = offset..offset.saturating_add(FIRST_BYTES);
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(asked)),
+            ..GetOptions::default()
+        };
+        let got = match inner.block_on(inner.once.get_opts(key, options)) {
+            Ok(got) => got,
+            Err(err) => {
+                tracing::debug!(path = %shown, error = %describe(&err), "a first GET did not tell; asking with a HEAD");
+                return Ok(None);
+            }
+        };
+        let Some(etag) = got.meta.e_tag.clone() else {
+            return Err(no_etag(shown));
+        };
+        let range = got.range.clone();
+        let meta = got.meta.clone();
+        let stored = stored_digest(&got.attributes);
+        let data = inner
+            .block_on(got.bytes())
+            .map_err(|err| store_error(&shown, &err))?;
+        if data.len() as u64 != range.end - range.start {
+            return Err(Error::Changed { path: shown });
+        }
+        Ok(Some(S3Reader {
+            key: meta.location.clone(),
+            version: inner.version_of(&meta, &etag),
+            etag: etag.into(),
+            entry: file_entry(path.display().to_string(), &meta),
+            stored,
+            ahead: ReadAhead {
+                next: range.end,
+                current: Some((range.start, data)),
+                pending: VecDeque::new(),
+            },
+            inner,
+        }))
+    }
+
+    /// The version a listing saw: its metadata read now (by a HEAD, which
+    /// tells a digest fetchd stored without a body), and [`Error::Changed`]
+    /// if the object is another version by then.
     pub(crate) fn pinned(
         inner: Arc<Inner>,
         path: RequestPath,
         listed: &ObjectMeta,
     ) -> Result<S3Reader> {
         let shown = path.shown();
-        match inner.head(&listed.location, &shown)? {
-            Some(head) if head.meta.e_tag.is_some() && head.meta.e_tag == listed.e_tag => {
-                S3Reader::from_head(inner, path, &head)
-            }
+        let Some(head) = inner.head(&listed.location, &shown)? else {
+            return Err(Error::Changed { path: shown });
+        };
+        let same = match (&listed.e_tag, &head.meta.e_tag) {
+            (Some(listed), Some(now)) => listed == now,
             // A listing without ETags: the same size and time.
-            Some(head)
-                if listed.e_tag.is_none()
-                    && head.meta.size == listed.size
-                    && head.meta.last_modified == listed.last_modified =>
-            {
-                S3Reader::from_head(inner, path, &head)
+            (None, Some(_)) => {
+                head.meta.size == listed.size && mtime_ns(&head.meta) == mtime_ns(listed)
             }
-            _ => Err(Error::Changed { path: shown }),
+            (_, None) => false,
+        };
+        if !same {
+            return Err(Error::Changed { path: shown });
         }
+        S3Reader::from_head(inner, path, &head)
     }
 
     /// The block holding `position`, fetched (or waited for) as needed.
@@ -206,6 +262,13 @@ async fn fetch(
         return Err(changed());
     }
     Ok(data)
+}
+
+fn no_etag(shown: String) -> Error {
+    Error::Store {
+        path: shown,
+        reason: "the store gave no ETag, which fetchd needs to tell versions apart".into(),
+    }
 }
 
 fn unreachable_block(entry: &EntryInfo) -> Error {
