@@ -7,6 +7,7 @@ use std::fmt;
 use std::future::Future;
 
 use object_store::aws::AmazonS3;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as KeyPath;
 use object_store::{Attribute, Attributes, GetOptions, ObjectMeta, ObjectStore};
 use tokio::runtime::Handle;
@@ -123,13 +124,20 @@ impl Inner {
     }
 
     /// True when some key lies below `key` (it is a folder).
+    /// One delimited page of one name: stores that keep keys as files
+    /// then look at one level of the folder, not the whole subtree.
     pub(crate) fn has_children(&self, key: Option<&KeyPath>, shown: &str) -> Result<bool> {
-        use tokio_stream::StreamExt as _;
-        let mut keys = self.s3.list(key);
-        match self.block_on(keys.next()) {
-            None => Ok(false),
-            Some(Ok(_)) => Ok(true),
-            Some(Err(err)) => Err(store_error(shown, &err)),
+        let prefix = key.map(|key| format!("{}{}", key.as_ref(), object_store::path::DELIMITER));
+        let options = PaginatedListOptions {
+            delimiter: Some(object_store::path::DELIMITER.into()),
+            max_keys: Some(1),
+            ..PaginatedListOptions::default()
+        };
+        match self.block_on(self.s3.list_paginated(prefix.as_deref(), options)) {
+            Ok(page) => {
+                Ok(!page.result.objects.is_empty() || !page.result.common_prefixes.is_empty())
+            }
+            Err(err) => Err(store_error(shown, &err)),
         }
     }
 }
