@@ -9,13 +9,17 @@
 //! The client verifies every byte against the digest either way; a stale
 //! entry would show up as a checksum mismatch, never as a wrong file.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 
 use crate::checksum::Digest;
+use crate::entry::EntryInfo;
 use crate::error::Result;
 use crate::store::{Reader, Version};
 
@@ -109,6 +113,78 @@ impl<V: Version> DigestCache<V> {
     }
 }
 
+/// Digests looked up for a listing a few at once, the entries given back in
+/// listing order: a file whose digest is not cached is hashed on a blocking
+/// thread of its own while the listing goes on (an object store's GETs
+/// then overlap instead of queueing behind one another).
+pub(crate) struct InOrder {
+    runtime: Handle,
+    queue: VecDeque<(EntryInfo, Option<JoinHandle<Option<Digest>>>)>,
+    hashing: usize,
+}
+
+impl InOrder {
+    /// Files hashed at once, at most.
+    pub(crate) const HASHING_AT_ONCE: usize = 4;
+
+    /// An empty queue whose hashing runs on `runtime`'s blocking pool.
+    pub(crate) fn new(runtime: Handle) -> InOrder {
+        InOrder {
+            runtime,
+            queue: VecDeque::new(),
+            hashing: 0,
+        }
+    }
+
+    /// Queues an entry that needs nothing more.
+    pub(crate) fn ready(&mut self, info: EntryInfo) {
+        self.queue.push_back((info, None));
+    }
+
+    /// Queues the file `info` with its digest from the cache or from what
+    /// the store keeps, or else hashed from `reader` in the background.
+    pub(crate) fn digest<V: Version, R: Reader<Version = V>>(
+        &mut self,
+        mut info: EntryInfo,
+        mut reader: R,
+        digests: &Arc<DigestCache<V>>,
+    ) {
+        digests.learn_stored(&reader);
+        if let Some(known) = digests.get(&reader.version()) {
+            info.sha256 = Some(known);
+            return self.ready(info);
+        }
+        let digests = Arc::clone(digests);
+        let task = self
+            .runtime
+            .spawn_blocking(move || digests.digest_of(&mut reader).ok().flatten());
+        self.hashing += 1;
+        self.queue.push_back((info, Some(task)));
+    }
+
+    /// The next entry in listing order once it is complete: at once if it
+    /// is, after waiting for it when `finish` or when
+    /// [`HASHING_AT_ONCE`](InOrder::HASHING_AT_ONCE) files are being hashed
+    /// already, else `None`. Blocks: call it on a blocking thread.
+    pub(crate) fn next(&mut self, finish: bool) -> Option<EntryInfo> {
+        let waiting = match self.queue.front()? {
+            (_, Some(task)) => !task.is_finished(),
+            (_, None) => false,
+        };
+        if waiting && !finish && self.hashing < InOrder::HASHING_AT_ONCE {
+            return None;
+        }
+        let (mut info, task) = self.queue.pop_front()?;
+        if let Some(task) = task {
+            self.hashing -= 1;
+            // A file that cannot be hashed (or changed while it was) is
+            // listed without a digest; the client asks for it alone.
+            info.sha256 = self.runtime.block_on(task).ok().flatten();
+        }
+        Some(info)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +213,104 @@ mod tests {
         cache.insert(fresh, digest, now);
         assert_eq!(cache.get(&old), Some(digest));
         assert_eq!(cache.get(&fresh), None);
+    }
+
+    /// A reader of `data` that, with a gate, waits on it before its first
+    /// read (a file still being hashed while later ones are done).
+    #[derive(Debug)]
+    struct Held {
+        data: Vec<u8>,
+        entry: EntryInfo,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Reader for Held {
+        type Version = FileVersion;
+
+        fn version(&self) -> FileVersion {
+            FileVersion {
+                size: self.entry.size,
+                ..version(self.data[0].into())
+            }
+        }
+
+        fn entry(&self) -> &EntryInfo {
+            &self.entry
+        }
+
+        fn read_into(&mut self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<usize> {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            let start = usize::try_from(offset)
+                .expect("offset fits")
+                .min(self.data.len());
+            let end = (start + len).min(self.data.len());
+            buf.extend_from_slice(&self.data[start..end]);
+            Ok(end - start)
+        }
+
+        fn is_current(&self) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    fn entry(path: &str, kind: crate::entry::EntryKind, size: usize) -> EntryInfo {
+        EntryInfo {
+            path: path.into(),
+            kind,
+            size: size as u64,
+            mtime_ns: 1,
+            mode: 0o644,
+            sha256: None,
+        }
+    }
+
+    fn sha256(data: &[u8]) -> Digest {
+        let mut hasher = Hasher::new();
+        hasher.update(data);
+        hasher.finalize()
+    }
+
+    /// Entries come back in listing order with their digests, though a
+    /// later file finished hashing first; nothing waits while hashing is
+    /// under way unless asked to finish.
+    #[test]
+    fn listing_digests_come_back_in_order() {
+        use crate::entry::EntryKind;
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let digests = Arc::new(DigestCache::<FileVersion>::new(16));
+        let mut entries = InOrder::new(runtime.handle().clone());
+        let (release, gate) = std::sync::mpsc::channel();
+        let slow = b"slow file".to_vec();
+        let quick = b"quick file".to_vec();
+        let held = |data: &Vec<u8>, name, gate| Held {
+            entry: entry(name, EntryKind::File, data.len()),
+            data: data.clone(),
+            gate,
+        };
+        entries.digest(
+            entry("slow", EntryKind::File, slow.len()),
+            held(&slow, "slow", Some(gate)),
+            &digests,
+        );
+        entries.ready(entry("dir", EntryKind::Dir, 0));
+        entries.digest(
+            entry("quick", EntryKind::File, quick.len()),
+            held(&quick, "quick", None),
+            &digests,
+        );
+        assert!(
+            entries.next(false).is_none(),
+            "the first file is still hashing"
+        );
+        release.send(()).expect("the hashing task waits");
+        let listed: Vec<EntryInfo> = std::iter::from_fn(|| entries.next(true)).collect();
+        let names: Vec<&str> = listed.iter().map(|info| info.path.as_str()).collect();
+        assert_eq!(names, ["slow", "dir", "quick"]);
+        assert_eq!(listed[0].sha256, Some(sha256(&slow)));
+        assert_eq!(listed[1].sha256, None);
+        assert_eq!(listed[2].sha256, Some(sha256(&quick)));
     }
 
     /// The cache holds at most its capacity, dropping the least used.

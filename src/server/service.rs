@@ -21,7 +21,7 @@ use crate::proto::{
 };
 use crate::read_stream::ReadEvent;
 use crate::server::calls::CallRecord;
-use crate::server::digests::DigestCache;
+use crate::server::digests::{DigestCache, InOrder};
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, Span, WholeRead};
 use crate::server::upload::{Stored, Upload, UploadSpec};
 use crate::store::{RequestPath, Store, TailSpec};
@@ -174,33 +174,51 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
         let store = Arc::clone(&self.store);
         let digests = Arc::clone(&self.digests);
         let (tx, rx) = mpsc::channel::<Result<Vec<EntryInfo>>>(LIST_QUEUE_BATCHES);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(LIST_BATCH_ENTRIES);
-            let mut open = true;
+            let mut entries = InOrder::new(runtime);
+            // Moves the entries that are complete into batches, sent as
+            // they fill; `false` once the client went away.
+            let pass_on = |entries: &mut InOrder, batch: &mut Vec<EntryInfo>, finish| {
+                while let Some(info) = entries.next(finish) {
+                    batch.push(info);
+                    if batch.len() == LIST_BATCH_ENTRIES {
+                        let full = std::mem::replace(batch, Vec::with_capacity(LIST_BATCH_ENTRIES));
+                        if tx.blocking_send(Ok(full)).is_err() {
+                            return false;
+                        }
+                    }
+                }
+                true
+            };
             let walked = store.list(&path, request.recursive, &mut |listed| {
-                let mut info = listed.info;
-                if request.want_sha256 && info.kind == EntryKind::File {
-                    // A file that cannot be opened or changes while hashed
-                    // is listed without a digest; the client then asks for
-                    // it the usual way.
-                    let known = listed.version.and_then(|version| digests.get(&version));
-                    info.sha256 = known.or_else(|| {
-                        (listed.open)()
-                            .ok()
-                            .and_then(|mut reader| digests.digest_of(&mut reader).ok().flatten())
+                let info = listed.info;
+                if !request.want_sha256 || info.kind != EntryKind::File {
+                    entries.ready(info);
+                } else if let Some(known) = listed.version.and_then(|version| digests.get(&version))
+                {
+                    entries.ready(EntryInfo {
+                        sha256: Some(known),
+                        ..info
                     });
+                } else {
+                    // A file that cannot be opened is listed without a
+                    // digest; the client then asks for it the usual way.
+                    match (listed.open)() {
+                        Ok(reader) => entries.digest(info, reader, &digests),
+                        Err(_) => entries.ready(info),
+                    }
                 }
-                batch.push(info);
-                if batch.len() == LIST_BATCH_ENTRIES {
-                    let full =
-                        std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH_ENTRIES));
-                    open = tx.blocking_send(Ok(full)).is_ok();
-                }
-                open
+                pass_on(&mut entries, &mut batch, false)
             });
             let last = match walked {
-                Ok(()) if batch.is_empty() => return,
-                Ok(()) => Ok(batch),
+                Ok(()) => {
+                    if !pass_on(&mut entries, &mut batch, true) || batch.is_empty() {
+                        return;
+                    }
+                    Ok(batch)
+                }
                 Err(err) => Err(err),
             };
             let _ = tx.blocking_send(last);
