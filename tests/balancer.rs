@@ -19,12 +19,11 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    STEP_TIMEOUT, ServerProcess, fetchd, lines_of, random_bytes, sha256_hex, wait_until,
-    wait_with_timeout,
+    Background, STEP_TIMEOUT, ServerProcess, append_lines, line, random_bytes, sha256_hex,
+    wait_until, wait_with_timeout,
 };
 use rustix::process::{Pid, Signal, kill_process};
 use sha2::{Digest, Sha256};
@@ -345,118 +344,6 @@ fn logs_of(dir: &Path) -> String {
 
 // --------------------------------------------------------------- clients
 
-/// A client verb running in the background, its stdout and stderr read
-/// line by line.
-struct Background {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-    lines: Vec<String>,
-    notices: Vec<String>,
-}
-
-impl Background {
-    fn start(cwd: &Path, url: &str, args: &[&str]) -> Background {
-        let mut child = fetchd()
-            .current_dir(cwd)
-            .args(["--server", url])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fetchd");
-        Background {
-            stdout: lines_of(child.stdout.take().unwrap()),
-            stderr: lines_of(child.stderr.take().unwrap()),
-            child,
-            lines: Vec::new(),
-            notices: Vec::new(),
-        }
-    }
-
-    fn gather(&mut self) {
-        self.lines.extend(self.stdout.try_iter());
-        self.notices.extend(self.stderr.try_iter());
-    }
-
-    /// Waits until stdout holds `count` lines (or the step times out).
-    fn wait_lines(&mut self, count: usize) {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while self.lines.len() < count && Instant::now() < deadline {
-            if let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(50)) {
-                self.lines.push(line);
-            }
-            self.gather();
-        }
-        assert!(
-            self.lines.len() >= count,
-            "{} of {count} lines\nstdout: {:?}\nstderr: {:?}",
-            self.lines.len(),
-            self.lines,
-            self.notices
-        );
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_stderr(&mut self, needle: &str) {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while !self.notices.iter().any(|line| line.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "no stderr line with {needle:?}\nstdout: {:?}\nstderr: {:?}",
-                self.lines,
-                self.notices
-            );
-            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(50)) {
-                self.notices.push(line);
-            }
-            self.gather();
-        }
-    }
-
-    /// Whatever still comes within a moment (duplicates would).
-    fn drain(&mut self) {
-        while let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(300)) {
-            self.lines.push(line);
-        }
-        self.gather();
-    }
-
-    /// Waits for the exit; returns the code.
-    fn finish(&mut self) -> i32 {
-        let status = wait_with_timeout(&mut self.child, STEP_TIMEOUT).unwrap_or_else(|| {
-            let _ = self.child.kill();
-            panic!(
-                "the client did not finish; stderr so far: {:?}",
-                self.notices
-            )
-        });
-        // The pipes close with the process: read them to the end.
-        self.lines.extend(self.stdout.iter());
-        self.notices.extend(self.stderr.iter());
-        status.code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn line(i: usize) -> String {
-    format!("line {i}")
-}
-
-fn append_lines(log: &Path, range: std::ops::Range<usize>) {
-    let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
-    for i in range {
-        writeln!(file, "{}", line(i)).unwrap();
-    }
-}
-
 fn sha256_of_file(path: &Path) -> String {
     let mut hasher = Sha256::new();
     std::io::copy(&mut File::open(path).unwrap(), &mut hasher).unwrap();
@@ -564,16 +451,6 @@ fn get_survives_a_replica_killed_mid_transfer(kind: ProxyKind) {
     );
 }
 
-#[test]
-fn nginx_get_survives_a_replica_killed_mid_transfer() {
-    get_survives_a_replica_killed_mid_transfer(ProxyKind::Nginx);
-}
-
-#[test]
-fn haproxy_get_survives_a_replica_killed_mid_transfer() {
-    get_survives_a_replica_killed_mid_transfer(ProxyKind::Haproxy);
-}
-
 // ---------------------------------------------------------------- tail
 
 /// A tail through the proxy that stays quiet for twice the proxy's read
@@ -634,16 +511,6 @@ fn idle_tail_outlives_the_proxy_read_timeout(kind: ProxyKind) {
     );
 }
 
-#[test]
-fn nginx_idle_tail_outlives_the_proxy_read_timeout() {
-    idle_tail_outlives_the_proxy_read_timeout(ProxyKind::Nginx);
-}
-
-#[test]
-fn haproxy_idle_tail_outlives_the_proxy_read_timeout() {
-    idle_tail_outlives_the_proxy_read_timeout(ProxyKind::Haproxy);
-}
-
 /// A tail through the proxy across a reload: lines written before, during
 /// (while the old worker still holds the stream) and after it (once the
 /// old worker was stopped and the tail reconnected through the new one)
@@ -674,16 +541,6 @@ fn tail_survives_a_proxy_reload(kind: ProxyKind) {
 
     let want: Vec<String> = (0..30).map(line).collect();
     assert_eq!(tail.lines, want, "{test}: stderr {:?}", tail.notices);
-}
-
-#[test]
-fn nginx_tail_survives_a_proxy_reload() {
-    tail_survives_a_proxy_reload(ProxyKind::Nginx);
-}
-
-#[test]
-fn haproxy_tail_survives_a_proxy_reload() {
-    tail_survives_a_proxy_reload(ProxyKind::Haproxy);
 }
 
 /// A tail through the proxy whose replica is SIGKILLed: the client comes
@@ -732,12 +589,34 @@ fn tail_fails_over_to_a_replicas_copy(kind: ProxyKind) {
     );
 }
 
-#[test]
-fn nginx_tail_fails_over_to_a_replicas_copy() {
-    tail_fails_over_to_a_replicas_copy(ProxyKind::Nginx);
+/// Every scenario through each proxy: `nginx::NAME` and `haproxy::NAME`.
+macro_rules! through {
+    ($proxy:ident, $kind:expr) => {
+        mod $proxy {
+            use super::ProxyKind;
+
+            #[test]
+            fn get_survives_a_replica_killed_mid_transfer() {
+                super::get_survives_a_replica_killed_mid_transfer($kind);
+            }
+
+            #[test]
+            fn idle_tail_outlives_the_proxy_read_timeout() {
+                super::idle_tail_outlives_the_proxy_read_timeout($kind);
+            }
+
+            #[test]
+            fn tail_survives_a_proxy_reload() {
+                super::tail_survives_a_proxy_reload($kind);
+            }
+
+            #[test]
+            fn tail_fails_over_to_a_replicas_copy() {
+                super::tail_fails_over_to_a_replicas_copy($kind);
+            }
+        }
+    };
 }
 
-#[test]
-fn haproxy_tail_fails_over_to_a_replicas_copy() {
-    tail_fails_over_to_a_replicas_copy(ProxyKind::Haproxy);
-}
+through!(nginx, ProxyKind::Nginx);
+through!(haproxy, ProxyKind::Haproxy);

@@ -9,84 +9,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::relay::{Faults, Relay};
 use common::{
-    InProcessServer, STEP_TIMEOUT, ServerProcess, client, fetchd, lines_of, random_bytes,
-    sha256_hex, wait_until, wait_with_timeout,
+    Background, InProcessServer, STEP_TIMEOUT, ServerProcess, append_lines, client, fetchd, line,
+    lines_of, random_bytes, sha256_hex, wait_until, wait_with_timeout,
 };
 use fetchd::ReadEvent;
 
 const MIB: usize = 1024 * 1024;
-
-/// A client command started in the background, its stderr read line by line.
-struct Background {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Background {
-    fn start(cwd: &Path, url: &str, args: &[&str]) -> Background {
-        let mut child = fetchd()
-            .current_dir(cwd)
-            .args(["--server", url])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fetchd");
-        let stderr = lines_of(child.stderr.take().unwrap());
-        Background {
-            child,
-            stderr,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_stderr(&mut self, needle: &str) {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while Instant::now() < deadline {
-            match self.stderr.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no stderr line with {needle:?}; saw {:?}", self.seen);
-    }
-
-    /// Waits for the exit; returns the code and every stderr line.
-    fn finish(mut self) -> (i32, Vec<String>) {
-        let status = wait_with_timeout(&mut self.child, STEP_TIMEOUT).unwrap_or_else(|| {
-            let _ = self.child.kill();
-            panic!("the client did not finish; stderr so far: {:?}", self.seen)
-        });
-        self.seen.extend(self.stderr.try_iter());
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
-            self.seen.push(line);
-        }
-        (status.code().unwrap_or(-1), std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -192,7 +125,8 @@ fn busy_server_is_retried_until_a_slot_frees() {
     let mut get = Background::start(work.path(), &server.url, &["get", "wanted.bin"]);
     get.wait_stderr("wanted.bin: server busy, retrying in");
     drop(stream);
-    let (code, stderr) = get.finish();
+    let code = get.finish();
+    let stderr = get.notices.clone();
     assert_eq!(code, 0, "{stderr:?}");
     assert_eq!(
         std::fs::read(work.path().join("wanted.bin")).unwrap(),
@@ -220,7 +154,8 @@ fn busy_server_put_is_retried() {
     let mut put = Background::start(work.path(), &server.url, &["put", "up.bin", "in/up.bin"]);
     put.wait_stderr("in/up.bin: server busy, retrying in");
     drop(stream);
-    let (code, stderr) = put.finish();
+    let code = put.finish();
+    let stderr = put.notices.clone();
     assert_eq!(code, 0, "{stderr:?}");
     assert_eq!(std::fs::read(root.path().join("in/up.bin")).unwrap(), local);
 }
@@ -268,7 +203,8 @@ fn fleet_put_retries_a_busy_server_alone() {
     }
     assert!(!roots[1].path().join("in/up.bin").exists());
     drop(stream);
-    let (code, stderr) = put.finish();
+    let code = put.finish();
+    let stderr = put.notices.clone();
     assert_eq!(code, 0, "{stderr:?}");
     assert!(
         stderr
@@ -344,7 +280,8 @@ fn get_survives_a_server_restart_mid_transfer() {
         }
         get.wait_stderr("big.bin: connection lost, retrying in");
         let _second = serve_at(root.path(), &addr, &[]);
-        let (code, stderr) = get.finish();
+        let code = get.finish();
+        let stderr = get.notices.clone();
         assert_eq!(code, 0, "graceful={graceful}: {stderr:?}");
         let got = std::fs::read(work.path().join("big.bin")).unwrap();
         assert_eq!(sha256_hex(&got), sha256_hex(&data), "graceful={graceful}");
@@ -361,7 +298,7 @@ fn tail_survives_a_server_restart() {
     std::fs::write(&log, "line 0\n").unwrap();
     let first = ServerProcess::start(root.path(), &[]);
     let addr = first.addr.to_string();
-    let mut tail = TailOutput::start(&format!("http://{addr}"), "app.log");
+    let mut tail = tail_of(&format!("http://{addr}"), "app.log");
     tail.wait_lines(1);
     let mut first = first;
     first.kill();
@@ -369,7 +306,7 @@ fn tail_survives_a_server_restart() {
     let _second = serve_at(root.path(), &addr, &[]);
     append_lines(&log, 50..100);
     tail.wait_lines(100);
-    tail.assert_each_line_once(100);
+    assert_each_line_once(&mut tail, 100);
 }
 
 // --------------------------------------------------------- the relay
@@ -541,7 +478,7 @@ fn tail_through_repeated_cuts_gets_every_line_once() {
     let server = InProcessServer::serve(root.path());
     let link = Link::start(&server, Faults::default());
     let relay = &link.relay;
-    let mut tail = TailOutput::start(&relay.url(), "app.log");
+    let mut tail = tail_of(&relay.url(), "app.log");
     tail.wait_lines(1);
     let mut next = 1;
     for _ in 0..6 {
@@ -556,7 +493,7 @@ fn tail_through_repeated_cuts_gets_every_line_once() {
         tail.wait_lines(next);
     }
     assert!(relay.cuts() >= 6, "only {} cuts", relay.cuts());
-    tail.assert_each_line_once(next);
+    assert_each_line_once(&mut tail, next);
 }
 
 /// A connection that stalls for a few seconds (nothing moves either way)
@@ -571,7 +508,7 @@ fn get_survives_a_stall() {
     let relay = &link.relay;
     let work = tempfile::tempdir().unwrap();
     let part = work.path().join("big.bin.part");
-    let get = Background::start(
+    let mut get = Background::start(
         work.path(),
         &relay.url(),
         &["get", "big.bin", "--limit-rate", "16M"],
@@ -581,7 +518,8 @@ fn get_survives_a_stall() {
     relay.stall(true);
     std::thread::sleep(Duration::from_secs(3));
     relay.stall(false);
-    let (code, stderr) = get.finish();
+    let code = get.finish();
+    let stderr = get.notices.clone();
     assert_eq!(code, 0, "{stderr:?}");
     let got = std::fs::read(work.path().join("big.bin")).unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&data));
@@ -750,66 +688,15 @@ fn full_server_disk_refuses_the_upload_and_serves_on() {
 
 // ------------------------------------------------------------ helpers
 
-fn append_lines(log: &Path, range: std::ops::Range<usize>) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
-    for i in range {
-        writeln!(file, "line {i}").unwrap();
-    }
+/// `fetchd tail PATH -n 100` in the background.
+fn tail_of(url: &str, path: &str) -> Background {
+    Background::start(Path::new("."), url, &["tail", path, "-n", "100"])
 }
 
-/// `fetchd tail` in the background, its stdout gathered.
-struct TailOutput {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    got: Vec<String>,
-}
-
-impl TailOutput {
-    fn start(url: &str, path: &str) -> TailOutput {
-        let mut child = fetchd()
-            .args(["--server", url, "tail", path, "-n", "100"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = lines_of(child.stdout.take().unwrap());
-        TailOutput {
-            child,
-            lines,
-            got: Vec::new(),
-        }
-    }
-
-    fn wait_lines(&mut self, count: usize) {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while self.got.len() < count && Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                self.got.push(line);
-            }
-        }
-        assert!(
-            self.got.len() >= count,
-            "{} of {count} lines: {:?}",
-            self.got.len(),
-            self.got
-        );
-    }
-
-    fn assert_each_line_once(&mut self, count: usize) {
-        // Anything more would be a duplicate: give it a moment to show.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
-            self.got.push(line);
-        }
-        let want: Vec<String> = (0..count).map(|i| format!("line {i}")).collect();
-        assert_eq!(self.got, want);
-    }
-}
-
-impl Drop for TailOutput {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The tail got lines 0 to `count`, each once: anything more would be a
+/// duplicate, so what comes within a moment is taken in first.
+fn assert_each_line_once(tail: &mut Background, count: usize) {
+    tail.drain();
+    let want: Vec<String> = (0..count).map(line).collect();
+    assert_eq!(tail.lines, want, "stderr: {:?}", tail.notices);
 }

@@ -403,3 +403,121 @@ impl Drop for InProcessServer {
         }
     }
 }
+
+/// A client verb running in the background, its stdout and stderr read
+/// line by line.
+pub struct Background {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    /// Its stdout so far.
+    pub lines: Vec<String>,
+    /// Its stderr so far.
+    pub notices: Vec<String>,
+}
+
+impl Background {
+    pub fn start(cwd: &Path, url: &str, args: &[&str]) -> Background {
+        let mut child = fetchd()
+            .current_dir(cwd)
+            .args(["--server", url])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fetchd");
+        Background {
+            stdout: lines_of(child.stdout.take().unwrap()),
+            stderr: lines_of(child.stderr.take().unwrap()),
+            child,
+            lines: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    /// Takes in what both pipes hold now.
+    pub fn gather(&mut self) {
+        self.lines.extend(self.stdout.try_iter());
+        self.notices.extend(self.stderr.try_iter());
+    }
+
+    /// Waits until stdout holds `count` lines (or the step times out).
+    pub fn wait_lines(&mut self, count: usize) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while self.lines.len() < count && Instant::now() < deadline {
+            if let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(50)) {
+                self.lines.push(line);
+            }
+            self.gather();
+        }
+        assert!(
+            self.lines.len() >= count,
+            "{} of {count} lines\nstdout: {:?}\nstderr: {:?}",
+            self.lines.len(),
+            self.lines,
+            self.notices
+        );
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while !self.notices.iter().any(|line| line.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no stderr line with {needle:?}\nstdout: {:?}\nstderr: {:?}",
+                self.lines,
+                self.notices
+            );
+            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(50)) {
+                self.notices.push(line);
+            }
+            self.gather();
+        }
+    }
+
+    /// Whatever still comes within a moment (duplicates would).
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(300)) {
+            self.lines.push(line);
+        }
+        self.gather();
+    }
+
+    /// Waits for the exit; returns the code.
+    pub fn finish(&mut self) -> i32 {
+        let status = wait_with_timeout(&mut self.child, STEP_TIMEOUT).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!(
+                "the client did not finish; stderr so far: {:?}",
+                self.notices
+            )
+        });
+        // The pipes close with the process: read them to the end.
+        self.lines.extend(self.stdout.iter());
+        self.notices.extend(self.stderr.iter());
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `i`th line the tail tests write.
+pub fn line(i: usize) -> String {
+    format!("line {i}")
+}
+
+/// Appends lines `range` to `log`.
+pub fn append_lines(log: &Path, range: std::ops::Range<usize>) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    for i in range {
+        writeln!(file, "{}", line(i)).unwrap();
+    }
+}
