@@ -347,11 +347,7 @@ def main():
     finally:
         wan.stop_all()
         shutil.rmtree(work, ignore_errors=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "fleet.json").write_text(json.dumps(res, indent=1) + "\n")
-    text = report(res)
-    (OUT / "fleet.md").write_text(text + "\n")
-    print(text)
+    wan.write_results(OUT, "fleet", res, report(res))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ bench/results/s3.md and s3.json (BENCH_OUT). Every process it starts is stopped 
 end, failures included. About 10 minutes on a 2-core VM (the store streams 70-200 MiB/s).
 """
 
-import json
 import os
 import re
 import resource
@@ -337,16 +336,7 @@ def serve(env, root, endpoint):
 
 def make_data(src):
     """The big object and the small tree, in src; returns the big one's sha256."""
-    (src / "small").mkdir(parents=True)
-    big = src / "big.bin"
-    with open(big, "wb") as f:
-        for _ in range(SIZE_MIB):
-            f.write(os.urandom(1 << 20))
-    for i in range(SMALL_FILES):
-        d = src / "small" / f"d{i % 100:02}"
-        d.mkdir(exist_ok=True)
-        (d / f"f{i:05}.bin").write_bytes(os.urandom(4096))
-    return wan.sha256(big)
+    return wan.sha256(wan.make_data(src, SIZE_MIB, SMALL_FILES, suffix=".bin"))
 
 
 def tree_matches(out, src):
@@ -709,11 +699,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     res["machine"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     summarise(res)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "s3.json").write_text(json.dumps(res, indent=1) + "\n")
-    text = report(res)
-    (OUT / "s3.md").write_text(text + "\n")
-    print(text)
+    wan.write_results(OUT, "s3", res, report(res))
 
 
 if __name__ == "__main__":

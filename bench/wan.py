@@ -151,6 +151,29 @@ def sha256(path):
     return out.stdout.split()[0]
 
 
+def make_data(dest, size_mib, small_files, suffix=""):
+    """`size_mib` MiB of random bytes at dest/big.bin and `small_files` random files of 4 KiB
+    under dest/small, in 100 folders (d00/f00000SUFFIX, ...). Returns the big file's path."""
+    (dest / "small").mkdir(parents=True)
+    big = dest / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(1 << 20))
+    for i in range(small_files):
+        d = dest / "small" / f"d{i % 100:02}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i:05}{suffix}").write_bytes(os.urandom(4096))
+    return big
+
+
+def write_results(out, name, res, text):
+    """Writes out/NAME.md (the report `text`) and out/NAME.json (`res`), and prints the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text if text.endswith("\n") else text + "\n")
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(text)
+
+
 def main():
     for tool in (BIN, RELAY):
         if not tool.exists():
@@ -166,16 +189,8 @@ def main():
 
 def run(work):
     data = work / "data"
-    (data / "small").mkdir(parents=True)
-    big = data / "big.bin"
     say(f"making {SIZE_MIB} MiB of random data and {SMALL_FILES} small files in {work}")
-    with open(big, "wb") as f:
-        for _ in range(SIZE_MIB):
-            f.write(os.urandom(1 << 20))
-    for i in range(SMALL_FILES):
-        d = data / "small" / f"d{i % 100:02}"
-        d.mkdir(exist_ok=True)
-        (d / f"f{i:05}").write_bytes(os.urandom(4096))
+    big = make_data(data, SIZE_MIB, SMALL_FILES)
     want = sha256(big)
     model, openssl_s = machine(big)
     say(f"{model}; openssl dgst -sha256 of the file on one core: {openssl_s:.2f} s")
@@ -310,11 +325,7 @@ def report(res):
     for key, row in res["L2"].items():
         f, r = med(row["fetchd"]), med(row["rsync"])
         lines.append(f"| {key.replace('ms', ' ms')} | {f:.2f} s | {r:.2f} s | {f / r:.2f} |")
-    text = "\n".join(lines) + "\n"
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "wan.md").write_text(text)
-    (OUT / "wan.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(text)
+    write_results(OUT, "wan", res, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
