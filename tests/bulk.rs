@@ -112,6 +112,31 @@ fn recursive_default_output_is_basename() {
     assert!(!cwd.path().join("d0").exists());
 }
 
+/// `-r` on a file is a plain `get` of it: ./BASENAME, or BASENAME in an
+/// `-o DIR/` that already holds files (the listing that goes out with the
+/// `Stat` then asks for digests, and is dropped); the folder's other files
+/// stay as they were.
+#[test]
+fn recursive_get_of_a_file_is_a_plain_get() {
+    let root = tempfile::tempdir().unwrap();
+    let files = make_tree(root.path(), 20);
+    let (path, data) = files.iter().find(|(p, _)| p.starts_with("large/")).unwrap();
+    let name = path.rsplit('/').next().unwrap();
+    let server = ServerProcess::start(root.path(), &[]);
+    let cwd = tempfile::tempdir().unwrap();
+    client(&server.url, cwd.path(), &["get", "-r", path]).expect_code(0);
+    assert!(fs::read(cwd.path().join(name)).unwrap() == *data);
+    fs::create_dir(cwd.path().join("out")).unwrap();
+    fs::write(cwd.path().join("out/other.txt"), b"mine\n").unwrap();
+    client(&server.url, cwd.path(), &["get", "-r", path, "-o", "out/"]).expect_code(0);
+    assert!(fs::read(cwd.path().join("out").join(name)).unwrap() == *data);
+    assert_eq!(
+        fs::read(cwd.path().join("out/other.txt")).unwrap(),
+        b"mine\n"
+    );
+    assert!(!cwd.path().join("out/large").exists());
+}
+
 /// A list of 300 paths with 3 missing: 297 correct files, 3 error lines
 /// (JSON and stderr), exit 1.
 #[test]

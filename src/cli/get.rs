@@ -10,11 +10,11 @@ use serde_json::json;
 use crate::cli::args::{ClientArgs, CompressArg};
 use crate::cli::hint::Verb;
 use crate::cli::output::{EXIT_FAILURE, EXIT_OK, Output, json_error, report, stderr_is_terminal};
-use crate::client::Client;
 use crate::client::bulk::{self, DEFAULT_JOBS, Item, LocalChecks};
 use crate::client::download::{self, DownloadOptions, Known, Notify, Outcome, Report};
 use crate::client::fleet::{self, Replica, agree, spread};
 use crate::client::target::Target;
+use crate::client::{Client, ListStream};
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::store::RequestPath;
@@ -174,14 +174,24 @@ pub(crate) async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
     if single {
         let remote = &paths[0];
         if args.recursive {
+            // `-r` names a folder far more often than a file: its listing
+            // goes out with the `Stat` that tells which, and a file's
+            // listing (its own entry) is dropped unread.
             let notify = notifier(&args, &ProgressBar::hidden());
-            let stat = client
-                .retrying(&download::shown(remote), &*notify, || {
-                    client.stat(remote, false)
-                })
-                .await;
+            let shown = download::shown(remote);
+            let stat = client.retrying(&shown, &*notify, || client.stat(remote, false));
+            let (stat, listing) = match tree_out(&args, remote) {
+                Ok(out) => {
+                    let with_digests = !args.force && has_entries(&out);
+                    let listing = client.list_entries(remote, true, with_digests);
+                    let (stat, listing) = tokio::join!(stat, listing);
+                    (stat, Some(listing))
+                }
+                // A path that names no tree: the stat says what is wrong.
+                Err(_) => (stat.await, None),
+            };
             if matches!(&stat, Ok(stat) if stat.entry.kind == EntryKind::Dir) {
-                return run_tree(&args, &client, remote).await;
+                return run_tree(&args, &client, remote, listing).await;
             }
         }
         return run_single(&args, &client, remote).await;
@@ -282,13 +292,27 @@ async fn run_single(args: &GetArgs, client: &Client, remote: &str) -> Result<u8>
 }
 
 /// `-r DIR`: the tree below DIR into OUT (default ./BASENAME-of-DIR).
-async fn run_tree(args: &GetArgs, client: &Client, dir: &str) -> Result<u8> {
+async fn run_tree(
+    args: &GetArgs,
+    client: &Client,
+    dir: &str,
+    listing: Option<Result<ListStream>>,
+) -> Result<u8> {
     let out = tree_out(args, dir)?;
     let with_digests = !args.force && has_entries(&out);
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
     let mut checks = LocalChecks::default();
     let notify = notifier(args, &ProgressBar::hidden());
-    let items = bulk::plan_tree(client, dir, &out, with_digests, &mut checks, &*notify).await?;
+    let items = bulk::plan_tree_from(
+        client,
+        dir,
+        &out,
+        with_digests,
+        &mut checks,
+        &*notify,
+        listing,
+    )
+    .await?;
     run_items(args, client, &out, items, checks).await
 }
 

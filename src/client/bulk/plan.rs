@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use crate::client::Client;
 use crate::client::bulk::confine::{confine, prepare_parent};
 use crate::client::bulk::item::Item;
 use crate::client::bulk::local::LocalChecks;
 use crate::client::download::{self, Known};
+use crate::client::{Client, ListStream};
 use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 
@@ -28,10 +28,30 @@ pub(crate) async fn plan_tree(
     checks: &mut LocalChecks,
     notify: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<Item>> {
+    plan_tree_from(client, dir, out, with_digests, checks, notify, None).await
+}
+
+/// [`plan_tree`], starting from a listing of `dir` (recursive, with digests
+/// when `with_digests`) already under way, when there is one: a caller that
+/// asked for it together with the `Stat` that told `dir` is a folder saves
+/// a round trip. Retries list anew.
+pub(crate) async fn plan_tree_from(
+    client: &Client,
+    dir: &str,
+    out: &Path,
+    with_digests: bool,
+    checks: &mut LocalChecks,
+    notify: &(dyn Fn(&str) + Sync),
+    mut opened: Option<Result<ListStream>>,
+) -> Result<Vec<Item>> {
     let mut streak = client.retry_policy().streak();
     loop {
         let first = checks.queued();
-        match list_tree(client, dir, out, with_digests, checks).await {
+        let entries = match opened.take() {
+            Some(entries) => entries,
+            None => client.list_entries(dir, true, with_digests).await,
+        };
+        match list_tree(entries, dir, out, checks).await {
             Ok(items) => return Ok(items),
             Err(err) => {
                 checks.void_since(first);
@@ -45,14 +65,13 @@ pub(crate) async fn plan_tree(
 
 /// [`plan_tree`]'s listing.
 async fn list_tree(
-    client: &Client,
+    entries: Result<ListStream>,
     dir: &str,
     out: &Path,
-    with_digests: bool,
     checks: &mut LocalChecks,
 ) -> Result<Vec<Item>> {
     let base = dir.trim_matches('/');
-    let mut entries = client.list_entries(dir, true, with_digests).await?;
+    let mut entries = entries?;
     let mut items = Vec::new();
     let mut saw_any = false;
     while let Some(entry) = entries.next().await? {
