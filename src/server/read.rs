@@ -333,16 +333,16 @@ impl<S: Store> OpenRead<S> {
         .map_err(|err| Error::io("read", io::Error::other(err)))?
     }
 
-    /// Reads the file at `path` whole when it has at most `max` bytes, with
-    /// the same consistency checks as a streamed read. Blocks: call it on a
-    /// blocking thread.
+    /// Reads the file `reader` opened at `path` whole when it has at most
+    /// `max` bytes, with the same consistency checks as a streamed read.
+    /// Blocks: call it on a blocking thread.
     pub(crate) fn read_whole(
-        store: &S,
+        reader: S::Reader,
         digests: Arc<DigestCache<S::Version>>,
         path: RequestPath,
         max: u64,
     ) -> Result<WholeRead> {
-        let mut open = OpenRead::open_blocking(store, digests, path, Span::WHOLE, Opening::Read)?;
+        let mut open = OpenRead::<S>::of_reader(reader, digests, path, Span::WHOLE)?;
         if open.entry.size > max {
             return Ok(WholeRead::TooLarge(open.entry.size));
         }
@@ -381,16 +381,27 @@ impl<S: Store> OpenRead<S> {
         span: Span,
         opening: Opening,
     ) -> Result<OpenRead<S>> {
+        let offset = span.offset;
+        let reader = match opening {
+            Opening::Metadata => store.open(&path)?,
+            // A whole-file read hashes from the first byte, whatever it sends.
+            Opening::Read => store.open_at(&path, if span.range_only { offset } else { 0 })?,
+        };
+        OpenRead::of_reader(reader, digests, path, span)
+    }
+
+    /// A read of `span` of what `reader` opened at `path`.
+    fn of_reader(
+        reader: S::Reader,
+        digests: Arc<DigestCache<S::Version>>,
+        path: RequestPath,
+        span: Span,
+    ) -> Result<OpenRead<S>> {
         let Span {
             offset,
             length,
             range_only,
         } = span;
-        let reader = match opening {
-            Opening::Metadata => store.open(&path)?,
-            // A whole-file read hashes from the first byte, whatever it sends.
-            Opening::Read => store.open_at(&path, if range_only { offset } else { 0 })?,
-        };
         digests.learn_stored(&reader);
         let entry = reader.entry().clone();
         let size = entry.size;

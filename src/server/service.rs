@@ -42,6 +42,9 @@ pub(crate) const READ_MANY_MESSAGE_BYTES: usize = 1024 * 1024;
 pub(crate) const READ_MANY_MESSAGE_FILES: usize = 256;
 /// `ReadMany` messages queued between the reading thread and the network.
 pub(crate) const READ_MANY_QUEUE_MESSAGES: usize = 2;
+/// Files of a `ReadMany` opened at once (an object store holds at most
+/// this many first blocks of 1 MiB).
+pub(crate) const READ_MANY_OPENED_AT_ONCE: usize = 16;
 
 /// The file service over one store.
 #[derive(Debug)]
@@ -280,10 +283,19 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
             let _permit = permit;
             let mut files = Vec::new();
             let mut bytes = 0;
+            // Opened a few at a time: an object store's GETs go out
+            // together, and it holds at most that many first blocks.
+            let mut opened = std::collections::VecDeque::new();
             for (index, path) in request.paths.iter().enumerate() {
-                let read = RequestPath::parse(path).and_then(|path| {
-                    OpenRead::read_whole(&*store, Arc::clone(&digests), path, max)
-                });
+                if opened.is_empty() {
+                    opened = open_group(&*store, &request.paths[index..]);
+                }
+                let read = opened
+                    .pop_front()
+                    .unwrap_or_else(|| Err(unopened(path)))
+                    .and_then(|(path, reader)| {
+                        OpenRead::<S>::read_whole(reader, Arc::clone(&digests), path, max)
+                    });
                 let result = match read {
                     Ok(WholeRead::File {
                         entry,
@@ -426,6 +438,42 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
             stream,
             self.tail_heartbeat,
         ))))
+    }
+}
+
+/// Opens the first [`READ_MANY_OPENED_AT_ONCE`] of `paths` with one
+/// [`Store::open_many`], each with its parsed path, in order.
+fn open_group<S: Store>(
+    store: &S,
+    paths: &[String],
+) -> std::collections::VecDeque<Result<(RequestPath, S::Reader)>> {
+    let parsed: Vec<Result<RequestPath>> = paths
+        .iter()
+        .take(READ_MANY_OPENED_AT_ONCE)
+        .map(|path| RequestPath::parse(path))
+        .collect();
+    let valid: Vec<RequestPath> = parsed
+        .iter()
+        .filter_map(|path| path.as_ref().ok().cloned())
+        .collect();
+    let mut readers = store.open_many(&valid).into_iter();
+    parsed
+        .into_iter()
+        .map(|path| {
+            let path = path?;
+            let reader = readers
+                .next()
+                .unwrap_or_else(|| Err(unopened(&path.shown())))?;
+            Ok((path, reader))
+        })
+        .collect()
+}
+
+/// A file of a `ReadMany` that [`open_group`] gave no answer for.
+fn unopened(path: &str) -> Error {
+    Error::Store {
+        path: path.to_string(),
+        reason: "the store answered fewer opens than asked (a bug in fetchd)".into(),
     }
 }
 

@@ -172,6 +172,13 @@ pub(crate) trait Store: Debug + Send + Sync + 'static {
         self.open(path)
     }
 
+    /// Opens each of `paths` for a whole read, as [`open_at`](Store::open_at)
+    /// from 0 does, the results in order: a store whose opens wait on the
+    /// network sends them all at once.
+    fn open_many(&self, paths: &[RequestPath]) -> Vec<Result<Self::Reader>> {
+        paths.iter().map(|path| self.open_at(path, 0)).collect()
+    }
+
     /// Starts a new version of the file at `path`. An existing file is
     /// [`Error::AlreadyExists`] unless `replace`; and without `replace` the
     /// commit refuses one that appeared meanwhile.

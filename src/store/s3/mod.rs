@@ -223,6 +223,41 @@ impl Store for S3Store {
         self.open(path)
     }
 
+    fn open_many(&self, paths: &[RequestPath]) -> Vec<Result<S3Reader>> {
+        // Every first GET at once, on the runtime, and one wait for them
+        // all: a batch of small objects costs one request's latency, not
+        // one each, and the blocking thread wakes once.
+        let firsts: Vec<_> = paths
+            .iter()
+            .map(|path| match self.inner.key_of(path) {
+                Ok(Some(key)) if !path.display().is_empty() => Some(self.inner.runtime.spawn(
+                    S3Reader::first_block_async(Arc::clone(&self.inner), path.clone(), key, 0),
+                )),
+                _ => None,
+            })
+            .collect();
+        let firsts = self.inner.block_on(async {
+            let mut done = Vec::with_capacity(firsts.len());
+            for first in firsts {
+                done.push(match first {
+                    Some(task) => task.await.ok(),
+                    None => None,
+                });
+            }
+            done
+        });
+        paths
+            .iter()
+            .zip(firsts)
+            .map(|(path, first)| match first {
+                Some(Ok(Some(reader))) => Ok(reader),
+                Some(Err(err)) => Err(err),
+                // No answer from the GET: as one open would go on.
+                Some(Ok(None)) | None => self.open(path),
+            })
+            .collect()
+    }
+
     fn stage(&self, path: &RequestPath, replace: bool) -> Result<S3Upload> {
         let shown = path.shown();
         let key = self.inner.key_of(path)?;

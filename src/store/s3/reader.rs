@@ -95,13 +95,30 @@ impl S3Reader {
         key: &KeyPath,
         offset: u64,
     ) -> Result<Option<S3Reader>> {
+        let runtime = inner.runtime.clone();
+        runtime.block_on(S3Reader::first_block_async(
+            inner,
+            path,
+            key.clone(),
+            offset,
+        ))
+    }
+
+    /// [`first_block`](S3Reader::first_block) on the runtime, for opening
+    /// several objects at once.
+    pub(crate) async fn first_block_async(
+        inner: Arc<Inner>,
+        path: RequestPath,
+        key: KeyPath,
+        offset: u64,
+    ) -> Result<Option<S3Reader>> {
         let shown = path.shown();
         let asked = offset..offset.saturating_add(FIRST_BYTES);
         let options = GetOptions {
             range: Some(GetRange::Bounded(asked)),
             ..GetOptions::default()
         };
-        let got = match inner.block_on(inner.once.get_opts(key, options)) {
+        let got = match inner.once.get_opts(&key, options).await {
             Ok(got) => got,
             Err(err) => {
                 tracing::debug!(path = %shown, error = %describe(&err), "a first GET did not tell; asking with a HEAD");
@@ -114,9 +131,7 @@ impl S3Reader {
         let range = got.range.clone();
         let meta = got.meta.clone();
         let stored = stored_digest(&got.attributes);
-        let data = inner
-            .block_on(got.bytes())
-            .map_err(|err| store_error(&shown, &err))?;
+        let data = got.bytes().await.map_err(|err| store_error(&shown, &err))?;
         if data.len() as u64 != range.end - range.start {
             return Err(Error::Changed { path: shown });
         }
