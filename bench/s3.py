@@ -123,6 +123,8 @@ class CountingRelay:
             except OSError:
                 return
             server = socket.create_connection(self.upstream)
+            with self.lock:
+                self.requests["connections"] = self.requests.get("connections", 0) + 1
             for s in (client, server):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()

@@ -180,18 +180,24 @@ pub(crate) async fn run(args: GetArgs, client_args: ClientArgs) -> Result<u8> {
             let notify = notifier(&args, &ProgressBar::hidden());
             let shown = download::shown(remote);
             let stat = client.retrying(&shown, &*notify, || client.stat(remote, false));
-            let (stat, listing) = match tree_out(&args, remote) {
+            let (stat, tree) = match tree_out(&args, remote) {
                 Ok(out) => {
                     let with_digests = !args.force && has_entries(&out);
                     let listing = client.list_entries(remote, true, with_digests);
                     let (stat, listing) = tokio::join!(stat, listing);
-                    (stat, Some(listing))
+                    let tree = ListedTree {
+                        out,
+                        with_digests,
+                        listing,
+                    };
+                    (stat, Ok(tree))
                 }
-                // A path that names no tree: the stat says what is wrong.
-                Err(_) => (stat.await, None),
+                // A path that names no tree: the stat says what is wrong
+                // with it, and a folder there gets this error.
+                Err(err) => (stat.await, Err(err)),
             };
             if matches!(&stat, Ok(stat) if stat.entry.kind == EntryKind::Dir) {
-                return run_tree(&args, &client, remote, listing).await;
+                return run_tree(&args, &client, remote, tree?).await;
             }
         }
         return run_single(&args, &client, remote).await;
@@ -291,26 +297,35 @@ async fn run_single(args: &GetArgs, client: &Client, remote: &str) -> Result<u8>
     }
 }
 
+/// A `-r DIR` whose listing went out with the `Stat` that told DIR is a
+/// folder.
+struct ListedTree {
+    /// Where the tree goes ([`tree_out`]).
+    out: PathBuf,
+    /// Whether the listing carries digests (OUT holds something to check).
+    with_digests: bool,
+    /// The listing, under way.
+    listing: Result<ListStream>,
+}
+
 /// `-r DIR`: the tree below DIR into OUT (default ./BASENAME-of-DIR).
-async fn run_tree(
-    args: &GetArgs,
-    client: &Client,
-    dir: &str,
-    listing: Option<Result<ListStream>>,
-) -> Result<u8> {
-    let out = tree_out(args, dir)?;
-    let with_digests = !args.force && has_entries(&out);
+async fn run_tree(args: &GetArgs, client: &Client, dir: &str, tree: ListedTree) -> Result<u8> {
+    let ListedTree {
+        out,
+        with_digests,
+        listing,
+    } = tree;
     std::fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
     let mut checks = LocalChecks::default();
     let notify = notifier(args, &ProgressBar::hidden());
-    let items = bulk::plan_tree_from(
+    let items = bulk::plan_tree(
         client,
         dir,
         &out,
         with_digests,
         &mut checks,
         &*notify,
-        listing,
+        Some(listing),
     )
     .await?;
     run_items(args, client, &out, items, checks).await
@@ -362,6 +377,7 @@ async fn run_many(args: &GetArgs, client: &Client, paths: &[String]) -> Result<u
                                     with_digests,
                                     &mut checks,
                                     &*notify,
+                                    None,
                                 )
                                 .await
                             }
@@ -530,7 +546,7 @@ async fn run_fleet(
                     false => bulk::confine(&out, &display),
                 };
                 match sub {
-                    Ok(sub) => bulk::plan_tree(lead, path, &sub, true, &mut checks, &*notify)
+                    Ok(sub) => bulk::plan_tree(lead, path, &sub, true, &mut checks, &*notify, None)
                         .await
                         .map(|items| (items, true)),
                     Err(err) => Err(err),

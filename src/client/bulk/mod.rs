@@ -33,7 +33,7 @@ use crate::error::Result;
 pub(crate) use confine::confine;
 pub(crate) use item::Item;
 pub(crate) use local::LocalChecks;
-pub(crate) use plan::{plan_tree, plan_tree_from};
+pub(crate) use plan::plan_tree;
 
 /// Transfers at once when `-j` is not given.
 pub(crate) const DEFAULT_JOBS: usize = 8;

@@ -20,22 +20,12 @@ use crate::error::{Error, Result};
 /// A listing broken off by a busy, draining or lost server is made again
 /// under the client's retry policy (each retry one notice to `notify`);
 /// the checks the broken one queued are voided.
-pub(crate) async fn plan_tree(
-    client: &Client,
-    dir: &str,
-    out: &Path,
-    with_digests: bool,
-    checks: &mut LocalChecks,
-    notify: &(dyn Fn(&str) + Sync),
-) -> Result<Vec<Item>> {
-    plan_tree_from(client, dir, out, with_digests, checks, notify, None).await
-}
-
-/// [`plan_tree`], starting from a listing of `dir` (recursive, with digests
-/// when `with_digests`) already under way, when there is one: a caller that
+///
+/// `listing`: a listing of `dir` (recursive, with digests when
+/// `with_digests`) already under way, when there is one: a caller that
 /// asked for it together with the `Stat` that told `dir` is a folder saves
 /// a round trip. Retries list anew.
-pub(crate) async fn plan_tree_from(
+pub(crate) async fn plan_tree(
     client: &Client,
     dir: &str,
     out: &Path,

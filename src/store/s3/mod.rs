@@ -139,6 +139,15 @@ impl S3Store {
             inner: Arc::new(inner),
         })
     }
+
+    /// The key of the object `path` may name; `None` for the root, which
+    /// is always a folder.
+    fn file_key(&self, path: &RequestPath) -> Result<Option<KeyPath>> {
+        Ok(self
+            .inner
+            .key_of(path)?
+            .filter(|_| !path.display().is_empty()))
+    }
 }
 
 impl Store for S3Store {
@@ -199,8 +208,7 @@ impl Store for S3Store {
 
     fn open(&self, path: &RequestPath) -> Result<S3Reader> {
         let shown = path.shown();
-        let key = self.inner.key_of(path)?;
-        let Some(key) = key.filter(|_| !path.display().is_empty()) else {
+        let Some(key) = self.file_key(path)? else {
             return Err(Error::IsDirectory { path: shown });
         };
         match self.inner.head(&key, &shown)? {
@@ -213,8 +221,7 @@ impl Store for S3Store {
     }
 
     fn open_at(&self, path: &RequestPath, offset: u64) -> Result<S3Reader> {
-        let key = self.inner.key_of(path)?;
-        if let Some(key) = key.filter(|_| !path.display().is_empty())
+        if let Some(key) = self.file_key(path)?
             && let Some(reader) =
                 S3Reader::first_block(Arc::clone(&self.inner), path.clone(), &key, offset)?
         {
@@ -229,10 +236,13 @@ impl Store for S3Store {
         // one each, and the blocking thread wakes once.
         let firsts: Vec<_> = paths
             .iter()
-            .map(|path| match self.inner.key_of(path) {
-                Ok(Some(key)) if !path.display().is_empty() => Some(self.inner.runtime.spawn(
-                    S3Reader::first_block_async(Arc::clone(&self.inner), path.clone(), key, 0),
-                )),
+            .map(|path| match self.file_key(path) {
+                Ok(Some(key)) => Some(self.inner.runtime.spawn(S3Reader::first_block_async(
+                    Arc::clone(&self.inner),
+                    path.clone(),
+                    key,
+                    0,
+                ))),
                 _ => None,
             })
             .collect();
@@ -260,8 +270,7 @@ impl Store for S3Store {
 
     fn stage(&self, path: &RequestPath, replace: bool) -> Result<S3Upload> {
         let shown = path.shown();
-        let key = self.inner.key_of(path)?;
-        let Some(key) = key.filter(|_| !path.display().is_empty()) else {
+        let Some(key) = self.file_key(path)? else {
             return Err(Error::TargetIsDirectory { path: shown });
         };
         if self.inner.has_children(Some(&key), &shown)? {
