@@ -18,6 +18,9 @@
 //! - [`store`]: the seam between the server and the tree it exports, and
 //!   the local tree behind it (the sandbox, staging, tail followers).
 //! - [`checksum`]: streaming sha256.
+//! - [`delta`]: files as content-defined chunks (FastCDC, BLAKE3), shared
+//!   by both ends of a delta transfer: cutting, checking a manifest, and
+//!   the plan that rebuilds a file from a local copy and fetched ranges.
 //! - [`partfile`]: `DEST.part` files that become `DEST` only when verified.
 //! - [`tls`]: certificate and key files, and what a failed TLS handshake
 //!   means (both sides).
@@ -29,6 +32,7 @@
 mod checksum;
 mod cli;
 mod client;
+mod delta;
 mod entry;
 mod error;
 mod partfile;

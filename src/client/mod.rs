@@ -21,6 +21,7 @@ mod connector;
 pub(crate) mod download;
 pub(crate) mod fleet;
 pub(crate) mod follow;
+pub(crate) mod manifest;
 pub(crate) mod options;
 mod raw_read;
 pub(crate) mod retry;

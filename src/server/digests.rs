@@ -57,16 +57,7 @@ impl<V: Version> DigestCache<V> {
     /// Remembers `digest` for `version`, hashed from `hashing_started` on,
     /// unless the file was modified too recently to trust its version.
     pub(crate) fn insert(&self, version: V, digest: Digest, hashing_started: SystemTime) {
-        let started_ns = hashing_started
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
-            });
-        let settled_ns = started_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
-        if version
-            .racy_mtime_ns()
-            .is_none_or(|mtime_ns| mtime_ns < settled_ns)
-        {
+        if settled(&version, hashing_started) {
             self.lock().put(version, digest);
         }
     }
@@ -111,6 +102,21 @@ impl<V: Version> DigestCache<V> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// True when what was read of `version` from `hashing_started` on can be
+/// trusted to name it: its mtime was at least [`RACY_WINDOW`] old by then
+/// (or the version names the content exactly).
+pub(crate) fn settled<V: Version>(version: &V, hashing_started: SystemTime) -> bool {
+    let started_ns = hashing_started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+        });
+    let settled_ns = started_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
+    version
+        .racy_mtime_ns()
+        .is_none_or(|mtime_ns| mtime_ns < settled_ns)
 }
 
 /// Digests looked up for a listing a few at once, the entries given back in

@@ -18,6 +18,9 @@
 //! - [`raw_read`]: `Read` answered below tonic's codec, so file data is
 //!   not copied into an encode buffer.
 //! - [`digests`]: whole-file digests remembered by file version.
+//! - [`delta`]: file versions described as chunks (kept beside their
+//!   digests) and byte ranges read from one pinned version, behind
+//!   `Manifest` and `ReadRanges`.
 //! - [`upload`]: the writer behind `Write`: hash, verify, commit the
 //!   version the store staged.
 //!
@@ -28,6 +31,7 @@ pub(crate) mod auth;
 pub(crate) mod calls;
 pub(crate) mod config;
 pub(crate) mod conn;
+pub(crate) mod delta;
 pub(crate) mod digests;
 pub(crate) mod health;
 pub(crate) mod metrics;

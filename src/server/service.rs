@@ -21,6 +21,7 @@ use crate::proto::{
 };
 use crate::read_stream::ReadEvent;
 use crate::server::calls::CallRecord;
+use crate::server::delta::{self, Described, ManifestCache};
 use crate::server::digests::{DigestCache, InOrder};
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, Span, WholeRead};
 use crate::server::upload::{Stored, Upload, UploadSpec};
@@ -51,6 +52,7 @@ pub(crate) const READ_MANY_OPENED_AT_ONCE: usize = 16;
 pub(crate) struct FetchdService<S: Store> {
     store: Arc<S>,
     digests: Arc<DigestCache<S::Version>>,
+    manifests: Arc<ManifestCache<S::Version>>,
     transfers: Arc<Semaphore>,
     max_transfers: usize,
     tails: Arc<Semaphore>,
@@ -68,6 +70,7 @@ impl<S: Store> Clone for FetchdService<S> {
         FetchdService {
             store: Arc::clone(&self.store),
             digests: Arc::clone(&self.digests),
+            manifests: Arc::clone(&self.manifests),
             transfers: Arc::clone(&self.transfers),
             max_transfers: self.max_transfers,
             tails: Arc::clone(&self.tails),
@@ -85,6 +88,7 @@ impl<S: Store> FetchdService<S> {
         FetchdService {
             store,
             digests: Arc::new(DigestCache::default()),
+            manifests: Arc::new(ManifestCache::default()),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             max_transfers,
             tails: Arc::new(Semaphore::new(crate::server::config::DEFAULT_MAX_TAILS)),
@@ -384,6 +388,107 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
         }
     }
 
+    type ManifestStream = ResponseStream<proto::ManifestResponse>;
+
+    async fn manifest(
+        &self,
+        request: Request<proto::ManifestRequest>,
+    ) -> Result<Response<Self::ManifestStream>, Status> {
+        CallRecord::of(request.extensions()).set_path(&request.get_ref().path);
+        let request = request.into_inner();
+        let path = RequestPath::parse(&request.path)?;
+        let pinned = if request.groups.is_empty() {
+            None
+        } else {
+            Some(
+                request
+                    .version
+                    .map(crate::entry::FileVersion::from)
+                    .ok_or_else(|| Error::InvalidRequest {
+                        path: path.shown(),
+                        reason: "groups without the version they are of".into(),
+                    })?,
+            )
+        };
+        let permit = self.acquire_transfer()?;
+        let (store, digests, manifests) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.digests),
+            Arc::clone(&self.manifests),
+        );
+        let description = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                delta::describe(&*store, &digests, &manifests, &path)
+            })
+            .await
+            .map_err(|err| Status::internal(err.to_string()))??
+        };
+        let messages = match pinned {
+            None => manifest_outline(description),
+            Some(version) => {
+                if version != description.version {
+                    return Err(Error::Changed { path: path.shown() }.into());
+                }
+                manifest_lists(&path, &description.described, &request.groups)?
+            }
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            messages
+                .into_iter()
+                .map(|kind| Ok(proto::ManifestResponse { kind: Some(kind) })),
+        ))))
+    }
+
+    type ReadRangesStream = ResponseStream<ReadResponse>;
+
+    async fn read_ranges(
+        &self,
+        request: Request<proto::ReadRangesRequest>,
+    ) -> Result<Response<Self::ReadRangesStream>, Status> {
+        let record = CallRecord::of(request.extensions());
+        record.set_path(&request.get_ref().path);
+        let request = request.into_inner();
+        let path = RequestPath::parse(&request.path)?;
+        let invalid = |reason: &str| Error::InvalidRequest {
+            path: path.shown(),
+            reason: reason.into(),
+        };
+        let pinned = request
+            .version
+            .map(crate::entry::FileVersion::from)
+            .ok_or_else(|| invalid("no version to read the ranges of"))?;
+        if request.offsets.len() != request.lengths.len() {
+            return Err(invalid("offsets and lengths differ in number").into());
+        }
+        let ranges: Vec<(u64, u64)> = request
+            .offsets
+            .iter()
+            .copied()
+            .zip(request.lengths.iter().copied())
+            .collect();
+        let permit = self.acquire_transfer()?;
+        let store = Arc::clone(&self.store);
+        let opened =
+            tokio::task::spawn_blocking(move || delta::open_ranges(&*store, path, pinned, ranges))
+                .await
+                .map_err(|err| Status::internal(err.to_string()))??;
+        let events = ReceiverStream::new(opened.stream(permit));
+        let stream = events.map(move |event| {
+            let kind = match event? {
+                ReadEvent::Start(start) => read_response::Kind::Header(start.into()),
+                ReadEvent::Data(data) => {
+                    record.add_sent(data.len() as u64);
+                    read_response::Kind::Data(data)
+                }
+                ReadEvent::End(digest) => read_response::Kind::Trailer(digest.into()),
+            };
+            Ok(ReadResponse { kind: Some(kind) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     type TailStream = ResponseStream<proto::TailResponse>;
 
     async fn tail(
@@ -580,6 +685,69 @@ fn with_heartbeats(
 }
 
 /// A tail message as it goes on the wire.
+/// A manifest's first level: the header, then the group list in batches.
+fn manifest_outline(description: delta::Description) -> Vec<proto::manifest_response::Kind> {
+    use proto::manifest_response::Kind;
+    let delta::Description {
+        entry,
+        version,
+        described,
+    } = description;
+    let chunked = described.chunked.as_ref();
+    let params = chunked.map(|chunked| chunked.params);
+    let groups = chunked.map_or(&[][..], |chunked| &chunked.groups[..]);
+    let mut out = vec![Kind::Header(proto::ManifestHeader {
+        entry: Some(entry.into()),
+        version: Some(version.into()),
+        sha256: bytes::Bytes::copy_from_slice(described.sha256.as_bytes()),
+        min_chunk: params.map_or(0, |params| params.min),
+        avg_chunk: params.map_or(0, |params| params.avg),
+        max_chunk: params.map_or(0, |params| params.max),
+        group_count: groups.len() as u32,
+    })];
+    for batch in groups.chunks(delta::GROUPS_PER_MESSAGE) {
+        let mut hashes = Vec::with_capacity(batch.len() * crate::delta::HASH_BYTES);
+        for group in batch {
+            hashes.extend_from_slice(&group.hash.0);
+        }
+        out.push(Kind::Groups(proto::ManifestGroups {
+            lengths: batch.iter().map(|group| group.len).collect(),
+            chunk_counts: batch.iter().map(|group| group.chunks).collect(),
+            hashes: hashes.into(),
+        }));
+    }
+    out
+}
+
+/// The chunk lists of the groups asked for, in request order.
+fn manifest_lists(
+    path: &RequestPath,
+    described: &Described,
+    asked: &[u32],
+) -> Result<Vec<proto::manifest_response::Kind>> {
+    let Some(chunked) = described.chunked.as_ref() else {
+        delta::check_groups(path, asked, 0)?;
+        return Ok(Vec::new());
+    };
+    delta::check_groups(path, asked, chunked.groups.len())?;
+    let lists: Vec<&[crate::delta::Chunk]> = chunked.group_chunks().collect();
+    Ok(asked
+        .iter()
+        .map(|&group| {
+            let chunks = lists[group as usize];
+            let mut hashes = Vec::with_capacity(chunks.len() * crate::delta::HASH_BYTES);
+            for chunk in chunks {
+                hashes.extend_from_slice(&chunk.hash.0);
+            }
+            proto::manifest_response::Kind::Chunks(proto::ChunkList {
+                group,
+                lengths: chunks.iter().map(|chunk| chunk.len).collect(),
+                hashes: hashes.into(),
+            })
+        })
+        .collect())
+}
+
 fn tail_response(event: TailEvent) -> proto::TailResponse {
     use proto::tail_response::Kind;
     let kind = match event {

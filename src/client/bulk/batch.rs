@@ -308,6 +308,7 @@ fn write_files(out: &Path, received: Vec<Received>) -> Vec<Landed> {
                 report: Report {
                     bytes: file.data.len() as u64,
                     transferred: file.data.len() as u64,
+                    reused: 0,
                     sha256: file.sha256,
                     outcome: Outcome::Downloaded,
                 },
@@ -540,6 +541,7 @@ mod tests {
             limit_rate: None,
             notify: std::sync::Arc::new(|_: &str| {}),
             batch: true,
+            delta: true,
         };
         let items = vec![
             item("a/new", 10),

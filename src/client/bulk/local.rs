@@ -141,6 +141,7 @@ fn skipped_report(item: &Item, sha256: Digest) -> Report {
     Report {
         bytes: item.known.map_or(0, |known| known.size),
         transferred: 0,
+        reused: 0,
         sha256,
         outcome: download::Outcome::Skipped,
     }

@@ -53,6 +53,8 @@ pub(crate) struct Summary {
     pub failed: u64,
     /// Bytes received over the network.
     pub transferred: u64,
+    /// Bytes of changed files taken from their local copies (delta).
+    pub reused: u64,
     /// Wall time of the batch.
     pub elapsed: Duration,
 }
@@ -70,11 +72,16 @@ impl Summary {
             human_bytes(self.transferred),
             secs,
             human_bytes((self.transferred as f64 / secs) as u64),
-        )
+        ) + &if self.reused > 0 {
+            format!("; reused {} from local copies", human_bytes(self.reused))
+        } else {
+            String::new()
+        }
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// `1.0 GiB`, `512 B`: bytes for a person.
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -150,6 +157,7 @@ pub(crate) async fn fetch_all(
             Ok(report) => {
                 summary.downloaded += 1;
                 summary.transferred += report.transferred;
+                summary.reused += report.reused;
             }
             Err(_) => summary.failed += 1,
         }

@@ -8,11 +8,14 @@
 //! server's file is now shorter) or a file that changed during the read
 //! restarts from zero, at most [`MAX_ATTEMPTS`] times in all.
 //!
+//! - [`delta`]: a download as a delta against an older DEST: reused
+//!   chunks copied, the rest fetched as ranges.
 //! - [`report`]: the options and what a download reports.
 //! - [`receive`]: one `Read` stream into a sink, and what a failure means.
 //! - [`small`]: the small-file path (gathered in memory, one blocking write).
 //! - [`stdout`]: a download to standard output.
 
+mod delta;
 mod receive;
 mod report;
 mod small;
@@ -30,6 +33,7 @@ use crate::entry::EntryKind;
 use crate::error::{Error, Result};
 use crate::partfile::PartFile;
 use crate::read_stream::ReadEvent;
+use delta::Delta;
 use receive::{Failure, Fetched, Gathered, blocking, classify, protocol, receive};
 pub(crate) use report::shown;
 pub(crate) use report::{DownloadOptions, Known, MAX_ATTEMPTS, Notify, Outcome, Report};
@@ -90,10 +94,13 @@ async fn download_once(
             dest.display()
         )));
     }
-    if !options.force
-        && let Some(report) = skip_if_identical(client, remote, dest, known).await?
-    {
-        return Ok(report);
+    let mut server_size = known.map(|known| known.size);
+    if !options.force {
+        match skip_if_identical(client, remote, dest, known).await? {
+            Local::Identical(report) => return Ok(report),
+            Local::Differs { size } => server_size = Some(size),
+            Local::Absent => {}
+        }
     }
     if known.is_some_and(|known| known.size <= INLINE_FILE_BYTES)
         && !crate::partfile::part_path(dest).exists()
@@ -117,6 +124,52 @@ async fn download_once(
             return Err(local);
         }
     };
+    if options.delta
+        && let Some(size) = server_size
+        && delta::worth_trying(dest, size, &part)
+    {
+        match delta::download_delta(client, remote, dest, part, size, options).await {
+            Delta::Done {
+                part,
+                sha256,
+                size,
+                fetched,
+                reused,
+            } => {
+                blocking(move || part.commit()).await?;
+                options.progress_done();
+                return Ok(Report {
+                    bytes: size,
+                    transferred: fetched,
+                    reused,
+                    sha256,
+                    outcome: Outcome::Downloaded,
+                });
+            }
+            Delta::Whole(mut returned, reason) => {
+                if let Some(reason) = reason {
+                    (options.notify)(&format!(
+                        "{}: {reason}; downloading it whole",
+                        shown(remote)
+                    ));
+                }
+                part = blocking(move || returned.truncate(0).map(|()| returned)).await?;
+            }
+            Delta::Failed(returned, err) => {
+                // What the delta wrote is a prefix of the server's file: a
+                // later try resumes from it.
+                options.progress_abandon();
+                if returned.is_empty() {
+                    blocking(move || returned.discard()).await?;
+                }
+                return Err(err);
+            }
+            Delta::Lost(err) => {
+                options.progress_abandon();
+                return Err(err);
+            }
+        }
+    }
     let mut last_reason = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let offset = part.len();
@@ -148,6 +201,7 @@ async fn download_once(
                 return Ok(Report {
                     bytes: size,
                     transferred,
+                    reused: 0,
                     sha256: digest,
                     outcome: Outcome::Downloaded,
                 });
@@ -191,16 +245,27 @@ async fn download_once(
     })
 }
 
-/// A "skipped" report when `dest` already holds the server's file.
+/// What the destination holds against the server's file.
+enum Local {
+    /// The server's file: nothing to download.
+    Identical(Report),
+    /// A regular file that differs from the server's file of `size` bytes.
+    Differs { size: u64 },
+    /// No regular file.
+    Absent,
+}
+
+/// Whether `dest` already holds the server's file (then a "skipped"
+/// report).
 async fn skip_if_identical(
     client: &Client,
     remote: &str,
     dest: &Path,
     known: Option<Known>,
-) -> Result<Option<Report>> {
+) -> Result<Local> {
     let local_size = match std::fs::metadata(dest) {
         Ok(meta) if meta.is_file() => meta.len(),
-        _ => return Ok(None),
+        _ => return Ok(Local::Absent),
     };
     let known = match known {
         Some(known) => known,
@@ -218,16 +283,20 @@ async fn skip_if_identical(
         }
     };
     if known.size != local_size {
-        return Ok(None);
+        return Ok(Local::Differs { size: known.size });
     }
-    Ok(matching_local_copy(client, remote, dest, known.sha256)
-        .await?
-        .map(|digest| Report {
-            bytes: known.size,
-            transferred: 0,
-            sha256: digest,
-            outcome: Outcome::Skipped,
-        }))
+    Ok(
+        match matching_local_copy(client, remote, dest, known.sha256).await? {
+            Some(digest) => Local::Identical(Report {
+                bytes: known.size,
+                transferred: 0,
+                reused: 0,
+                sha256: digest,
+                outcome: Outcome::Skipped,
+            }),
+            None => Local::Differs { size: known.size },
+        },
+    )
 }
 
 /// The digest of `dest` when it equals the server's file (whose digest is

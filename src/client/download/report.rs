@@ -27,6 +27,9 @@ pub(crate) struct DownloadOptions {
     pub notify: Notify,
     /// The progress bar is shared by a batch: only add bytes to it.
     pub batch: bool,
+    /// Fetch only what changed when the destination holds an older copy
+    /// (off with `--whole-file`).
+    pub delta: bool,
 }
 
 impl DownloadOptions {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for DownloadOptions {
         f.debug_struct("DownloadOptions")
             .field("force", &self.force)
             .field("limit_rate", &self.limit_rate)
+            .field("delta", &self.delta)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +74,7 @@ impl Default for DownloadOptions {
             limit_rate: None,
             notify: Arc::new(|_| {}),
             batch: false,
+            delta: true,
         }
     }
 }
@@ -90,6 +95,8 @@ pub(crate) struct Report {
     pub bytes: u64,
     /// Bytes that crossed the network in this run.
     pub transferred: u64,
+    /// Bytes taken from the local copy instead (a delta transfer).
+    pub reused: u64,
     /// The verified sha256 of the whole file.
     pub sha256: Digest,
     /// Downloaded or skipped.

@@ -89,6 +89,7 @@ pub(super) async fn download_small(
     Some(result.map(|sha256| Report {
         bytes: size,
         transferred: start.length,
+        reused: 0,
         sha256,
         outcome: Outcome::Downloaded,
     }))

@@ -146,6 +146,7 @@ fn stdout_report(size: u64, hasher: Hasher) -> Report {
     Report {
         bytes: size,
         transferred,
+        reused: 0,
         sha256: hasher.finalize(),
         outcome: Outcome::Downloaded,
     }

@@ -276,6 +276,7 @@ pub(crate) async fn fetch_spread(
             Ok(report) => {
                 summary.downloaded += 1;
                 summary.transferred += report.transferred;
+                summary.reused += report.reused;
             }
             Err(_) => summary.failed += 1,
         }

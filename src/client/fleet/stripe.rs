@@ -251,6 +251,7 @@ pub(crate) async fn download_striped(
             report: Report {
                 bytes: agreed.size,
                 transferred: 0,
+                reused: 0,
                 sha256: agreed.sha256,
                 outcome: Outcome::Skipped,
             },
@@ -359,6 +360,7 @@ pub(crate) async fn download_striped(
             report: Report {
                 bytes: agreed.size,
                 transferred,
+                reused: 0,
                 sha256: actual,
                 outcome: Outcome::Downloaded,
             },
@@ -379,6 +381,7 @@ pub(crate) async fn download_striped(
     Ok(Delivered {
         report: Report {
             transferred: report.transferred + transferred,
+            reused: report.reused,
             ..report
         },
         servers: vec![first.label.clone()],
