@@ -304,7 +304,7 @@ pub(crate) fn check_ranges(path: &RequestPath, ranges: &[(u64, u64)], size: u64)
         if len == 0 {
             return Err(invalid("an empty range".into()));
         }
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len);
         if end > size {
             return Err(Error::OffsetPastEnd {
                 path: path.shown(),
