@@ -24,7 +24,7 @@ use bytes::{Buf, Bytes};
 use crate::checksum::{Digest, Hasher};
 use crate::client::Client;
 use crate::client::assemble::Assembler;
-use crate::client::download::receive::blocking;
+use crate::client::download::receive::{blocking, pace};
 use crate::client::download::report::{DownloadOptions, shown};
 use crate::client::manifest::{MAX_ITEMS_PER_REQUEST, RemoteManifest};
 use crate::delta::cut::cut_reader;
@@ -157,17 +157,8 @@ pub(super) async fn download_delta(
     };
     let plan = plan(outline, &index, &lists);
     if plan.reused < manifest.entry.size / MIN_REUSED_SHARE {
-        return Delta::Whole(
-            part,
-            Some(format!(
-                "{} of the local copy matches; downloading it whole",
-                if plan.reused == 0 {
-                    "nothing"
-                } else {
-                    "too little"
-                }
-            )),
-        );
+        // Nothing worth reusing: an ordinary download, without a notice.
+        return Delta::Whole(part, None);
     }
     options.progress_start(manifest.entry.size, 0);
     let (part, result) =
@@ -249,6 +240,8 @@ async fn push_steps(
     let ranges: Vec<(u64, u64)> = plan.fetches().collect();
     let mut fetched = Fetched::new(client, remote, manifest, ranges);
     let stopped = || Error::io(remote, io::Error::other("the writer stopped"));
+    let started = std::time::Instant::now();
+    let mut received: u64 = 0;
     for step in &plan.steps {
         match *step {
             Step::Copy { from, len } => {
@@ -276,7 +269,11 @@ async fn push_steps(
                 while done < len {
                     let data = fetched.take(len - done).await?;
                     done += data.len() as u64;
+                    received += data.len() as u64;
                     options.progress.inc(data.len() as u64);
+                    if let Some(rate) = options.limit_rate {
+                        pace(started, received, rate).await;
+                    }
                     if !assembler.push(data).await {
                         return Err(stopped());
                     }

@@ -129,7 +129,7 @@ pub(super) async fn receive(
 }
 
 /// Sleeps until `received` bytes are no faster than `rate` bytes/s.
-async fn pace(started: Instant, received: u64, rate: u64) {
+pub(super) async fn pace(started: Instant, received: u64, rate: u64) {
     let due = Duration::from_secs_f64(received as f64 / rate.max(1) as f64);
     if let Some(wait) = due.checked_sub(started.elapsed()) {
         tokio::time::sleep(wait).await;
