@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::*;
 use fetchd::proto::fetchd_client::FetchdClient;
 use fetchd::proto::{
-    ReadRequest, StatRequest, WriteHeader, WriteRequest, WriteTrailer, read_response, write_request,
+    CopyRange, FileVersion, ReadRequest, StatRequest, WriteHeader, WriteRequest, WriteTrailer,
+    read_response, write_request,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
@@ -237,6 +238,7 @@ async fn write(
             path: path.into(),
             size: Some(size),
             force,
+            base: None,
         })),
     }];
     for chunk in chunks {
@@ -533,4 +535,177 @@ async fn idle_tails_carry_heartbeats() {
             }
         }
     }
+}
+
+/// The messages of a delta `Write` of `path` over `base`: header, `pieces`
+/// (a copy of the base or data), trailer with `sha256`.
+fn delta_messages(
+    path: &str,
+    base: Option<FileVersion>,
+    force: bool,
+    pieces: Vec<write_request::Kind>,
+    sha256: Vec<u8>,
+) -> Vec<WriteRequest> {
+    let size = 2 * 1024 * 1024;
+    let mut messages = vec![WriteRequest {
+        kind: Some(write_request::Kind::Header(WriteHeader {
+            path: path.into(),
+            size: Some(size),
+            force,
+            base,
+        })),
+    }];
+    messages.extend(
+        pieces
+            .into_iter()
+            .map(|kind| WriteRequest { kind: Some(kind) }),
+    );
+    messages.push(WriteRequest {
+        kind: Some(write_request::Kind::Trailer(WriteTrailer {
+            sha256: sha256.into(),
+        })),
+    });
+    messages
+}
+
+fn copy(offset: u64, length: u64) -> write_request::Kind {
+    write_request::Kind::Copy(CopyRange { offset, length })
+}
+
+/// A delta `Write`: copies read the pinned base, data fills the rest, the
+/// sha256 covers the assembled file; a stale base is ABORTED, a copy
+/// without a base or past its end refused, and none of them touches the
+/// target or leaves a temporary file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_writes_copy_from_a_pinned_base() {
+    let (_tmp, root) = tree();
+    let old = random_bytes(2 * 1024 * 1024, 9);
+    fs::write(root.join("image.bin"), &old).unwrap();
+    let server = in_process(&root, true);
+    let client = rpc(&server.url).await;
+    let version = client
+        .clone()
+        .stat(StatRequest {
+            path: "image.bin".into(),
+            want_sha256: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    // New file: the base's second MiB, then 1 MiB of new bytes.
+    let fresh = random_bytes(1024 * 1024, 10);
+    let mut new = old[1024 * 1024..].to_vec();
+    new.extend_from_slice(&fresh);
+    let sha = Sha256::digest(&new).to_vec();
+    let write_with = |base: Option<FileVersion>, force: bool, pieces, sha: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            client
+                .clone()
+                .write(tokio_stream::iter(delta_messages(
+                    "image.bin",
+                    base,
+                    force,
+                    pieces,
+                    sha,
+                )))
+                .await
+        }
+    };
+    let untouched = || {
+        assert!(
+            fs::read(root.join("image.bin")).unwrap() == old,
+            "target untouched"
+        );
+        let names: Vec<_> = fs::read_dir(&root).unwrap().collect();
+        assert_eq!(names.len(), 3, "no temporary file: {names:?}");
+    };
+
+    let no_base = write_with(
+        None,
+        true,
+        vec![
+            copy(1024 * 1024, 1024 * 1024),
+            write_request::Kind::Data(fresh.clone().into()),
+        ],
+        sha.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(no_base.code(), Code::InvalidArgument, "{no_base:?}");
+    untouched();
+
+    let past_end = write_with(
+        Some(version),
+        true,
+        vec![copy(1024 * 1024 + 1, 1024 * 1024)],
+        sha.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(past_end.code(), Code::OutOfRange, "{past_end:?}");
+    untouched();
+
+    let without_force = write_with(Some(version), false, vec![], sha.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        without_force.code(),
+        Code::InvalidArgument,
+        "{without_force:?}"
+    );
+    untouched();
+
+    let mut stale = version;
+    stale.mtime_ns -= 1;
+    let aborted = write_with(
+        Some(stale),
+        true,
+        vec![
+            copy(1024 * 1024, 1024 * 1024),
+            write_request::Kind::Data(fresh.clone().into()),
+        ],
+        sha.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");
+    untouched();
+
+    let mut wrong = sha.clone();
+    wrong[0] ^= 1;
+    let mismatch = write_with(
+        Some(version),
+        true,
+        vec![
+            copy(1024 * 1024, 1024 * 1024),
+            write_request::Kind::Data(fresh.clone().into()),
+        ],
+        wrong,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(mismatch.code(), Code::DataLoss, "{mismatch:?}");
+    untouched();
+
+    let stored = write_with(
+        Some(version),
+        true,
+        vec![
+            copy(1024 * 1024, 1024 * 1024),
+            write_request::Kind::Data(fresh.into()),
+        ],
+        sha.clone(),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(stored.bytes, new.len() as u64);
+    assert_eq!(stored.sha256.to_vec(), sha);
+    assert!(
+        fs::read(root.join("image.bin")).unwrap() == new,
+        "the assembled file"
+    );
 }

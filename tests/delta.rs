@@ -47,8 +47,15 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_uploads(false)
+    }
+
+    fn with_uploads(allow_upload: bool) -> Setup {
         let root = tempfile::tempdir().unwrap();
-        let server = InProcessServer::serve(root.path());
+        let mut config = fetchd::ServerConfig::new(root.path());
+        config.grace = std::time::Duration::from_secs(2);
+        config.allow_upload = allow_upload;
+        let server = InProcessServer::start(config);
         let link = Link::start(&server);
         Setup {
             _server: server,
@@ -66,6 +73,21 @@ impl Setup {
         all.extend_from_slice(args);
         let run = client(&self.link.relay.url(), self.out.path(), &all);
         (run, self.link.relay.bytes_down() - before)
+    }
+
+    /// `put --force OUT/NAME NAME ARGS...`, and the bytes the client sent
+    /// for it.
+    fn put(&self, name: &str, args: &[&str]) -> (Run, u64) {
+        let before = self.link.relay.bytes_up();
+        let local = self.out.path().join(name);
+        let mut all = vec!["put", "--force", local.to_str().unwrap(), name];
+        all.extend_from_slice(args);
+        let run = client(&self.link.relay.url(), self.out.path(), &all);
+        (run, self.link.relay.bytes_up() - before)
+    }
+
+    fn server_file(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.root.path().join(name)).unwrap()
     }
 
     fn put_server(&self, name: &str, data: &[u8]) {
@@ -263,4 +285,132 @@ fn reruns_fetch_nothing() {
     run.expect_code(0);
     assert_eq!(json(&run)["status"], "skipped");
     assert!(wire < 64 * 1024, "{wire}");
+}
+
+/// `put --force` over an older REMOTE sends only the chunks around the
+/// edits (counted on the wire), the server's file becomes the new one, and
+/// nothing else is left in its folder.
+#[test]
+fn put_force_sends_only_what_the_server_lacks() {
+    let setup = Setup::with_uploads(true);
+    let old = random_bytes(16 * MIB, 20);
+    let mut new = old.clone();
+    for i in 0..8 {
+        overwrite(&mut new, i * 1_900_000 + 333, 4096, 200 + i as u64);
+    }
+    new.splice(5 * MIB..5 * MIB, random_bytes(70_000, 21));
+    new.drain(11 * MIB..11 * MIB + 90_000);
+    setup.put_server("vm.img", &old);
+    setup.put_local("vm.img", &new);
+    let (run, wire) = setup.put("vm.img", &["--json"]);
+    run.expect_code(0);
+    assert!(setup.server_file("vm.img") == new, "REMOTE is the new file");
+    let line = json(&run);
+    assert_eq!(line["sha256"], sha256_hex(&new));
+    let sent = line["sent"].as_u64().unwrap();
+    let reused = line["reused"].as_u64().unwrap();
+    assert_eq!(sent + reused, new.len() as u64);
+    assert!(sent >= 8 * 4096 + 70_000, "{sent}");
+    assert!(sent < 2 * MIB as u64, "{sent} bytes sent");
+    assert!(
+        wire >= sent && wire < 2 * MIB as u64,
+        "{wire} bytes on the wire"
+    );
+    let names: Vec<_> = std::fs::read_dir(setup.root.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+
+    // Without --json: the summary says what was reused.
+    let mut newer = new.clone();
+    overwrite(&mut newer, 3 * MIB, 4096, 22);
+    setup.put_local("vm.img", &newer);
+    let (run, _) = setup.put("vm.img", &[]);
+    run.expect_code(0).expect_stderr("reused 9");
+    assert!(setup.server_file("vm.img") == newer);
+}
+
+/// `put --force --whole-file` sends every byte; a REMOTE that does not
+/// exist yet, or that shares nothing, is an ordinary upload.
+#[test]
+fn put_whole_file_and_unrelated_remotes_send_everything() {
+    let setup = Setup::with_uploads(true);
+    let old = random_bytes(4 * MIB, 23);
+    let mut new = old.clone();
+    overwrite(&mut new, MIB, 4096, 24);
+    setup.put_server("a.bin", &old);
+    setup.put_local("a.bin", &new);
+    let (run, wire) = setup.put("a.bin", &["--json", "--whole-file"]);
+    run.expect_code(0);
+    assert_eq!(json(&run)["reused"], 0);
+    assert!(wire >= new.len() as u64, "{wire}");
+    assert!(setup.server_file("a.bin") == new);
+
+    let other = random_bytes(4 * MIB, 25);
+    setup.put_local("a.bin", &other);
+    let (run, wire) = setup.put("a.bin", &["--json"]);
+    run.expect_code(0);
+    assert_eq!(json(&run)["reused"], 0);
+    assert!(wire >= other.len() as u64, "{wire}");
+    assert!(setup.server_file("a.bin") == other);
+
+    setup.put_local("fresh.bin", &new);
+    let (run, _) = setup.put("fresh.bin", &["--json"]);
+    run.expect_code(0);
+    assert_eq!(json(&run)["sent"], new.len() as u64);
+    assert!(setup.server_file("fresh.bin") == new);
+}
+
+/// The server's file replaced while its ranges are on the way: the delta
+/// is ABORTED (never a mix of versions), DEST keeps the old copy until a
+/// whole download of the newest version is verified and renamed.
+#[test]
+fn a_server_file_changed_mid_delta_is_fetched_again_whole() {
+    let setup = Setup::new();
+    let old = random_bytes(4 * MIB, 30);
+    // The old 4 MiB, then 32 MiB the local copy lacks: more than the
+    // stream's window and the server's queue hold, so the server is still
+    // reading when the file is replaced.
+    let mut new = old.clone();
+    new.extend_from_slice(&random_bytes(32 * MIB, 31));
+    let newest = random_bytes(new.len(), 32);
+    setup.put_server("live.bin", &new);
+    setup.put_local("live.bin", &old);
+    let dest = setup.out.path().join("live.bin");
+    let mut get = common::Background::start(
+        setup.out.path(),
+        &setup.link.relay.url(),
+        &[
+            "get",
+            "live.bin",
+            "-o",
+            dest.to_str().unwrap(),
+            "--limit-rate",
+            "16m",
+        ],
+    );
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(30), || {
+            setup.link.relay.bytes_down() > MIB as u64
+        }),
+        "the ranges started"
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == old,
+        "DEST untouched meanwhile"
+    );
+    let staged = setup.root.path().join(".live.bin.new");
+    std::fs::write(&staged, &newest).unwrap();
+    std::fs::rename(&staged, setup.root.path().join("live.bin")).unwrap();
+    assert_eq!(get.finish(), 0, "{:?}", get.notices);
+    assert!(
+        std::fs::read(&dest).unwrap() == newest,
+        "DEST is the newest version"
+    );
+    assert!(
+        get.notices.iter().any(|line| {
+            line.contains("the file changed while it was read")
+                && line.contains("downloading it whole")
+        }),
+        "{:?}",
+        get.notices
+    );
 }

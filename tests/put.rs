@@ -114,6 +114,7 @@ fn header(path: &str, size: Option<u64>, force: bool) -> WriteRequest {
             path: path.to_string(),
             size,
             force,
+            base: None,
         })),
     }
 }

@@ -650,6 +650,7 @@ fn uploads_appear_only_when_verified() {
                 path: name.into(),
                 size: Some(body.len() as u64),
                 force: false,
+                base: None,
             }))];
             for chunk in body.chunks(256 * 1024) {
                 messages.push(write_request(write_request::Kind::Data(

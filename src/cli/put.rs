@@ -23,7 +23,10 @@ Streams LOCAL to REMOTE below the server's root; REMOTE ending in / means
 REMOTE/BASENAME-of-LOCAL. Missing folders on the way are created (inside the root
 only). The server writes a hidden temporary file beside REMOTE, checks the size and
 the sha256 sent at the end, syncs it and renames it into place: a broken or
-mismatched upload leaves nothing at REMOTE. LOCAL - reads stdin (as does a pipe or
+mismatched upload leaves nothing at REMOTE. With --force over an existing REMOTE of
+1 MiB or more, only the chunks the server's version lacks are sent (--whole-file
+sends all): the server builds the new file from its old one and the bytes sent, and
+the same size and sha256 checks decide. LOCAL - reads stdin (as does a pipe or
 FIFO): the size is then unknown up front and only the server's limit applies.
 A busy, restarting or dropped server is retried for --retry-for seconds, sending a
 regular file again from byte 0 (stdin and pipes are sent once).
@@ -39,8 +42,15 @@ pub struct PutArgs {
     pub remote: String,
 
     /// Replace REMOTE if it exists (otherwise: already exists, exit 1).
+    /// When REMOTE holds an older version, only the chunks it lacks are
+    /// sent (a delta transfer).
     #[arg(long)]
     pub force: bool,
+
+    /// With --force, send every byte even when REMOTE holds an older
+    /// version (no delta transfer).
+    #[arg(long)]
+    pub whole_file: bool,
 
     /// No progress display.
     #[arg(short, long)]
@@ -90,6 +100,7 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
         let notify_bar = progress.clone();
         let options = UploadOptions {
             force: args.force,
+            delta: !args.whole_file,
             progress,
             notify: Arc::new(move |line: &str| {
                 if !quiet {
@@ -105,6 +116,11 @@ pub(crate) async fn run(args: PutArgs, client_args: ClientArgs) -> Result<u8> {
         let mut out = Output::default();
         out.line(&json_line(&remote, &source.shown(), &result).to_string())?;
         out.flush()?;
+    } else if !args.quiet
+        && let Ok(uploaded) = &result
+        && uploaded.reused > 0
+    {
+        eprintln!("fetchd: {remote}: {}", reuse_line(uploaded));
     }
     match result {
         Ok(_) => Ok(EXIT_OK),
@@ -133,6 +149,7 @@ async fn run_fleet(
     progress.set_message(remote.clone());
     let options = UploadOptions {
         force: args.force,
+        delta: !args.whole_file,
         progress,
         notify: Arc::new(|_: &str| {}),
     };
@@ -247,6 +264,16 @@ fn progress_bar(args: &PutArgs, size_known: bool) -> ProgressBar {
     bar
 }
 
+/// `reused 98.7 % of 1.0 GiB (13.3 MiB sent)`: what a delta upload saved.
+fn reuse_line(uploaded: &Uploaded) -> String {
+    let share = 100.0 * uploaded.reused as f64 / uploaded.bytes.max(1) as f64;
+    format!(
+        "reused {share:.1} % of {} ({} sent)",
+        crate::client::bulk::human_bytes(uploaded.bytes),
+        crate::client::bulk::human_bytes(uploaded.sent)
+    )
+}
+
 /// The `--json` object: like `get`'s, with `source` (the local path, `-`
 /// for stdin) where `get` has `dest`.
 pub(crate) fn json_line(
@@ -260,6 +287,8 @@ pub(crate) fn json_line(
             "path": uploaded.path,
             "source": source,
             "bytes": uploaded.bytes,
+            "sent": uploaded.sent,
+            "reused": uploaded.reused,
             "sha256": uploaded.sha256.to_hex(),
             "status": "ok",
         }),

@@ -320,11 +320,15 @@ impl Client {
                 path: target.path.clone(),
                 size: target.size,
                 force: target.force,
+                base: target.base.map(Into::into),
             })),
         };
         let pieces = tokio_stream::wrappers::ReceiverStream::new(body).map(|piece| {
             let kind = match piece {
                 UploadPiece::Data(data) => Kind::Data(data),
+                UploadPiece::Copy { offset, length } => {
+                    Kind::Copy(proto::CopyRange { offset, length })
+                }
                 UploadPiece::End(digest) => Kind::Trailer(WriteTrailer {
                     sha256: bytes::Bytes::copy_from_slice(digest.as_bytes()),
                 }),
@@ -492,6 +496,9 @@ impl ManyStream {
 pub enum UploadPiece {
     /// The next bytes of the file.
     Data(bytes::Bytes),
+    /// The next `length` bytes are the base's from `offset` (a delta
+    /// upload: [`WriteTarget::base`]).
+    Copy { offset: u64, length: u64 },
     /// The end: the sha256 of every byte sent.
     End(Digest),
 }
@@ -516,6 +523,9 @@ pub struct WriteTarget {
     pub size: Option<u64>,
     /// Replace an existing file.
     pub force: bool,
+    /// A delta upload: the version of the file at `path` that copies read
+    /// from.
+    pub base: Option<FileVersion>,
 }
 
 /// Entries of a `List` call.

@@ -126,17 +126,19 @@ impl Outline {
     }
 }
 
-/// Where the local copy holds each group and chunk it has.
+/// Where a copy that is a source of chunks holds each group and chunk it
+/// has: the local copy of a delta download, the server's current version
+/// for a delta upload.
 #[derive(Debug, Default)]
-pub(crate) struct LocalIndex {
+pub(crate) struct SourceIndex {
     groups: HashMap<(ChunkHash, u64), u64>,
     chunks: HashMap<(ChunkHash, u32), u64>,
 }
 
-impl LocalIndex {
+impl SourceIndex {
     /// Indexes a local copy's chunks (the first place each occurs).
-    pub(crate) fn new(local: &Chunked) -> LocalIndex {
-        let mut index = LocalIndex::default();
+    pub(crate) fn new(local: &Chunked) -> SourceIndex {
+        let mut index = SourceIndex::default();
         let mut offset = 0;
         for (group, members) in local.groups.iter().zip(local.group_chunks()) {
             index
@@ -144,6 +146,28 @@ impl LocalIndex {
                 .entry((group.hash, group.len))
                 .or_insert(offset);
             for chunk in members {
+                index
+                    .chunks
+                    .entry((chunk.hash, chunk.len))
+                    .or_insert(offset);
+                offset += u64::from(chunk.len);
+            }
+        }
+        index
+    }
+
+    /// Indexes a copy known by its (checked) outline and the chunk lists
+    /// of some of its groups: every group, and the chunks of those listed.
+    pub(crate) fn described(outline: &Outline, lists: &HashMap<u32, Vec<Chunk>>) -> SourceIndex {
+        let mut index = SourceIndex::default();
+        for (number, group) in outline.groups.iter().enumerate() {
+            let start = outline.start(number);
+            index.groups.entry((group.hash, group.len)).or_insert(start);
+            let Some(chunks) = lists.get(&(number as u32)) else {
+                continue;
+            };
+            let mut offset = start;
+            for chunk in chunks {
                 index
                     .chunks
                     .entry((chunk.hash, chunk.len))
@@ -167,7 +191,7 @@ impl LocalIndex {
 
 /// The groups of `outline` the local copy lacks (by index): their chunk
 /// lists are what to ask for next.
-pub(crate) fn missing_groups(outline: &Outline, local: &LocalIndex) -> Vec<u32> {
+pub(crate) fn missing_groups(outline: &Outline, local: &SourceIndex) -> Vec<u32> {
     (0..outline.groups.len())
         .filter(|&index| local.group(&outline.groups[index]).is_none())
         .map(|index| index as u32)
@@ -237,20 +261,53 @@ impl Plan {
 /// whole.
 pub(crate) fn plan(
     outline: &Outline,
-    local: &LocalIndex,
+    local: &SourceIndex,
     lists: &HashMap<u32, Vec<Chunk>>,
 ) -> Plan {
+    steps(
+        outline.groups.iter().enumerate().map(|(index, group)| {
+            let chunks = lists.get(&(index as u32)).map(Vec::as_slice);
+            (group, outline.start(index), chunks)
+        }),
+        local,
+    )
+}
+
+/// The steps that build `target`, a file cut whole (the local file of a
+/// delta upload), from `source`: copies of what the source holds, and
+/// `Fetch` steps for the rest of `target`'s own bytes.
+pub(crate) fn plan_whole(target: &Chunked, source: &SourceIndex) -> Plan {
+    let mut start = 0;
+    steps(
+        target
+            .groups
+            .iter()
+            .zip(target.group_chunks())
+            .map(|(group, chunks)| {
+                let at = start;
+                start += group.len;
+                (group, at, Some(chunks))
+            }),
+        source,
+    )
+}
+
+/// The steps for groups (each with its start and, when known, its chunks)
+/// given a source of chunks.
+fn steps<'a>(
+    groups: impl Iterator<Item = (&'a Group, u64, Option<&'a [Chunk]>)>,
+    source: &SourceIndex,
+) -> Plan {
     let mut plan = Plan::default();
-    for (index, group) in outline.groups.iter().enumerate() {
-        let start = outline.start(index);
-        if let Some(from) = local.group(group) {
+    for (group, start, chunks) in groups {
+        if let Some(from) = source.group(group) {
             plan.push(Step::Copy {
                 from,
                 len: group.len,
             });
             continue;
         }
-        let Some(chunks) = lists.get(&(index as u32)) else {
+        let Some(chunks) = chunks else {
             plan.push(Step::Fetch {
                 offset: start,
                 len: group.len,
@@ -260,7 +317,7 @@ pub(crate) fn plan(
         let mut offset = start;
         for chunk in chunks {
             let len = u64::from(chunk.len);
-            match local.chunk(chunk) {
+            match source.chunk(chunk) {
                 Some(from) => plan.push(Step::Copy { from, len }),
                 None => plan.push(Step::Fetch { offset, len }),
             }
@@ -288,7 +345,7 @@ mod tests {
         let ours = cut_all(local, params);
         let outline =
             Outline::new(params, server.len() as u64, theirs.groups.clone()).expect("valid");
-        let index = LocalIndex::new(&ours);
+        let index = SourceIndex::new(&ours);
         let lists: Vec<&[Chunk]> = theirs.group_chunks().collect();
         let mut asked = HashMap::new();
         for group in missing_groups(&outline, &index) {
@@ -311,6 +368,50 @@ mod tests {
             }
         }
         (out, plan)
+    }
+
+    /// What a delta upload does: the server's outline, the lists of its
+    /// groups the new file lacks, a plan over the new file; then the bytes
+    /// the server assembles (copies from its old version, the rest sent).
+    fn rebuild_upload(old: &[u8], new: &[u8], params: Params) -> (Vec<u8>, Plan) {
+        let theirs = cut_all(old, params);
+        let ours = cut_all(new, params);
+        let outline = Outline::new(params, old.len() as u64, theirs.groups.clone()).expect("valid");
+        let lists: Vec<&[Chunk]> = theirs.group_chunks().collect();
+        let asked: HashMap<u32, Vec<Chunk>> = missing_groups(&outline, &SourceIndex::new(&ours))
+            .into_iter()
+            .map(|group| (group, lists[group as usize].to_vec()))
+            .collect();
+        let plan = plan_whole(&ours, &SourceIndex::described(&outline, &asked));
+        let mut out = Vec::with_capacity(new.len());
+        for step in &plan.steps {
+            match *step {
+                Step::Copy { from, len } => {
+                    out.extend_from_slice(&old[from as usize..(from + len) as usize]);
+                }
+                Step::Fetch { offset, len } => {
+                    out.extend_from_slice(&new[offset as usize..(offset + len) as usize]);
+                }
+            }
+        }
+        (out, plan)
+    }
+
+    #[test]
+    fn an_upload_sends_only_the_edits() {
+        let params = Params::with_avg(8192);
+        let old = noise(8 << 20, 21);
+        let mut new = old.clone();
+        new.splice(3 << 20..3 << 20, noise(100_000, 22));
+        new.drain(6 << 20..(6 << 20) + 50_000);
+        let (out, plan) = rebuild_upload(&old, &new, params);
+        assert!(out == new);
+        assert_eq!(plan.reused + plan.fetched, new.len() as u64);
+        assert!(plan.fetched >= 100_000, "{plan:?}");
+        assert!(
+            plan.fetched <= 100_000 + 4 * u64::from(params.max),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -482,6 +583,9 @@ mod tests {
             }
             let (out, plan) = rebuild(&server, &local, params);
             prop_assert!(out == server, "rebuilt file differs");
+            let (uploaded, sent) = rebuild_upload(&local, &server, params);
+            prop_assert!(uploaded == server, "uploaded file differs");
+            prop_assert_eq!(sent.reused + sent.fetched, server.len() as u64);
             prop_assert_eq!(plan.reused + plan.fetched, server.len() as u64);
             for step in &plan.steps {
                 if let Step::Copy { from, len } = *step {

@@ -24,8 +24,8 @@ use crate::server::calls::CallRecord;
 use crate::server::delta::{self, Described, ManifestCache};
 use crate::server::digests::{DigestCache, InOrder};
 use crate::server::read::{Framing, OpenRead, ReadEvents, SMALL_FILE_BYTES, Span, WholeRead};
-use crate::server::upload::{Stored, Upload, UploadSpec};
-use crate::store::{RequestPath, Store, TailSpec};
+use crate::server::upload::{Base, Stored, Upload, UploadSpec};
+use crate::store::{Reader, RequestPath, Store, TailSpec};
 use crate::tail_stream::{RECENT_BYTES, RecentBytes, TailCursor, TailEvent, TailNotice, TailStart};
 
 /// Entries per `List` message.
@@ -361,13 +361,34 @@ impl<S: Store> proto::fetchd_server::Fetchd for FetchdService<S> {
         };
         let _permit = self.acquire_transfer()?;
         let started = Instant::now();
+        let mut base = match header.base {
+            None => None,
+            Some(_) if !header.force => {
+                return Err(Error::InvalidRequest {
+                    path: shown,
+                    reason: "a base without force: a delta upload replaces a file".into(),
+                }
+                .into());
+            }
+            Some(pinned) => {
+                let (store, path) = (Arc::clone(&self.store), path.clone());
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        Base::open(&*store, &path, crate::entry::FileVersion::from(pinned))
+                    })
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))??,
+                )
+            }
+        };
         let spec = UploadSpec {
             path,
             size: header.size,
             force: header.force,
         };
         let mut upload = Upload::begin(Arc::clone(&self.store), spec, limit).await?;
-        let received = receive_upload(&mut stream, &mut upload, &shown, &record).await;
+        let received =
+            receive_upload(&mut stream, &mut upload, base.as_mut(), &shown, &record).await;
         if received.is_err() {
             // The temporary file is gone before the client hears why.
             upload.abort().await;
@@ -604,9 +625,10 @@ async fn write_header(
 
 /// Feeds a `Write` stream's data into `upload` until the trailer (and the
 /// end of the stream after it), then finishes it.
-async fn receive_upload(
+async fn receive_upload<R: Reader>(
     stream: &mut Streaming<proto::WriteRequest>,
     upload: &mut Upload,
+    mut base: Option<&mut Base<R>>,
     shown: &str,
     record: &CallRecord,
 ) -> Result<Stored, Status> {
@@ -623,11 +645,20 @@ async fn receive_upload(
                 record.add_received(data.len() as u64);
                 upload.push(data).await?;
             }
+            Some(write_request::Kind::Copy(copy)) => {
+                let Some(base) = base.as_deref_mut() else {
+                    return Err(invalid("a copy in an upload without a base"));
+                };
+                base.copy_into(copy.offset, copy.length, upload).await?;
+            }
             Some(write_request::Kind::Trailer(trailer)) => {
                 let expected = Digest::from_slice(&trailer.sha256)
                     .ok_or_else(|| invalid("the trailer's sha256 is not 32 bytes"))?;
                 if stream.message().await?.is_some() {
                     return Err(invalid("a message came after the trailer"));
+                }
+                if let Some(base) = base {
+                    base.check_current().await?;
                 }
                 return Ok(upload.finish(expected).await?);
             }

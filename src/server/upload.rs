@@ -26,8 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::checksum::{Digest, Hasher};
+use crate::entry::FileVersion;
 use crate::error::{Error, Result};
-use crate::store::{RequestPath, Staged, Store};
+use crate::store::{Reader, RequestPath, Staged, Store, Version};
 
 /// Chunks queued between the network loop and each of the writer and hasher
 /// threads: memory per upload is about this many chunks plus the HTTP/2
@@ -35,6 +36,8 @@ use crate::store::{RequestPath, Staged, Store};
 pub(crate) const WRITE_QUEUE_CHUNKS: usize = 4;
 /// Default for `--max-upload-size`: 16 GiB.
 pub(crate) const DEFAULT_MAX_UPLOAD_BYTES: u64 = 16 << 30;
+/// Bytes of the base read per piece of a copy (a delta upload).
+const COPY_PIECE_BYTES: usize = 1024 * 1024;
 /// What a client asked to store.
 #[derive(Clone, Debug)]
 pub(crate) struct UploadSpec {
@@ -240,6 +243,119 @@ impl Upload {
             Ok(result) => result,
             Err(err) => Err(thread_failed(&self.shown, "writer", err)),
         }
+    }
+}
+
+/// The base of a delta upload: the version of the target that `copy`
+/// messages read from, opened before the new version is staged and pinned
+/// until the trailer.
+#[derive(Debug)]
+pub(crate) struct Base<R: Reader> {
+    /// `None` only while a read is on a blocking thread.
+    reader: Option<R>,
+    shown: String,
+    size: u64,
+}
+
+impl<R: Reader> Base<R> {
+    /// Opens `path` and checks it is still `pinned` (the version its
+    /// manifest described): [`Error::Changed`] when not. Blocks.
+    pub(crate) fn open<S: Store<Reader = R>>(
+        store: &S,
+        path: &RequestPath,
+        pinned: FileVersion,
+    ) -> Result<Base<R>> {
+        let reader = store.open(path)?;
+        if reader.version().describe() != pinned {
+            return Err(Error::Changed { path: path.shown() });
+        }
+        Ok(Base {
+            size: reader.entry().size,
+            reader: Some(reader),
+            shown: path.shown(),
+        })
+    }
+
+    /// Appends `length` bytes of the base from `offset` to `upload`, read
+    /// in pieces off the async threads. An empty range or one past the
+    /// base's end is refused; a base that comes up short has changed.
+    pub(crate) async fn copy_into(
+        &mut self,
+        offset: u64,
+        length: u64,
+        upload: &mut Upload,
+    ) -> Result<()> {
+        if length == 0 {
+            return Err(Error::InvalidRequest {
+                path: self.shown.clone(),
+                reason: "an empty copy".into(),
+            });
+        }
+        let end = offset.saturating_add(length);
+        if end > self.size {
+            return Err(Error::OffsetPastEnd {
+                path: self.shown.clone(),
+                offset: end,
+                size: self.size,
+            });
+        }
+        let mut position = offset;
+        while position < end {
+            let want = usize::try_from(end - position)
+                .unwrap_or(COPY_PIECE_BYTES)
+                .min(COPY_PIECE_BYTES);
+            let buf = self
+                .on_reader(move |reader| {
+                    let mut buf = Vec::with_capacity(want);
+                    reader.read_into(position, want, &mut buf).map(|_| buf)
+                })
+                .await?;
+            if buf.len() < want {
+                return Err(Error::Changed {
+                    path: self.shown.clone(),
+                });
+            }
+            position += want as u64;
+            upload.push(Bytes::from(buf)).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks the base is still the file at its path, so that the copies
+    /// never mixed two versions.
+    pub(crate) async fn check_current(&mut self) -> Result<()> {
+        if self.on_reader(|reader| reader.is_current()).await? {
+            Ok(())
+        } else {
+            Err(Error::Changed {
+                path: self.shown.clone(),
+            })
+        }
+    }
+
+    /// Runs `work` on the base's reader on a blocking thread.
+    async fn on_reader<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut R) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let Some(mut reader) = self.reader.take() else {
+            return Err(self.lost());
+        };
+        let (reader, done) = tokio::task::spawn_blocking(move || {
+            let done = work(&mut reader);
+            (reader, done)
+        })
+        .await
+        .map_err(|err| thread_failed(&self.shown, "base reader", err))?;
+        self.reader = Some(reader);
+        done
+    }
+
+    fn lost(&self) -> Error {
+        Error::io(
+            &self.shown,
+            io::Error::other("the base was lost by a failed copy"),
+        )
     }
 }
 

@@ -28,7 +28,7 @@ use crate::client::download::receive::{blocking, pace};
 use crate::client::download::report::{DownloadOptions, shown};
 use crate::client::manifest::{MAX_ITEMS_PER_REQUEST, RemoteManifest};
 use crate::delta::cut::cut_reader;
-use crate::delta::plan::{LocalIndex, Plan, Step, missing_groups, plan};
+use crate::delta::plan::{Plan, SourceIndex, Step, missing_groups, plan};
 use crate::delta::{Chunked, DELTA_MIN_FILE_BYTES, Params};
 use crate::error::{Error, Result};
 use crate::partfile::PartFile;
@@ -141,7 +141,7 @@ pub(super) async fn download_delta(
         Ok(local) => local,
         Err(err) => return Delta::Whole(part, Some(err.to_string())),
     };
-    let index = LocalIndex::new(&local.chunked);
+    let index = SourceIndex::new(&local.chunked);
     let missing = missing_groups(outline, &index);
     let lists = if missing.is_empty() {
         HashMap::new()

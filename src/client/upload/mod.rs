@@ -20,15 +20,16 @@ use bytes::Bytes;
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
+mod delta;
+mod report;
+
+pub use report::UPLOAD_CHUNK_BYTES;
+pub(crate) use report::{UPLOAD_QUEUE_CHUNKS, UploadOptions, Uploaded, checked};
+
 use crate::checksum::{Digest, Hasher};
-use crate::client::download::{Notify, shown};
+use crate::client::download::shown;
 use crate::client::{Client, UploadPiece, WriteTarget, Written};
 use crate::error::{Error, Result};
-
-/// Bytes per data message.
-pub const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
-/// Chunks queued between the reader thread and the network.
-pub(crate) const UPLOAD_QUEUE_CHUNKS: usize = 4;
 
 /// Where the bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,35 +55,6 @@ impl Source {
         match self {
             Source::File(path) => path.display().to_string(),
             Source::Stdin => "-".to_string(),
-        }
-    }
-}
-
-/// How an upload behaves.
-#[derive(Clone)]
-pub(crate) struct UploadOptions {
-    /// Replace an existing file on the server.
-    pub force: bool,
-    /// Progress display (use [`ProgressBar::hidden`] for none).
-    pub progress: ProgressBar,
-    /// Where notices (retrying) go.
-    pub notify: Notify,
-}
-
-impl std::fmt::Debug for UploadOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UploadOptions")
-            .field("force", &self.force)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for UploadOptions {
-    fn default() -> UploadOptions {
-        UploadOptions {
-            force: false,
-            progress: ProgressBar::hidden(),
-            notify: Arc::new(|_| {}),
         }
     }
 }
@@ -141,17 +113,6 @@ pub(crate) fn open(source: &Source) -> Result<Opened> {
     }
 }
 
-/// The result of a finished upload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Uploaded {
-    /// The path on the server, as the server names it.
-    pub path: String,
-    /// Bytes stored.
-    pub bytes: u64,
-    /// sha256 of the stored file, equal on both sides.
-    pub sha256: Digest,
-}
-
 /// Uploads `opened` to `remote`; a busy, draining or lost server is tried
 /// again under the client's retry policy when the source can be read again
 /// (a regular file, re-opened and sent from byte 0: the server keeps
@@ -176,7 +137,25 @@ pub(crate) async fn upload_retrying(
                     .map_err(|err| Error::io("<open>", io::Error::other(err)))??
             }
         };
-        match upload(client, this, remote, options).await {
+        let delta = match &this.source {
+            Source::File(path) if delta::worth_trying(options, this.size) => {
+                let size = this.size.unwrap_or_default();
+                Some(delta::upload_delta(client, path, size, remote, options).await)
+            }
+            _ => None,
+        };
+        let result = match delta {
+            Some(delta::Attempt::Done(uploaded)) => Ok(uploaded),
+            Some(delta::Attempt::Failed(err)) => Err(err),
+            Some(delta::Attempt::Whole(reason)) => {
+                if let Some(reason) = reason {
+                    (options.notify)(&format!("{}: {reason}; uploading it whole", shown(remote)));
+                }
+                upload(client, this, remote, options).await
+            }
+            None => upload(client, this, remote, options).await,
+        };
+        match result {
             Err(err) if again && streak.wait(&shown(remote), &err, &*options.notify).await => {}
             done => return done,
         }
@@ -261,25 +240,8 @@ fn start(opened: &Opened, remote: &str, options: &UploadOptions) -> WriteTarget 
         path: remote.to_string(),
         size: opened.size,
         force: options.force,
+        base: None,
     }
-}
-
-/// The server's answer, when it stored exactly the bytes that were sent.
-fn checked(remote: &str, written: Written, bytes: u64, sha256: Digest) -> Result<Uploaded> {
-    if written.bytes != bytes || written.sha256 != sha256 {
-        return Err(Error::Protocol {
-            path: remote.to_string(),
-            reason: format!(
-                "the server stored {} bytes with sha256 {}, but {bytes} bytes with sha256 {sha256} were sent",
-                written.bytes, written.sha256
-            ),
-        });
-    }
-    Ok(Uploaded {
-        path: written.path,
-        bytes,
-        sha256,
-    })
 }
 
 /// Uploads `opened` to `remote`, once.
@@ -455,6 +417,7 @@ mod tests {
             match piece {
                 UploadPiece::Data(chunk) => sizes.push(chunk.len()),
                 UploadPiece::End(digest) => end = Some(digest),
+                UploadPiece::Copy { .. } => panic!("a whole upload sends no copies"),
             }
         }
         assert_eq!(sizes, [UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_BYTES, 5]);
