@@ -21,8 +21,8 @@ through its own `examples/relay.rs` (no delay on loopback), whose byte counts ar
 the bytes on the wire each way, for both tools. The DEST is checked against the
 server's sha256 after every run and reset to the old copy before the next. Page
 cache warm; manifests cached on the fetchd server (after the warm-up round) except
-in the cold row. CPU: the client's from wait4, the server's from /proc (for the
-rsync daemon, the children it reaped). Peak RSS: the client's (wait4) and the fetchd
+in the cold row. CPU: the client's from GNU time, the server's from /proc (for the
+rsync daemon, the children it reaped). Peak RSS: the client's (GNU time) and the fetchd
 server's VmHWM (reset before each run); the rsync daemon's children are not
 measured one by one. Results: bench/results/delta.md and .json, with the CPU model
 and the one-core `openssl dgst -sha256` time of the test file.
@@ -133,15 +133,19 @@ def measure(upstream, delay_ms, argv_of, server_pid):
     addr = first_line(relay, "relay on ")
     argv = argv_of(addr)
     clear_hwm(server_pid)
+    # Write back what resetting DEST dirtied, so no run pays for the one before.
+    os.sync()
     server_cpu = cpu_s(server_pid)
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    took = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    # GNU time forks the client from its own small process: a child forked from
+    # this Python would inherit Python's peak RSS into its ru_maxrss.
+    with tempfile.NamedTemporaryFile("r", prefix="delta-time-") as usage:
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%U %S %M", "-o", usage.name, *argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=1800)
+        took = time.monotonic() - t0
+        user_s, sys_s, rss_kib = usage.read().split()[-3:]
     server_cpu = cpu_s(server_pid) - server_cpu
     server_rss = hwm_kib(server_pid)
     relay.terminate()
@@ -152,8 +156,8 @@ def measure(upstream, delay_ms, argv_of, server_pid):
     words = relay_err.decode().split()
     return {
         "wall_s": took,
-        "client_cpu_s": usage.ru_utime + usage.ru_stime,
-        "client_rss_kib": usage.ru_maxrss,
+        "client_cpu_s": float(user_s) + float(sys_s),
+        "client_rss_kib": int(rss_kib),
         "server_cpu_s": server_cpu,
         "server_rss_kib": server_rss,
         "bytes_up": int(words[words.index("bytes_up") + 1]),

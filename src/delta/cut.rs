@@ -11,13 +11,18 @@
 //! could still extend past is copied aside, to be joined with the next one.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use fastcdc::v2020 as cdc;
 
 use super::{Chunk, ChunkHash, Chunked, Params};
+use crate::checksum::Hasher;
 
 /// Bytes read per call when cutting a local file.
 pub(crate) const CUT_BLOCK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Blocks queued for the hasher thread of [`cut_and_hash`].
+const HASH_QUEUE_BLOCKS: usize = 4;
 
 /// FastCDC's masks for one set of parameters (normalisation level 1, the
 /// crate's default and what REAPI uses).
@@ -147,6 +152,42 @@ pub(crate) fn cut_reader(mut reader: impl Read, params: Params) -> io::Result<Ch
             Err(err) => return Err(err),
         }
     }
+}
+
+/// Reads `reader` to its end once: cut with `params` on this thread,
+/// sha256 on another (the two overlap on two cores), for a copy that may
+/// be the server's file already (its digest says) or an older version of
+/// it (its chunks say what it shares).
+pub(crate) fn cut_and_hash(mut reader: impl Read, params: Params) -> io::Result<(Chunked, Hasher)> {
+    let (to_hasher, blocks) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(HASH_QUEUE_BLOCKS);
+    let hasher = std::thread::spawn(move || {
+        let mut hasher = Hasher::new();
+        for block in blocks {
+            hasher.update(&block);
+        }
+        hasher
+    });
+    let mut cutter = Cutter::new(params);
+    let cut = loop {
+        let mut block = Vec::with_capacity(CUT_BLOCK_BYTES);
+        match (&mut reader)
+            .take(CUT_BLOCK_BYTES as u64)
+            .read_to_end(&mut block)
+        {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(err) => break Err(err),
+        }
+        cutter.push(&block);
+        if to_hasher.send(Arc::new(block)).is_err() {
+            break Err(io::Error::other("the hasher thread stopped"));
+        }
+    };
+    drop(to_hasher);
+    let hasher = hasher
+        .join()
+        .map_err(|_| io::Error::other("the hasher thread failed"))?;
+    cut.map(|()| (cutter.finish(), hasher))
 }
 
 /// Cuts `data` in one pass (the reference the incremental cut must equal).

@@ -94,9 +94,54 @@ fn open_source(dest: &Path) -> Result<File> {
 }
 
 /// The local copy, opened and cut.
-struct Local {
+pub(super) struct Local {
     file: Arc<File>,
     chunked: Chunked,
+}
+
+/// A local copy of the server's size, cut and hashed in one pass: its
+/// digest says whether it is the server's file already, its chunks serve
+/// the delta when it is not.
+pub(super) struct Scanned {
+    /// The copy, cut with the parameters the size implies.
+    pub local: Local,
+    /// sha256 of everything read.
+    pub sha256: Digest,
+}
+
+/// Reads DEST once when a delta would be tried against a server file of
+/// its own `size`: cut and sha256 on two threads, so that finding it
+/// different costs no second pass. `None` when no delta would be tried
+/// (a small file, not a regular file): the plain digest check does then.
+pub(super) fn scan_local(
+    dest: &Path,
+    size: u64,
+    part: &Path,
+) -> Option<impl Future<Output = Result<Scanned>> + use<>> {
+    let params = Params::for_size(size)?;
+    let regular =
+        std::fs::symlink_metadata(dest).is_ok_and(|meta| meta.is_file() && meta.len() == size);
+    if !regular || part.exists() {
+        return None;
+    }
+    let dest = dest.to_path_buf();
+    Some(blocking(move || {
+        let file = open_source(&dest)?;
+        let (chunked, hasher) =
+            crate::delta::cut::cut_and_hash(&file, params).map_err(|err| Error::io(&dest, err))?;
+        if hasher.bytes() != size {
+            return Err(Error::Changed {
+                path: dest.display().to_string(),
+            });
+        }
+        Ok(Scanned {
+            local: Local {
+                file: Arc::new(file),
+                chunked,
+            },
+            sha256: hasher.finalize(),
+        })
+    }))
 }
 
 fn cut_local(dest: PathBuf, params: Params) -> impl Future<Output = Result<Local>> {
@@ -110,18 +155,32 @@ fn cut_local(dest: PathBuf, params: Params) -> impl Future<Output = Result<Local
     })
 }
 
+/// The local copy's cut started before the manifest came.
+enum EarlyCut {
+    /// Cut already, with the digest check.
+    Done(Local),
+    /// Being cut with the parameters the size implies.
+    Running(tokio::task::JoinHandle<Result<Local>>),
+}
+
 /// Tries to download `remote` into `part` (empty) as a delta against
-/// `dest`, whose server file is `size` bytes as last seen.
+/// `dest`, whose server file is `size` bytes as last seen; `scanned` is
+/// DEST already cut (by [`scan_local`]).
 pub(super) async fn download_delta(
     client: &Client,
     remote: &str,
     dest: &Path,
     part: PartFile,
     size: u64,
+    scanned: Option<Local>,
     options: &DownloadOptions,
 ) -> Delta {
     let guess = Params::for_size(size);
-    let early_cut = guess.map(|params| tokio::spawn(cut_local(dest.to_path_buf(), params)));
+    let early_cut = match scanned {
+        Some(local) => Some(EarlyCut::Done(local)),
+        None => guess
+            .map(|params| EarlyCut::Running(tokio::spawn(cut_local(dest.to_path_buf(), params)))),
+    };
     let manifest = client.manifest(remote).await;
     let manifest = match manifest {
         Ok(manifest) => manifest,
@@ -132,7 +191,8 @@ pub(super) async fn download_delta(
         return Delta::Whole(part, None);
     };
     let local = match early_cut {
-        Some(cut) if guess == Some(outline.params) => cut
+        Some(EarlyCut::Done(local)) if local.chunked.params == outline.params => Ok(Ok(local)),
+        Some(EarlyCut::Running(cut)) if guess == Some(outline.params) => cut
             .await
             .map_err(|err| Error::io(dest, io::Error::other(err))),
         _ => Ok(cut_local(dest.to_path_buf(), outline.params).await),

@@ -95,10 +95,14 @@ async fn download_once(
         )));
     }
     let mut server_size = known.map(|known| known.size);
+    let mut scanned = None;
     if !options.force {
-        match skip_if_identical(client, remote, dest, known).await? {
+        match skip_if_identical(client, remote, dest, known, options.delta).await? {
             Local::Identical(report) => return Ok(report),
-            Local::Differs { size } => server_size = Some(size),
+            Local::Differs { size, cut } => {
+                server_size = Some(size);
+                scanned = cut;
+            }
             Local::Absent => {}
         }
     }
@@ -128,7 +132,7 @@ async fn download_once(
         && let Some(size) = server_size
         && delta::worth_trying(dest, size, &part)
     {
-        match delta::download_delta(client, remote, dest, part, size, options).await {
+        match delta::download_delta(client, remote, dest, part, size, scanned, options).await {
             Delta::Done {
                 part,
                 sha256,
@@ -249,19 +253,25 @@ async fn download_once(
 enum Local {
     /// The server's file: nothing to download.
     Identical(Report),
-    /// A regular file that differs from the server's file of `size` bytes.
-    Differs { size: u64 },
+    /// A regular file that differs from the server's file of `size` bytes
+    /// (`cut` already when it was read for a delta).
+    Differs {
+        size: u64,
+        cut: Option<delta::Local>,
+    },
     /// No regular file.
     Absent,
 }
 
 /// Whether `dest` already holds the server's file (then a "skipped"
-/// report).
+/// report). With `delta`, a large DEST of the server's size is cut in the
+/// same pass as its digest, ready for the delta if it differs.
 async fn skip_if_identical(
     client: &Client,
     remote: &str,
     dest: &Path,
     known: Option<Known>,
+    delta: bool,
 ) -> Result<Local> {
     let local_size = match std::fs::metadata(dest) {
         Ok(meta) if meta.is_file() => meta.len(),
@@ -283,7 +293,38 @@ async fn skip_if_identical(
         }
     };
     if known.size != local_size {
-        return Ok(Local::Differs { size: known.size });
+        return Ok(Local::Differs {
+            size: known.size,
+            cut: None,
+        });
+    }
+    let part = crate::partfile::part_path(dest);
+    if delta && let Some(scan) = delta::scan_local(dest, known.size, &part) {
+        let remote_digest = async {
+            match known.sha256 {
+                Some(digest) => Ok(Some(digest)),
+                None => client.stat(remote, true).await.map(|stat| stat.sha256),
+            }
+        };
+        let (scan, remote_digest) = tokio::join!(scan, remote_digest);
+        let remote_digest = remote_digest?;
+        return Ok(match scan {
+            Ok(scanned) if Some(scanned.sha256) == remote_digest => Local::Identical(Report {
+                bytes: known.size,
+                transferred: 0,
+                reused: 0,
+                sha256: scanned.sha256,
+                outcome: Outcome::Skipped,
+            }),
+            Ok(scanned) => Local::Differs {
+                size: known.size,
+                cut: Some(scanned.local),
+            },
+            Err(_) => Local::Differs {
+                size: known.size,
+                cut: None,
+            },
+        });
     }
     Ok(
         match matching_local_copy(client, remote, dest, known.sha256).await? {
@@ -294,7 +335,10 @@ async fn skip_if_identical(
                 sha256: digest,
                 outcome: Outcome::Skipped,
             }),
-            None => Local::Differs { size: known.size },
+            None => Local::Differs {
+                size: known.size,
+                cut: None,
+            },
         },
     )
 }

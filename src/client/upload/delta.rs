@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,12 +23,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::checksum::{Digest, Hasher};
+use crate::checksum::Digest;
 use crate::client::upload::report::{
     UPLOAD_CHUNK_BYTES, UPLOAD_QUEUE_CHUNKS, UploadOptions, Uploaded, checked,
 };
 use crate::client::{Client, UploadPiece, WriteTarget};
-use crate::delta::cut::{Cutter, cut_reader};
+use crate::delta::cut::{self, cut_reader};
 use crate::delta::plan::{Plan, SourceIndex, Step, missing_groups, plan_whole};
 use crate::delta::{Chunked, DELTA_MIN_FILE_BYTES, Params};
 use crate::error::{Error, Result};
@@ -36,8 +36,6 @@ use crate::error::{Error, Result};
 /// A delta pays when it reuses at least this share of the file (1/32);
 /// below it the whole upload is as cheap and reads the file once.
 const MIN_REUSED_SHARE: u64 = 32;
-/// Bytes read per block while cutting and hashing.
-const READ_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// What a delta attempt came to.
 pub(super) enum Attempt {
@@ -89,34 +87,8 @@ impl Local {
 fn cut_and_hash(path: PathBuf, params: Params) -> Result<Local> {
     let file = File::open(&path).map_err(|err| Error::io(&path, err))?;
     let meta = file.metadata().map_err(|err| Error::io(&path, err))?;
-    let (to_hasher, blocks) = std::sync::mpsc::sync_channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
-    let hasher = std::thread::spawn(move || {
-        let mut hasher = Hasher::new();
-        for block in blocks {
-            hasher.update(&block);
-        }
-        hasher
-    });
-    let mut cutter = Cutter::new(params);
-    let mut reader = &file;
-    loop {
-        let mut buf = Vec::with_capacity(READ_BLOCK_BYTES);
-        (&mut reader)
-            .take(READ_BLOCK_BYTES as u64)
-            .read_to_end(&mut buf)
-            .map_err(|err| Error::io(&path, err))?;
-        if buf.is_empty() {
-            break;
-        }
-        cutter.push(&buf);
-        if to_hasher.send(Bytes::from(buf)).is_err() {
-            break;
-        }
-    }
-    drop(to_hasher);
-    let hasher = hasher
-        .join()
-        .map_err(|_| Error::io(&path, io::Error::other("the hasher thread failed")))?;
+    let (chunked, hasher) =
+        cut::cut_and_hash(&file, params).map_err(|err| Error::io(&path, err))?;
     if hasher.bytes() != meta.len() {
         return Err(Error::Changed {
             path: path.display().to_string(),
@@ -125,7 +97,7 @@ fn cut_and_hash(path: PathBuf, params: Params) -> Result<Local> {
     let local = Local {
         size: meta.len(),
         modified: meta.modified().ok(),
-        chunked: cutter.finish(),
+        chunked,
         sha256: hasher.finalize(),
         file: Arc::new(file),
         path,
