@@ -414,3 +414,60 @@ fn a_server_file_changed_mid_delta_is_fetched_again_whole() {
         get.notices
     );
 }
+
+/// `get -r` over a folder whose local copy is an earlier run: a changed
+/// file comes as a delta (counted on the wire), an unchanged one is
+/// skipped, a new one is fetched whole, and every file ends up the
+/// server's.
+#[test]
+fn a_recursive_rerun_fetches_only_what_changed_in_each_file() {
+    let setup = Setup::new();
+    std::fs::create_dir(setup.root.path().join("tree")).unwrap();
+    std::fs::create_dir(setup.out.path().join("tree")).unwrap();
+    let old = random_bytes(8 * MIB, 40);
+    let mut changed = old.clone();
+    for i in 0..4 {
+        overwrite(&mut changed, i * 1_700_000 + 99, 4096, 41 + i as u64);
+    }
+    let same = random_bytes(2 * MIB, 45);
+    let fresh = random_bytes(MIB + 5, 46);
+    setup.put_server("tree/changed.bin", &changed);
+    setup.put_server("tree/same.bin", &same);
+    setup.put_server("tree/fresh.bin", &fresh);
+    setup.put_local("tree/changed.bin", &old);
+    setup.put_local("tree/same.bin", &same);
+    let before = setup.link.relay.bytes_down();
+    let out = setup.out.path().join("tree");
+    let run = client(
+        &setup.link.relay.url(),
+        setup.out.path(),
+        &["get", "-r", "tree", "-o", out.to_str().unwrap(), "--json"],
+    );
+    let wire = setup.link.relay.bytes_down() - before;
+    run.expect_code(0);
+    assert!(setup.local("tree/changed.bin") == changed);
+    assert!(setup.local("tree/same.bin") == same);
+    assert!(setup.local("tree/fresh.bin") == fresh);
+    let lines: Vec<serde_json::Value> = run
+        .stdout_str()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &serde_json::Value| line["path"].is_string())
+        .collect();
+    let line = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {}", run.stdout_str()))
+    };
+    assert_eq!(line("same.bin")["status"], "skipped");
+    assert_eq!(line("fresh.bin")["status"], "ok");
+    let changed_line = line("changed.bin");
+    assert_eq!(changed_line["status"], "ok");
+    assert!(changed_line["reused"].as_u64().unwrap() > 7 * MIB as u64);
+    // The new file whole, and only the chunks around the four edits.
+    assert!(
+        wire > fresh.len() as u64 && wire < (fresh.len() + MIB) as u64,
+        "{wire} bytes on the wire"
+    );
+}
