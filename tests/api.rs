@@ -614,6 +614,13 @@ async fn delta_writes_copy_from_a_pinned_base() {
                 .await
         }
     };
+    // The base's second MiB copied, then the new MiB.
+    let edit = || {
+        vec![
+            copy(1024 * 1024, 1024 * 1024),
+            write_request::Kind::Data(fresh.clone().into()),
+        ]
+    };
     let untouched = || {
         assert!(
             fs::read(root.join("image.bin")).unwrap() == old,
@@ -623,17 +630,9 @@ async fn delta_writes_copy_from_a_pinned_base() {
         assert_eq!(names.len(), 3, "no temporary file: {names:?}");
     };
 
-    let no_base = write_with(
-        None,
-        true,
-        vec![
-            copy(1024 * 1024, 1024 * 1024),
-            write_request::Kind::Data(fresh.clone().into()),
-        ],
-        sha.clone(),
-    )
-    .await
-    .unwrap_err();
+    let no_base = write_with(None, true, edit(), sha.clone())
+        .await
+        .unwrap_err();
     assert_eq!(no_base.code(), Code::InvalidArgument, "{no_base:?}");
     untouched();
 
@@ -660,48 +659,24 @@ async fn delta_writes_copy_from_a_pinned_base() {
 
     let mut stale = version;
     stale.mtime_ns -= 1;
-    let aborted = write_with(
-        Some(stale),
-        true,
-        vec![
-            copy(1024 * 1024, 1024 * 1024),
-            write_request::Kind::Data(fresh.clone().into()),
-        ],
-        sha.clone(),
-    )
-    .await
-    .unwrap_err();
+    let aborted = write_with(Some(stale), true, edit(), sha.clone())
+        .await
+        .unwrap_err();
     assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");
     untouched();
 
     let mut wrong = sha.clone();
     wrong[0] ^= 1;
-    let mismatch = write_with(
-        Some(version),
-        true,
-        vec![
-            copy(1024 * 1024, 1024 * 1024),
-            write_request::Kind::Data(fresh.clone().into()),
-        ],
-        wrong,
-    )
-    .await
-    .unwrap_err();
+    let mismatch = write_with(Some(version), true, edit(), wrong)
+        .await
+        .unwrap_err();
     assert_eq!(mismatch.code(), Code::DataLoss, "{mismatch:?}");
     untouched();
 
-    let stored = write_with(
-        Some(version),
-        true,
-        vec![
-            copy(1024 * 1024, 1024 * 1024),
-            write_request::Kind::Data(fresh.into()),
-        ],
-        sha.clone(),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let stored = write_with(Some(version), true, edit(), sha.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stored.bytes, new.len() as u64);
     assert_eq!(stored.sha256.to_vec(), sha);
     assert!(

@@ -340,6 +340,22 @@ mod tests {
 
     /// What a client does: outline, missing lists, plan; then the bytes the
     /// plan assembles.
+    /// The file `plan` builds: copies from `source`, fetches from `target`.
+    fn follow(plan: &Plan, source: &[u8], target: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(target.len());
+        for step in &plan.steps {
+            match *step {
+                Step::Copy { from, len } => {
+                    out.extend_from_slice(&source[from as usize..(from + len) as usize]);
+                }
+                Step::Fetch { offset, len } => {
+                    out.extend_from_slice(&target[offset as usize..(offset + len) as usize]);
+                }
+            }
+        }
+        out
+    }
+
     fn rebuild(server: &[u8], local: &[u8], params: Params) -> (Vec<u8>, Plan) {
         let theirs = cut_all(server, params);
         let ours = cut_all(local, params);
@@ -356,18 +372,7 @@ mod tests {
             asked.insert(group, list);
         }
         let plan = plan(&outline, &index, &asked);
-        let mut out = Vec::with_capacity(server.len());
-        for step in &plan.steps {
-            match *step {
-                Step::Copy { from, len } => {
-                    out.extend_from_slice(&local[from as usize..(from + len) as usize]);
-                }
-                Step::Fetch { offset, len } => {
-                    out.extend_from_slice(&server[offset as usize..(offset + len) as usize]);
-                }
-            }
-        }
-        (out, plan)
+        (follow(&plan, local, server), plan)
     }
 
     /// What a delta upload does: the server's outline, the lists of its
@@ -383,18 +388,7 @@ mod tests {
             .map(|group| (group, lists[group as usize].to_vec()))
             .collect();
         let plan = plan_whole(&ours, &SourceIndex::described(&outline, &asked));
-        let mut out = Vec::with_capacity(new.len());
-        for step in &plan.steps {
-            match *step {
-                Step::Copy { from, len } => {
-                    out.extend_from_slice(&old[from as usize..(from + len) as usize]);
-                }
-                Step::Fetch { offset, len } => {
-                    out.extend_from_slice(&new[offset as usize..(offset + len) as usize]);
-                }
-            }
-        }
-        (out, plan)
+        (follow(&plan, old, new), plan)
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(super) async fn pace(started: Instant, received: u64, rate: u64) {
 }
 
 /// Runs blocking file work off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)

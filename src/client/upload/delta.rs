@@ -24,6 +24,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::checksum::Digest;
+use crate::client::download::blocking;
 use crate::client::upload::report::{
     UPLOAD_CHUNK_BYTES, UPLOAD_QUEUE_CHUNKS, UploadOptions, Uploaded, checked,
 };
@@ -104,14 +105,6 @@ fn cut_and_hash(path: PathBuf, params: Params) -> Result<Local> {
     };
     local.check_unchanged()?;
     Ok(local)
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| Error::io("<blocking task>", io::Error::other(err)))?
 }
 
 /// Tries to upload `path` (a regular file of `size` bytes) over the file
