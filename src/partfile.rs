@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 /// Suffix of a part file's name.
 pub(crate) const PART_SUFFIX: &str = ".part";
 
+/// Bytes appended between two background flushes of a part file.
+const FLUSH_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A locked, open `DEST.part`.
 #[derive(Debug)]
 pub(crate) struct PartFile {
@@ -24,6 +27,45 @@ pub(crate) struct PartFile {
     path: PathBuf,
     dest: PathBuf,
     len: u64,
+    /// Bytes appended since the last background flush was asked for.
+    unflushed: u64,
+    flusher: Option<Flusher>,
+}
+
+/// A thread that writes a part file's data out (`fdatasync`) while more is
+/// appended, so that the sync before the rename has little left to do
+/// (1 GiB: 0.25 s of waiting at the end here, README, Performance).
+#[derive(Debug)]
+struct Flusher {
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Set when a background flush failed: the error belongs to the file
+    /// description both share, so the final sync might not see it again.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> Option<Flusher> {
+        let file = file.try_clone().ok()?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&failed);
+        std::thread::Builder::new()
+            .name("part-flush".into())
+            .spawn(move || {
+                for () in woken {
+                    if file.sync_data().is_err() {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Flusher { wake, failed })
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The part file path for `dest`: same folder, `.part` appended.
@@ -70,6 +112,8 @@ impl PartFile {
             file,
             path,
             dest: dest.to_path_buf(),
+            unflushed: 0,
+            flusher: None,
         })
     }
 
@@ -98,6 +142,25 @@ impl PartFile {
         Ok(())
     }
 
+    /// Reserves disk blocks for the part to grow to `size` bytes, leaving
+    /// its length alone (`FALLOC_FL_KEEP_SIZE`, so a resume still sees only
+    /// what was written). Appends into reserved blocks skip ext4's delayed
+    /// allocation: writing 1 GiB took 0.12 s instead of 0.19-0.49 s here
+    /// (README, Performance). Where the file system cannot, nothing
+    /// changes; where the disk is too full, the partial reservation is
+    /// given back and the writes meet the full disk as before.
+    pub(crate) fn reserve(&self, size: u64) {
+        let Some(more) = size.checked_sub(self.len).filter(|&more| more > 0) else {
+            return;
+        };
+        let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
+        if let Err(err) = rustix::fs::fallocate(&self.file, flags, self.len, more) {
+            tracing::debug!(path = %self.path.display(), %err, "no space reserved for the part file");
+            // Blocks past the end are freed by truncating to the length.
+            let _ = self.file.set_len(self.len);
+        }
+    }
+
     /// A reader over the bytes already present, for hashing them.
     pub(crate) fn reader(&self) -> Result<File> {
         File::open(&self.path).map_err(|err| Error::io(&self.path, err))
@@ -109,7 +172,25 @@ impl PartFile {
             .write_all(data)
             .map_err(|err| self.write_error(err))?;
         self.len += data.len() as u64;
+        self.flush_behind(data.len() as u64);
         Ok(())
+    }
+
+    /// Asks the flusher thread to write out what was appended, once every
+    /// [`FLUSH_EVERY_BYTES`].
+    fn flush_behind(&mut self, appended: u64) {
+        self.unflushed += appended;
+        if self.unflushed < FLUSH_EVERY_BYTES {
+            return;
+        }
+        self.unflushed = 0;
+        if self.flusher.is_none() {
+            self.flusher = Flusher::start(&self.file);
+        }
+        if let Some(flusher) = &self.flusher {
+            // A flush already waiting covers these bytes too.
+            let _ = flusher.wake.try_send(());
+        }
     }
 
     /// Writes `data` at `offset`, leaving the cursor where it was (one file
@@ -128,7 +209,12 @@ impl PartFile {
 
     /// Syncs the data, renames the part file onto the destination and syncs
     /// the folder, so the destination is whole even after a crash.
-    pub(crate) fn commit(self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
+        if let Some(flusher) = self.flusher.take()
+            && flusher.failed()
+        {
+            return Err(self.write_error(io::Error::other("writing the data out to disk failed")));
+        }
         self.file.sync_all().map_err(|err| self.write_error(err))?;
         fs::rename(&self.path, &self.dest).map_err(|err| Error::io(&self.dest, err))?;
         sync_parent(&self.dest).map_err(|err| Error::io(&self.dest, err))
@@ -233,5 +319,45 @@ mod tests {
         let _first = PartFile::open(&dest).expect("open");
         let second = PartFile::open(&dest).expect_err("must be locked");
         assert!(second.to_string().contains("another fetchd"), "{second}");
+    }
+
+    /// Space reserved ahead keeps the part's length (what a resume trusts)
+    /// and is given to the appends; a long file flushed behind its writes
+    /// comes out whole.
+    #[test]
+    fn reserved_and_flushed_behind_a_part_file_stays_exact() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("file");
+        let mut part = PartFile::open(&dest).expect("open");
+        part.append(b"head").expect("append");
+        let total = 2 * FLUSH_EVERY_BYTES + 4 + 1000;
+        part.reserve(total);
+        let meta = fs::metadata(part.path()).expect("stat");
+        assert_eq!(
+            (part.len(), meta.len()),
+            (4, 4),
+            "the length is what was written"
+        );
+        assert!(meta.blocks() * 512 >= total, "blocks reserved past the end");
+        drop(part);
+        let mut part = PartFile::open(&dest).expect("reopen");
+        assert_eq!(part.len(), 4, "a resume sees only what was written");
+        let block: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        for _ in 0..2 * FLUSH_EVERY_BYTES / block.len() as u64 {
+            part.append(&block).expect("append");
+        }
+        part.append(&[7u8; 1000]).expect("append");
+        part.commit().expect("commit");
+        let meta = fs::metadata(&dest).expect("stat");
+        assert_eq!(meta.len(), total);
+        assert!(
+            meta.blocks() * 512 >= total,
+            "the reserved blocks hold the data"
+        );
+        let data = fs::read(&dest).expect("read");
+        assert_eq!(&data[..4], b"head");
+        assert_eq!(&data[4..4 + block.len()], &block[..]);
+        assert_eq!(&data[data.len() - 1000..], &[7u8; 1000][..]);
     }
 }

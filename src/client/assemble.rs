@@ -21,11 +21,18 @@ pub(crate) trait Sink: Send + 'static {
     /// Appends `data`. `Ok(false)` means the reader is gone (a closed pipe)
     /// and nothing more needs writing.
     fn append(&mut self, data: &[u8]) -> Result<bool>;
+
+    /// Makes room for the sink to grow to `size` bytes, where it can.
+    fn reserve(&mut self, _size: u64) {}
 }
 
 impl Sink for PartFile {
     fn append(&mut self, data: &[u8]) -> Result<bool> {
         PartFile::append(self, data).map(|()| true)
+    }
+
+    fn reserve(&mut self, size: u64) {
+        PartFile::reserve(self, size);
     }
 }
 
@@ -84,11 +91,13 @@ pub(crate) struct Assembled<S> {
 
 impl<S: Sink> Assembler<S> {
     /// Starts writing to `sink`, continuing `hasher` (which has already seen
-    /// whatever the sink holds).
-    pub(crate) fn start(mut sink: S, mut hasher: Hasher) -> Assembler<S> {
+    /// whatever the sink holds); `size` is what the sink will hold at the
+    /// end, reserved first.
+    pub(crate) fn start(mut sink: S, mut hasher: Hasher, size: u64) -> Assembler<S> {
         let (to_writer, mut writer_rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
         let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(ASSEMBLE_QUEUE_CHUNKS);
         let writer = tokio::task::spawn_blocking(move || {
+            sink.reserve(size);
             while let Some(chunk) = writer_rx.blocking_recv() {
                 match sink.append(&chunk) {
                     Ok(true) => {}

@@ -9,8 +9,19 @@
 //!
 //! Bytes are cut where they arrive; only the tail of a block that a cut
 //! could still extend past is copied aside, to be joined with the next one.
+//!
+//! A file on disk is cut on two threads ([`cut_file`]): one from the start,
+//! one from the middle. Where a cut falls depends only on the bytes from the
+//! previous cut on, so once the first thread makes a cut the second one
+//! also made, the rest of the second thread's chunks are the ones a single
+//! pass would make: the two lists are joined there. Two cut sequences meet
+//! within a few chunks on any content; should they never meet, the first
+//! thread simply cuts on to the end.
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use fastcdc::v2020 as cdc;
@@ -20,6 +31,10 @@ use crate::checksum::Hasher;
 
 /// Bytes read per call when cutting a local file.
 pub(crate) const CUT_BLOCK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Files shorter than this are cut on one thread: a second one would not
+/// pay for starting it.
+const PARALLEL_CUT_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Blocks queued for the hasher thread of [`cut_and_hash`].
 const HASH_QUEUE_BLOCKS: usize = 4;
@@ -141,6 +156,7 @@ fn push_chunk(chunks: &mut Vec<Chunk>, data: &[u8]) {
 }
 
 /// Cuts everything `reader` yields.
+#[cfg(test)]
 pub(crate) fn cut_reader(mut reader: impl Read, params: Params) -> io::Result<Chunked> {
     let mut cutter = Cutter::new(params);
     let mut buf = vec![0u8; CUT_BLOCK_BYTES];
@@ -188,6 +204,71 @@ pub(crate) fn cut_and_hash(mut reader: impl Read, params: Params) -> io::Result<
         .join()
         .map_err(|_| io::Error::other("the hasher thread failed"))?;
     cut.map(|()| (cutter.finish(), hasher))
+}
+
+/// Cuts the first `len` bytes of `file` (read by offset, so its cursor does
+/// not matter) as one pass over them would, on two threads.
+pub(crate) fn cut_file(file: &File, len: u64, params: Params) -> io::Result<Chunked> {
+    if len < PARALLEL_CUT_MIN_BYTES {
+        return cut_range(file, 0, len, params).map(Cutter::finish);
+    }
+    cut_split(file, len, params, len / 2)
+}
+
+/// [`cut_file`] with the second thread starting at `middle`.
+fn cut_split(file: &File, len: u64, params: Params, middle: u64) -> io::Result<Chunked> {
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| cut_range(file, middle, len, params).map(Cutter::finish));
+        let mut first = cut_range(file, 0, middle, params)?;
+        let second = second
+            .join()
+            .map_err(|_| io::Error::other("the second cutting thread failed"))??;
+        // Where each of the second half's chunks starts.
+        let mut starts = HashMap::with_capacity(second.chunks.len());
+        let mut at = middle;
+        for (index, chunk) in second.chunks.iter().enumerate() {
+            starts.insert(at, index);
+            at += u64::from(chunk.len);
+        }
+        let mut end: u64 = first.chunks.iter().map(|c| u64::from(c.len)).sum();
+        let mut checked = first.chunks.len();
+        let mut offset = middle;
+        let mut buf = vec![0u8; CUT_BLOCK_BYTES];
+        loop {
+            for chunk in &first.chunks[checked..] {
+                end += u64::from(chunk.len);
+                checked += 1;
+                if let Some(&index) = starts.get(&end) {
+                    let mut chunks = std::mem::take(&mut first.chunks);
+                    chunks.truncate(checked);
+                    chunks.extend_from_slice(&second.chunks[index..]);
+                    return Ok(Chunked::new(params, chunks));
+                }
+            }
+            if offset == len {
+                return Ok(first.finish());
+            }
+            let n = (len - offset).min(CUT_BLOCK_BYTES as u64) as usize;
+            file.read_exact_at(&mut buf[..n], offset)?;
+            first.push(&buf[..n]);
+            offset += n as u64;
+        }
+    })
+}
+
+/// A cutter that has been fed bytes `from..to` of `file`, as if the file
+/// started at `from`.
+fn cut_range(file: &File, from: u64, to: u64, params: Params) -> io::Result<Cutter> {
+    let mut cutter = Cutter::new(params);
+    let mut buf = vec![0u8; CUT_BLOCK_BYTES];
+    let mut offset = from;
+    while offset < to {
+        let n = (to - offset).min(CUT_BLOCK_BYTES as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        cutter.push(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(cutter)
 }
 
 /// Cuts `data` in one pass (the reference the incremental cut must equal).
@@ -284,6 +365,36 @@ mod tests {
         assert_eq!(one.groups.len(), 1);
     }
 
+    fn in_file(data: &[u8]) -> File {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(data).expect("write");
+        file
+    }
+
+    #[test]
+    fn two_threads_cut_as_one_pass_does() {
+        let params = Params::with_avg(8192);
+        for (len, seed) in [(PARALLEL_CUT_MIN_BYTES as usize + 12_345, 4), (40 << 20, 5)] {
+            let data = noise(len, seed);
+            let file = in_file(&data);
+            let cut = cut_file(&file, len as u64, params).expect("cut");
+            assert_eq!(cut, cut_all(&data, params));
+        }
+    }
+
+    #[test]
+    fn two_threads_whose_cuts_never_meet_still_cut_as_one_pass_does() {
+        // One repeated byte cuts at every `max`: a run that starts in the
+        // middle meets the first thread's cuts only if the middle falls on
+        // one, which this length avoids; the first thread cuts it all.
+        let params = Params::with_avg(4096);
+        let len = PARALLEL_CUT_MIN_BYTES as usize + 7;
+        let data = vec![0x5Au8; len];
+        let cut = cut_file(&in_file(&data), len as u64, params).expect("cut");
+        assert_eq!(cut, cut_all(&data, params));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -298,6 +409,20 @@ mod tests {
             // content: try both.
             let data = if repeat { vec![0xA5u8; len] } else { noise(len, seed) };
             prop_assert_eq!(cut_in_blocks(&data, params, &blocks), cut_all(&data, params));
+        }
+
+        #[test]
+        fn a_second_thread_from_anywhere_never_changes_the_cut(
+            len in 0usize..300_000,
+            seed in any::<u64>(),
+            middle in any::<prop::sample::Index>(),
+            repeat in any::<bool>(),
+        ) {
+            let params = Params::with_avg(4096);
+            let data = if repeat { vec![0xA5u8; len] } else { noise(len, seed) };
+            let middle = middle.index(len + 1) as u64;
+            let cut = cut_split(&in_file(&data), len as u64, params, middle).expect("cut");
+            prop_assert_eq!(cut, cut_all(&data, params));
         }
     }
 }

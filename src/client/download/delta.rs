@@ -27,7 +27,7 @@ use crate::client::assemble::Assembler;
 use crate::client::download::receive::{blocking, pace};
 use crate::client::download::report::{DownloadOptions, shown};
 use crate::client::manifest::{MAX_ITEMS_PER_REQUEST, RemoteManifest};
-use crate::delta::cut::cut_reader;
+use crate::delta::cut::cut_file;
 use crate::delta::plan::{Plan, SourceIndex, Step, missing_groups, plan};
 use crate::delta::{Chunked, DELTA_MIN_FILE_BYTES, Params};
 use crate::error::{Error, Result};
@@ -77,7 +77,7 @@ pub(super) fn worth_trying(dest: &Path, size: u64, part: &PartFile) -> bool {
 
 /// Opens the local copy as a source of chunks: not following a symlink,
 /// not waiting on a FIFO, and only if it is a regular file.
-fn open_source(dest: &Path) -> Result<File> {
+fn open_source(dest: &Path) -> Result<(File, u64)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
@@ -90,7 +90,7 @@ fn open_source(dest: &Path) -> Result<File> {
             io::Error::other("not a regular file; not used as a source of chunks"),
         ));
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// The local copy, opened and cut.
@@ -99,55 +99,72 @@ pub(super) struct Local {
     chunked: Chunked,
 }
 
-/// A local copy of the server's size, cut and hashed in one pass: its
-/// digest says whether it is the server's file already, its chunks serve
-/// the delta when it is not.
+/// A local copy of the server's size, cut on two threads while the
+/// server's manifest comes: when some group differs from the manifest's, it
+/// is not the server's file, and no sha256 of it is needed to say so.
 pub(super) struct Scanned {
     /// The copy, cut with the parameters the size implies.
     pub local: Local,
-    /// sha256 of everything read.
-    pub sha256: Digest,
+    /// The server's manifest, whose parameters the cut used.
+    pub manifest: RemoteManifest,
 }
 
-/// Reads DEST once when a delta would be tried against a server file of
-/// its own `size`: cut and sha256 on two threads, so that finding it
-/// different costs no second pass. `None` when no delta would be tried
-/// (a small file, not a regular file): the plain digest check does then.
-pub(super) fn scan_local(
+/// What cutting DEST against the server's manifest said.
+pub(super) enum Scan {
+    /// Some group of DEST is not the server's: a delta from this cut.
+    Differs(Scanned),
+    /// Every group matches the manifest's, so DEST is the server's file
+    /// unless its sha256 says otherwise (it decides, as always).
+    Alike(Scanned),
+}
+
+/// Cuts DEST, when a delta would be tried against a server file of its own
+/// `size`, while asking for the manifest. `None` when no delta would be
+/// tried (a small file, not a regular file, a part file in the way) or the
+/// manifest cannot serve one (a server without them, a refusal, a change of
+/// size): the plain digest check decides then.
+pub(super) async fn scan_local(
+    client: &Client,
+    remote: &str,
     dest: &Path,
     size: u64,
     part: &Path,
-) -> Option<impl Future<Output = Result<Scanned>> + use<>> {
+) -> Option<Scan> {
     let params = Params::for_size(size)?;
     let regular =
         std::fs::symlink_metadata(dest).is_ok_and(|meta| meta.is_file() && meta.len() == size);
     if !regular || part.exists() {
         return None;
     }
-    let dest = dest.to_path_buf();
-    Some(blocking(move || {
-        let file = open_source(&dest)?;
-        let (chunked, hasher) =
-            crate::delta::cut::cut_and_hash(&file, params).map_err(|err| Error::io(&dest, err))?;
-        if hasher.bytes() != size {
-            return Err(Error::Changed {
-                path: dest.display().to_string(),
-            });
+    let (local, manifest) = tokio::join!(
+        cut_local(dest.to_path_buf(), params),
+        client.manifest(remote)
+    );
+    let (local, manifest) = match (local, manifest) {
+        (Ok(local), Ok(manifest)) => (local, manifest),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::debug!(%err, "no delta scan; checking the digest");
+            return None;
         }
-        Ok(Scanned {
-            local: Local {
-                file: Arc::new(file),
-                chunked,
-            },
-            sha256: hasher.finalize(),
-        })
-    }))
+    };
+    let outline = manifest.outline.as_ref()?;
+    if outline.params != params || manifest.entry.size != size {
+        return None;
+    }
+    let alike = local.chunked.groups == outline.groups;
+    let scanned = Scanned { local, manifest };
+    Some(if alike {
+        Scan::Alike(scanned)
+    } else {
+        Scan::Differs(scanned)
+    })
 }
 
+/// Opens and cuts the local copy (two threads).
 fn cut_local(dest: PathBuf, params: Params) -> impl Future<Output = Result<Local>> {
     blocking(move || {
-        let file = open_source(&dest)?;
-        let chunked = cut_reader(&file, params).map_err(|err| Error::io(&dest, err))?;
+        let (file, len) = open_source(&dest)?;
+        let chunked = cut_file(&file, len, params).map_err(|err| Error::io(&dest, err))?;
         Ok(Local {
             file: Arc::new(file),
             chunked,
@@ -155,49 +172,53 @@ fn cut_local(dest: PathBuf, params: Params) -> impl Future<Output = Result<Local
     })
 }
 
-/// The local copy's cut started before the manifest came.
-enum EarlyCut {
-    /// Cut already, with the digest check.
-    Done(Local),
-    /// Being cut with the parameters the size implies.
-    Running(tokio::task::JoinHandle<Result<Local>>),
-}
-
 /// Tries to download `remote` into `part` (empty) as a delta against
 /// `dest`, whose server file is `size` bytes as last seen; `scanned` is
-/// DEST already cut (by [`scan_local`]).
+/// DEST already cut against the manifest (by [`scan_local`]).
 pub(super) async fn download_delta(
     client: &Client,
     remote: &str,
     dest: &Path,
     part: PartFile,
     size: u64,
-    scanned: Option<Local>,
+    scanned: Option<Box<Scanned>>,
     options: &DownloadOptions,
 ) -> Delta {
-    let guess = Params::for_size(size);
-    let early_cut = match scanned {
-        Some(local) => Some(EarlyCut::Done(local)),
-        None => guess
-            .map(|params| EarlyCut::Running(tokio::spawn(cut_local(dest.to_path_buf(), params)))),
-    };
-    let manifest = client.manifest(remote).await;
-    let manifest = match manifest {
-        Ok(manifest) => manifest,
-        Err(err @ Error::Protocol { .. }) => return Delta::Whole(part, Some(err.to_string())),
-        Err(err) => return Delta::Failed(part, err),
+    let (local, manifest) = match scanned.map(|scanned| *scanned) {
+        Some(Scanned { local, manifest }) => (Some(Ok(local)), manifest),
+        None => {
+            let guess = Params::for_size(size);
+            let early = guess.map(|params| tokio::spawn(cut_local(dest.to_path_buf(), params)));
+            let manifest = match client.manifest(remote).await {
+                Ok(manifest) => manifest,
+                Err(err @ Error::Protocol { .. }) => {
+                    return Delta::Whole(part, Some(err.to_string()));
+                }
+                Err(err) => return Delta::Failed(part, err),
+            };
+            let same = manifest
+                .outline
+                .as_ref()
+                .is_some_and(|outline| guess == Some(outline.params));
+            let local = match early {
+                Some(cut) if same => Some(
+                    cut.await
+                        .map_err(|err| Error::io(dest, io::Error::other(err)))
+                        .and_then(|local| local),
+                ),
+                _ => None,
+            };
+            (local, manifest)
+        }
     };
     let Some(outline) = manifest.outline.as_ref() else {
         return Delta::Whole(part, None);
     };
-    let local = match early_cut {
-        Some(EarlyCut::Done(local)) if local.chunked.params == outline.params => Ok(Ok(local)),
-        Some(EarlyCut::Running(cut)) if guess == Some(outline.params) => cut
-            .await
-            .map_err(|err| Error::io(dest, io::Error::other(err))),
-        _ => Ok(cut_local(dest.to_path_buf(), outline.params).await),
+    let local = match local {
+        Some(local) => local,
+        None => cut_local(dest.to_path_buf(), outline.params).await,
     };
-    let local = match local.and_then(|local| local) {
+    let local = match local {
         Ok(local) => local,
         Err(err) => return Delta::Whole(part, Some(err.to_string())),
     };
@@ -268,7 +289,7 @@ async fn assemble(
     part: PartFile,
     options: &DownloadOptions,
 ) -> Result<(PartFile, Result<Digest>)> {
-    let mut assembler = Assembler::start(part, Hasher::new());
+    let mut assembler = Assembler::start(part, Hasher::new(), manifest.entry.size);
     let pushed = push_steps(
         client,
         remote,

@@ -258,7 +258,7 @@ enum Local {
     /// (`cut` already when it was read for a delta).
     Differs {
         size: u64,
-        cut: Option<delta::Local>,
+        cut: Option<Box<delta::Scanned>>,
     },
     /// No regular file.
     Absent,
@@ -300,31 +300,28 @@ async fn skip_if_identical(
         });
     }
     let part = crate::partfile::part_path(dest);
-    if delta && let Some(scan) = delta::scan_local(dest, known.size, &part) {
-        let remote_digest = async {
-            match known.sha256 {
-                Some(digest) => Ok(Some(digest)),
-                None => client.stat(remote, true).await.map(|stat| stat.sha256),
-            }
-        };
-        let (scan, remote_digest) = tokio::join!(scan, remote_digest);
-        let remote_digest = remote_digest?;
+    if delta && let Some(scan) = delta::scan_local(client, remote, dest, known.size, &part).await {
         return Ok(match scan {
-            Ok(scanned) if Some(scanned.sha256) == remote_digest => Local::Identical(Report {
-                bytes: known.size,
-                transferred: 0,
-                reused: 0,
-                sha256: scanned.sha256,
-                outcome: Outcome::Skipped,
-            }),
-            Ok(scanned) => Local::Differs {
+            delta::Scan::Differs(scanned) => Local::Differs {
                 size: known.size,
-                cut: Some(scanned.local),
+                cut: Some(Box::new(scanned)),
             },
-            Err(_) => Local::Differs {
-                size: known.size,
-                cut: None,
-            },
+            delta::Scan::Alike(scanned) => {
+                let digest = scanned.manifest.sha256;
+                match matching_local_copy(client, remote, dest, Some(digest)).await? {
+                    Some(digest) => Local::Identical(Report {
+                        bytes: known.size,
+                        transferred: 0,
+                        reused: 0,
+                        sha256: digest,
+                        outcome: Outcome::Skipped,
+                    }),
+                    None => Local::Differs {
+                        size: known.size,
+                        cut: Some(Box::new(scanned)),
+                    },
+                }
+            }
         });
     }
     Ok(
@@ -454,7 +451,7 @@ async fn fetch_into_part(
             }
         }
     } else {
-        let mut assembler = Assembler::start(part, hasher);
+        let mut assembler = Assembler::start(part, hasher, start.entry.size);
         let received = receive(
             client,
             &mut stream,

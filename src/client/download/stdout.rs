@@ -94,7 +94,7 @@ async fn stdout_attempt(
         return (sink, hasher, Err(failure));
     }
     options.progress_start(start.entry.size, offset);
-    let mut assembler = Assembler::start(sink, hasher);
+    let mut assembler = Assembler::start(sink, hasher, start.entry.size);
     let received = receive(
         client,
         &mut stream,

@@ -29,7 +29,7 @@ use crate::client::upload::report::{
     UPLOAD_CHUNK_BYTES, UPLOAD_QUEUE_CHUNKS, UploadOptions, Uploaded, checked,
 };
 use crate::client::{Client, UploadPiece, WriteTarget};
-use crate::delta::cut::{self, cut_reader};
+use crate::delta::cut::{self, cut_file};
 use crate::delta::plan::{Plan, SourceIndex, Step, missing_groups, plan_whole};
 use crate::delta::{Chunked, DELTA_MIN_FILE_BYTES, Params};
 use crate::error::{Error, Result};
@@ -145,10 +145,12 @@ pub(super) async fn upload_delta(
         Err(err) => return Attempt::Failed(err),
     };
     if guess != Some(outline.params) {
-        let (file, params) = (Arc::clone(&local.file), outline.params);
+        let (file, params, len) = (Arc::clone(&local.file), outline.params, local.size);
         let shown_path = local.path.clone();
-        match blocking(move || cut_reader(&*file, params).map_err(|err| Error::io(shown_path, err)))
-            .await
+        match blocking(move || {
+            cut_file(&file, len, params).map_err(|err| Error::io(shown_path, err))
+        })
+        .await
         {
             Ok(chunked) => local.chunked = chunked,
             Err(err) => return Attempt::Failed(err),
