@@ -265,8 +265,9 @@ enum Local {
 }
 
 /// Whether `dest` already holds the server's file (then a "skipped"
-/// report). With `delta`, a large DEST of the server's size is cut in the
-/// same pass as its digest, ready for the delta if it differs.
+/// report). With `delta`, a large DEST of the server's size is first cut
+/// against the server's manifest: a group that differs says it is not the
+/// server's file without a sha256 of it, and the cut serves the delta.
 async fn skip_if_identical(
     client: &Client,
     remote: &str,
@@ -300,32 +301,26 @@ async fn skip_if_identical(
         });
     }
     let part = crate::partfile::part_path(dest);
-    if delta && let Some(scan) = delta::scan_local(client, remote, dest, known.size, &part).await {
-        return Ok(match scan {
-            delta::Scan::Differs(scanned) => Local::Differs {
+    let scan = if delta {
+        delta::scan_local(client, remote, dest, known.size, &part).await
+    } else {
+        None
+    };
+    // A cut that matches every group still needs the sha256 to decide.
+    let (expected, cut) = match scan {
+        Some(delta::Scan::Differs(scanned)) => {
+            return Ok(Local::Differs {
                 size: known.size,
                 cut: Some(Box::new(scanned)),
-            },
-            delta::Scan::Alike(scanned) => {
-                let digest = scanned.manifest.sha256;
-                match matching_local_copy(client, remote, dest, Some(digest)).await? {
-                    Some(digest) => Local::Identical(Report {
-                        bytes: known.size,
-                        transferred: 0,
-                        reused: 0,
-                        sha256: digest,
-                        outcome: Outcome::Skipped,
-                    }),
-                    None => Local::Differs {
-                        size: known.size,
-                        cut: Some(Box::new(scanned)),
-                    },
-                }
-            }
-        });
-    }
+            });
+        }
+        Some(delta::Scan::Alike(scanned)) => {
+            (Some(scanned.manifest.sha256), Some(Box::new(scanned)))
+        }
+        None => (known.sha256, None),
+    };
     Ok(
-        match matching_local_copy(client, remote, dest, known.sha256).await? {
+        match matching_local_copy(client, remote, dest, expected).await? {
             Some(digest) => Local::Identical(Report {
                 bytes: known.size,
                 transferred: 0,
@@ -335,7 +330,7 @@ async fn skip_if_identical(
             }),
             None => Local::Differs {
                 size: known.size,
-                cut: None,
+                cut,
             },
         },
     )
